@@ -1,0 +1,7 @@
+"""``python -m vlprompt`` runs the CLI."""
+
+import sys
+
+from vlprompt.cli.main import main
+
+sys.exit(main())

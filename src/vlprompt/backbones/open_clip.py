@@ -1,0 +1,218 @@
+"""open_clip adapter: turns an ``open_clip`` CLIP into the :class:`~vlprompt.backbones.base.Backbone` protocol.
+
+Handles the two model families open_clip ships with a text transformer: OpenAI-style ``CLIP`` (text tower as
+top-level attributes) and ``CustomTextCLIP`` (tower under ``model.text``), with argmax (OpenAI) or eos pooling,
+and any image tower (ModifiedResNet, ViT, timm). Text towers that CoOp cannot drive are refused: no causal mask
+(SigLIP-style bidirectional towers), last/first-token or CLS pooling (SigLIP, CoCa), or Hugging Face text towers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vlprompt.backbones.base import OPENAI_MEAN, OPENAI_STD, Backbone, PreprocessCfg
+from vlprompt.errors import BackboneError
+
+_logger = logging.getLogger(__name__)
+
+
+def weights_fingerprint(model: nn.Module) -> str:
+    """Short, fast hash of a model's weights: names, shapes, dtypes, sums and the first/last values of each tensor.
+
+    Exact enough to tell two checkpoints (or a random init) apart without hashing hundreds of MB.
+    """
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        flat = t.detach().reshape(-1).float().cpu()
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+        if flat.numel():
+            h.update(flat[:256].numpy().tobytes())
+            h.update(flat[-256:].numpy().tobytes())
+            h.update(flat.double().sum().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+class _TextTower:
+    """Uniform view over the text parts of ``CLIP`` and ``CustomTextCLIP`` (plain references, not a module)."""
+
+    def __init__(self, model: nn.Module, model_name: str):
+        from open_clip.transformer import TextTransformer
+
+        text = getattr(model, "text", None)
+        if text is not None:
+            if not isinstance(text, TextTransformer):
+                raise BackboneError(
+                    f"backbone '{model_name}': its text tower is {type(text).__name__} (a Hugging Face or custom "
+                    "encoder), not open_clip's TextTransformer; CoOp needs to feed learned embeddings into a causal "
+                    "CLIP-style text transformer and pool at the EOS token. Use a CLIP-style model (e.g. RN50, "
+                    "ViT-B-16)."
+                )
+            if text.cls_emb is not None:
+                raise BackboneError(
+                    f"backbone '{model_name}': its text tower appends a CLS token and pools it (CoCa-style), so "
+                    "CoOp's EOS pooling does not apply. Use a CLIP-style model (e.g. RN50, ViT-B-16)."
+                )
+            self.transformer = text.transformer
+            self.token_embedding = text.token_embedding
+            self.positional_embedding = text.positional_embedding
+            self.ln_final = text.ln_final
+            self.text_projection = text.text_projection
+            self.pool_type = text.pool_type
+            self.eos_id = text.eos_id
+            self.attn_mask = text.attn_mask
+        else:
+            self.transformer = model.transformer
+            self.token_embedding = model.token_embedding
+            self.positional_embedding = model.positional_embedding
+            self.ln_final = model.ln_final
+            self.text_projection = model.text_projection
+            self.pool_type = getattr(model, "text_pool_type", "argmax")
+            self.eos_id = getattr(model, "text_eos_id", None)
+            self.attn_mask = getattr(model, "attn_mask", None)
+        if self.attn_mask is None:
+            raise BackboneError(
+                f"backbone '{model_name}': its text tower has no causal mask (bidirectional, SigLIP-style). CoOp pools "
+                "the EOS token of a causal text transformer, whose feature depends only on the tokens before it; "
+                "without the causal mask that pooling (and the learned-context method) does not apply. Use a "
+                "CLIP-style model (e.g. RN50, ViT-B-16)."
+            )
+        if self.pool_type not in ("argmax", "eos"):
+            raise BackboneError(
+                f"backbone '{model_name}': its text tower pools with '{self.pool_type}' (last/first-token pooling, "
+                "SigLIP-style), not at the EOS token, so CoOp's EOS pooling does not apply. Use a CLIP-style model "
+                "(e.g. RN50, ViT-B-16)."
+            )
+
+
+class OpenClipBackbone(Backbone):
+    """A frozen open_clip model behind the backbone protocol.
+
+    Args:
+        model: an open_clip ``CLIP`` or ``CustomTextCLIP``.
+        tokenizer: its ``open_clip.tokenizer.SimpleTokenizer`` (the CLIP BPE).
+        name: registry name (recorded in artifacts).
+        pretrained: pretrained tag or checkpoint path, ``None`` for random weights.
+        preprocess: image preprocessing; read from the model when omitted.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer,
+        name: str,
+        pretrained: str | None = None,
+        preprocess: PreprocessCfg | None = None,
+    ):
+        super().__init__()
+        from open_clip.tokenizer import SimpleTokenizer
+
+        if not isinstance(tokenizer, SimpleTokenizer):
+            raise BackboneError(
+                f"backbone '{name}': uses tokenizer {type(tokenizer).__name__}; vlprompt supports the CLIP BPE "
+                "tokenizer (SimpleTokenizer), which CoOp's placeholder and EOS handling rely on."
+            )
+        if getattr(model, "logit_bias", None) is not None:
+            raise BackboneError(
+                f"backbone '{name}': has a logit bias (sigmoid-loss SigLIP-style model); CoOp's softmax over "
+                "cosine logits and EOS pooling do not apply. Use a CLIP-style model (e.g. RN50, ViT-B-16)."
+            )
+        self.model = model.eval().requires_grad_(False)
+        self.text = _TextTower(model, name)
+        self.tokenizer = tokenizer
+        self.name = name
+        self.pretrained = pretrained
+        self.context_length = int(self.text.positional_embedding.shape[0])
+        self.token_dim = int(self.text.token_embedding.weight.shape[1])
+        proj = self.text.text_projection
+        if proj is None:
+            self.embed_dim = self.token_dim
+        elif isinstance(proj, nn.Linear):
+            self.embed_dim = int(proj.out_features)
+        else:
+            self.embed_dim = int(proj.shape[1])
+        self.causal = True  # checked in _TextTower
+        if preprocess is None:
+            size = getattr(model.visual, "image_size", 224)
+            size = size[0] if isinstance(size, (tuple, list)) else int(size)
+            cfg = getattr(model.visual, "preprocess_cfg", {}) or {}
+            preprocess = PreprocessCfg(
+                image_size=size,
+                mean=tuple(cfg.get("mean", OPENAI_MEAN)),
+                std=tuple(cfg.get("std", OPENAI_STD)),
+                interpolation=cfg.get("interpolation", "bicubic"),
+            )
+        self.preprocess = preprocess
+        self.fingerprint = weights_fingerprint(model)
+
+    # Keep the frozen model in eval mode whatever .train() is called with: the official CoOp never switches CLIP
+    # to train mode (BatchNorm of ResNet towers uses running statistics).
+    def train(self, mode: bool = True) -> OpenClipBackbone:  # noqa: D102
+        super().train(False)
+        return self
+
+    # --- text ----------------------------------------------------------------------------------------------
+    def tokenize(self, texts: list[str]) -> torch.Tensor:  # noqa: D102
+        too_long = [t for t in texts if len(self.bpe_tokens(t)) + 2 > self.context_length]
+        if too_long:
+            raise BackboneError(
+                f"prompt too long for backbone '{self.name}' (context length {self.context_length} tokens): "
+                f"{too_long[0]!r}; shorten the class name or use fewer context tokens (--n-ctx)."
+            )
+        return self.tokenizer(texts, context_length=self.context_length)
+
+    def bpe_tokens(self, text: str) -> list[int]:  # noqa: D102
+        return self.tokenizer.encode(text)
+
+    def decode_token(self, token_id: int) -> str:  # noqa: D102
+        return self.tokenizer.decoder[int(token_id)]
+
+    @property
+    def token_embedding_weight(self) -> torch.Tensor:  # noqa: D102
+        return self.text.token_embedding.weight
+
+    @property
+    def dtype(self) -> torch.dtype:  # noqa: D102
+        return self.text.transformer.get_cast_dtype()
+
+    def eos_positions(self, ids: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        if self.text.pool_type == "argmax":
+            return ids.argmax(dim=-1)  # EOT has the largest id in CLIP's vocabulary
+        return (ids == self.text.eos_id).int().argmax(dim=-1)
+
+    def encode_text_embeddings(  # noqa: D102
+        self, embeds: torch.Tensor, ids: torch.Tensor, truncate: bool = True
+    ) -> torch.Tensor:
+        n, length, _ = embeds.shape
+        eos = self.eos_positions(ids)  # (N,)
+        if truncate:
+            # Exact under the causal mask: the pooled EOS state never attends to later positions.
+            length = min(length, int(eos.max().item()) + 1)
+            embeds = embeds[:, :length]
+        dtype = self.dtype
+        x = embeds.to(dtype) + self.text.positional_embedding[:length].to(dtype)  # (N, L, D)
+        mask = self.text.attn_mask[:length, :length]
+        x = self.text.transformer(x, attn_mask=mask)  # (N, L, D)
+        x = self.text.ln_final(x)
+        x = x[torch.arange(n, device=x.device), eos]  # (N, D) EOS pooling
+        proj = self.text.text_projection
+        if proj is not None:
+            x = proj(x) if isinstance(proj, nn.Linear) else x @ proj  # (N, E)
+        return x
+
+    # --- image ---------------------------------------------------------------------------------------------
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        return self.model.encode_image(images.to(device=self.device, dtype=self.dtype))
+
+    @property
+    def logit_scale(self) -> torch.Tensor:  # noqa: D102
+        return self.model.logit_scale.detach().float().exp().reshape(())
+
+
+def normalize(x: torch.Tensor) -> torch.Tensor:
+    """L2-normalise along the last dimension (in fp32 for stability)."""
+    return F.normalize(x.float(), dim=-1)

@@ -1,0 +1,1 @@
+"""Command-line interface: ``vlprompt <command>`` (see :func:`vlprompt.cli.main.main`)."""
