@@ -1,0 +1,67 @@
+"""``write_report``: run folders in, tables + curves + ``results.json`` out."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from vlprompt._io import atomic_write_json
+from vlprompt.errors import ArtifactError
+from vlprompt.reports.plots import plot_fewshot_curves
+from vlprompt.reports.render import render_markdown, write_tables
+from vlprompt.reports.results import scan_runs
+from vlprompt.reports.tables import aggregate, base_to_new
+
+logger = logging.getLogger(__name__)
+
+
+def write_report(runs_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Aggregate every finished run under ``runs_dir`` and write the report into ``out_dir``.
+
+    Writes ``results.md`` (one table per dataset, the average over datasets, base-to-new when present),
+    ``results.csv`` (every aggregated row), ``base_to_new.csv`` (when there are base/new pairs),
+    ``fewshot_curves.png`` (Figure-3-style panels) and ``results.json`` (the aggregated rows and run counts).
+
+    Args:
+        runs_dir: folder searched recursively for run folders (``config.json`` + ``metrics.json``).
+        out_dir: where to write; defaults to ``runs_dir``.
+
+    Returns:
+        ``{"num_runs", "num_unfinished", "num_invalid", "rows", "base_to_new", "files", "markdown"}``; rows are
+        plain dicts, ``files`` maps a kind to the path written.
+
+    Raises:
+        ArtifactError: if ``runs_dir`` is missing or holds no finished run.
+    """
+    scan = scan_runs(runs_dir)
+    if not scan.records:
+        raise ArtifactError(
+            f"no finished runs under {str(runs_dir)!r} (a finished run folder holds config.json and metrics.json; "
+            f"found {len(scan.unfinished)} unfinished and {len(scan.invalid)} unreadable). Point RUNS_DIR at the "
+            "--out folder of train/benchmark runs, or wait for them to finish."
+        )
+    out = Path(out_dir if out_dir is not None else runs_dir)
+    rows = aggregate(scan.records)
+    intro = [f"{len(scan.records)} finished runs read from `{runs_dir}`."]
+    if scan.unfinished or scan.invalid:
+        intro[0] += f" Skipped: {len(scan.unfinished)} unfinished, {len(scan.invalid)} unreadable."
+    intro.append("")
+    files = write_tables(rows, out, intro)
+    png = plot_fewshot_curves(rows, out / "fewshot_curves.png")
+    if png:
+        files["curves"] = png
+    files["json"] = str(out / "results.json")
+    summary: dict[str, Any] = {
+        "runs_dir": str(runs_dir),
+        "num_runs": len(scan.records),
+        "num_unfinished": len(scan.unfinished),
+        "num_invalid": len(scan.invalid),
+        "rows": [asdict(r) for r in rows],
+        "base_to_new": [asdict(r) for r in base_to_new(rows)],
+    }
+    atomic_write_json(files["json"], summary)
+    logger.info("report written to %s (%d runs, %d rows)", out, len(scan.records), len(rows))
+    return {**summary, "files": files, "markdown": render_markdown(rows, intro)}
