@@ -165,3 +165,19 @@ def test_duplicate_runs_keep_one(tmp_path, caplog):
     rows = aggregate(collect_runs(tmp_path))
     assert [r.accuracy_mean for r in rows] == [60.0] and rows[0].n == 1
     assert "duplicate run" in caplog.text
+
+
+def test_backbones_are_not_mixed(tmp_path):
+    for backbone, acc in [("RN50", 50.0), ("ViT-B/16", 70.0)]:
+        for ds in DATASETS:
+            folder = tmp_path / backbone.replace("/", "-") / ds
+            write_run(folder, label="CoOp", method="coop", dataset=ds, shots=1, seed=1, acc=acc)
+            cfg = json.loads((folder / "config.json").read_text())
+            (folder / "config.json").write_text(json.dumps(cfg | {"backbone": {"name": backbone}}))
+    rows = aggregate(collect_runs(tmp_path))
+    assert sorted((r.backbone, r.dataset, r.accuracy_mean) for r in rows if r.is_average) == [
+        ("RN50", "Average", 50.0),
+        ("ViT-B/16", "Average", 70.0),
+    ]
+    summary = write_report(tmp_path, tmp_path / "out")
+    assert "## dtd — ViT-B/16" in summary["markdown"] and "## dtd — RN50" in summary["markdown"]

@@ -28,7 +28,8 @@ def plot_fewshot_curves(rows: list[Row], path: str | os.PathLike, *, dpi: int = 
     Returns:
         ``str(path)``, or ``None`` when there is nothing to draw.
     """
-    rows = [r for r in rows if r.subsample == "all"]
+    # Full-data runs (negative shots) have no place on a log2 shots axis.
+    rows = [r for r in rows if r.subsample == "all" and (r.shots is None or r.shots > 0)]
     if not rows:
         return None
     # Pyplot is never imported: a Figure on an Agg canvas leaves the user's global backend alone.

@@ -42,7 +42,8 @@ def _acc(mean: float, std: float | None, n: int) -> str:
 
 
 def _shots(shots: int | None) -> str:
-    return "0" if shots is None else str(shots)
+    """0 = zero-shot; a negative count (the official ``NUM_SHOTS=-1``) = the full training set."""
+    return "0" if shots is None else ("all" if shots < 0 else str(shots))
 
 
 def _table(rows: list[Row]) -> list[str]:
