@@ -55,7 +55,10 @@ def _build_model(name: str, pretrained: str | None):
             "`vlprompt train --help` explains; all names: microclip, " + ", ".join(open_clip.list_models()[:20]) + ", …"
         )
     if pretrained is None:
-        model = open_clip.create_model(name, pretrained=None).eval()
+        # Random weights, but reproducible (seed 0, global RNG untouched): a prompt trained on them can be reloaded.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            model = open_clip.create_model(name, pretrained=None).eval()
     elif os.path.exists(pretrained) or os.sep in pretrained or pretrained.endswith((".pt", ".pth", ".bin", ".safetensors")):
         model = load_checkpoint_file(name, pretrained)
     else:
@@ -74,7 +77,8 @@ def create_backbone(
 
     Args:
         name: ``"microclip"`` or an open_clip architecture name.
-        pretrained: weights tag, local checkpoint path, or ``None`` (random weights; shipped weights for microclip).
+        pretrained: weights tag, local checkpoint path, or ``None``: random weights, seeded so that the same name
+            always gives the same weights (shipped weights for microclip).
         device: where to put it.
         precision: ``"fp32"``; ``"amp"`` (fp32 weights, autocast is applied by the caller on GPU); or ``"fp16"``
             (the official CoOp default: Conv/Linear/attention weights and projections cast to fp16, LayerNorm in

@@ -70,7 +70,8 @@ def load_checkpoint_file(name: str, path: str) -> nn.Module:
             jit_model = torch.jit.load(path, map_location="cpu").eval()
         except Exception as e:
             raise BackboneError(f"checkpoint '{path}' looks like a TorchScript archive but failed to load: {e}") from e
-        sd = {k: v for k, v in jit_model.state_dict().items()}
+        # Attention masks are rebuilt by the model, not weights (some archives carry them as buffers).
+        sd = {k: v for k, v in jit_model.state_dict().items() if not k.endswith("attn_mask")}
         model = build_model_from_openai_state_dict(sd, quick_gelu=True, cast_dtype=None)
         return model.float().eval()
     sd = _read_state_dict(path)
@@ -85,13 +86,19 @@ def load_checkpoint_file(name: str, path: str) -> nn.Module:
         sd.pop(key, None)
     if "logit_scale" in sd and sd["logit_scale"].ndim != model.logit_scale.ndim:
         sd["logit_scale"] = sd["logit_scale"].reshape(model.logit_scale.shape)
-    missing, unexpected = model.load_state_dict(sd, strict=False)
+    hint = (
+        "Pass the --backbone the checkpoint was trained with (for OpenAI weights in a plain state dict, use the "
+        "'-quickgelu' variant, e.g. RN50-quickgelu)."
+    )
+    try:
+        missing, unexpected = model.load_state_dict(sd, strict=False)
+    except RuntimeError as e:  # shape mismatches
+        first = [ln.strip() for ln in str(e).splitlines() if "size mismatch" in ln][:1]
+        raise BackboneError(f"checkpoint '{path}' does not match architecture '{name}': {first or e}. {hint}") from e
     if missing or unexpected:
         raise BackboneError(
             f"checkpoint '{path}' does not match architecture '{name}': {len(missing)} missing keys "
-            f"(e.g. {missing[:3]}), {len(unexpected)} unexpected keys (e.g. {unexpected[:3]}). Pass the --backbone the "
-            "checkpoint was trained with (for OpenAI weights in a plain state dict, use the '-quickgelu' variant, "
-            "e.g. RN50-quickgelu)."
+            f"(e.g. {missing[:3]}), {len(unexpected)} unexpected keys (e.g. {unexpected[:3]}). {hint}"
         )
     return model.eval()
 

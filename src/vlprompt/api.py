@@ -1,0 +1,136 @@
+"""Inference API: load a trained prompt and classify images.
+
+>>> clf = PromptClassifier.load("runs/pets-16shot")          # doctest: +SKIP
+>>> pred = clf.predict(["cat.jpg", "dog.jpg"])                 # doctest: +SKIP
+>>> pred.labels, pred.probs.shape                              # doctest: +SKIP
+(['british_shorthair', 'beagle'], torch.Size([2, 37]))
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from vlprompt.backbones import create_backbone
+from vlprompt.backbones.base import Backbone
+from vlprompt.engine.checkpoint import load_learner, read_learner_json
+from vlprompt.engine.model import PromptModel
+from vlprompt.errors import ConfigError
+
+_logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Prediction:
+    """Result of :meth:`PromptClassifier.predict`.
+
+    Attributes:
+        labels: predicted class names, one per image.
+        indices: ``LongTensor[B]`` predicted class indices.
+        probs: ``[B, C]`` softmax probabilities.
+    """
+
+    labels: list[str]
+    indices: torch.Tensor
+    probs: torch.Tensor
+
+
+class PromptClassifier:
+    """A trained prompt baked into class weights: inference costs the same as zero-shot CLIP.
+
+    Build it with :meth:`load`. The class text features are computed once (``text_features()``); ``predict`` only
+    runs the image encoder.
+    """
+
+    def __init__(self, backbone: Backbone, model: PromptModel, meta: dict):
+        self.backbone = backbone
+        self.model = model
+        self.method = meta["method"]
+        self.learner_config = meta["config"]
+        with torch.no_grad():
+            self._text = model.text_features()  # (C, E), normalised
+
+    @classmethod
+    def load(
+        cls,
+        run_dir: str | os.PathLike,
+        *,
+        device: str | torch.device = "cpu",
+        classnames: list[str] | None = None,
+        backbone: Backbone | None = None,
+        pretrained: str | None = None,
+    ) -> PromptClassifier:
+        """Load the prompt saved in ``run_dir``.
+
+        Args:
+            run_dir: a training run folder (holds ``learner.json`` + ``learner.safetensors``).
+            device: where to run.
+            classnames: classify among these instead of the trained classes (unified context only).
+            backbone: an already-built backbone (must be the one the prompt was trained on).
+            pretrained: override the recorded weights location (e.g. the checkpoint moved); the weights
+                fingerprint is still checked.
+        """
+        meta = read_learner_json(run_dir)
+        if backbone is None:
+            ident = meta["backbone"]
+            backbone = create_backbone(ident["name"], pretrained or ident.get("pretrained"), device=device)
+        learner = load_learner(run_dir, backbone, classnames).to(backbone.device)
+        return cls(backbone, PromptModel(backbone, learner).eval(), meta)
+
+    @property
+    def classnames(self) -> list[str]:
+        """Class names, indexed like the logits."""
+        return self.model.learner.classnames
+
+    @property
+    def logit_scale(self) -> torch.Tensor:
+        """``exp(logit_scale)`` of the backbone."""
+        return self.backbone.logit_scale
+
+    def text_features(self) -> torch.Tensor:
+        """The baked, L2-normalised class weights ``[C, E]``."""
+        return self._text
+
+    def _to_batch(self, images: Sequence[str | os.PathLike | Image.Image] | torch.Tensor) -> torch.Tensor:
+        if isinstance(images, torch.Tensor):
+            if images.dim() == 3:
+                images = images.unsqueeze(0)
+            if images.dim() != 4 or images.shape[1] != 3:
+                raise ConfigError(f"a tensor batch must be [B, 3, H, W] preprocessed images; got {tuple(images.shape)}.")
+            return images
+        from vlprompt.data.images import load_image
+        from vlprompt.data.transforms import build_transform
+
+        tf = build_transform(self.backbone.preprocess, train=False)
+        out = []
+        for im in images:
+            if isinstance(im, (str, Path, os.PathLike)):
+                im = load_image(str(im))
+            elif not isinstance(im, Image.Image):
+                raise ConfigError(f"predict() takes PIL images, file paths or a tensor batch; got {type(im).__name__}.")
+            out.append(tf(im.convert("RGB")))
+        if not out:
+            raise ConfigError("predict() got no images.")
+        return torch.stack(out)
+
+    @torch.no_grad()
+    def logits(self, images: Sequence[str | os.PathLike | Image.Image] | torch.Tensor) -> torch.Tensor:
+        """``[B, C]`` logits for images (paths, PIL images, or a preprocessed ``[B, 3, H, W]`` tensor)."""
+        feats = self.model.image_features(self._to_batch(images).to(self.backbone.device))
+        return self.model.logits(feats, self._text)
+
+    def predict(self, images: Sequence[str | os.PathLike | Image.Image] | torch.Tensor, batch_size: int = 64) -> Prediction:
+        """Classify images; returns labels, indices and probabilities."""
+        if not isinstance(images, torch.Tensor):
+            images = list(images)
+        chunks = [images[i : i + batch_size] for i in range(0, len(images), batch_size)]
+        probs = torch.cat([F.softmax(self.logits(c), dim=-1).cpu() for c in chunks])
+        idx = probs.argmax(-1)
+        return Prediction([self.classnames[i] for i in idx.tolist()], idx, probs)

@@ -1,0 +1,39 @@
+"""``vlprompt train``: learn a prompt and write a run folder."""
+
+from __future__ import annotations
+
+import argparse
+
+from vlprompt.cli.common import (
+    add_backbone_args,
+    add_data_args,
+    add_learner_args,
+    add_output_args,
+    add_train_args,
+    print_metrics,
+    run_spec,
+)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the ``train`` command."""
+    p = sub.add_parser("train", help="learn a CoOp prompt (few-shot) and evaluate it on the test split",
+                       description="Learn a prompt for a frozen CLIP and evaluate the last-epoch model on the test "
+                                   "split. Writes config.json, history.jsonl, learner.json/.safetensors and "
+                                   "metrics.json into --out.")
+    add_data_args(p)
+    add_backbone_args(p)
+    add_learner_args(p)
+    add_train_args(p)
+    add_output_args(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``vlprompt train``."""
+    from vlprompt.engine.run import train_run
+
+    spec = run_spec(args)
+    metrics = train_run(spec, progress=True)
+    print_metrics(metrics, spec.out)
+    return 0

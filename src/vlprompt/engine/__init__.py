@@ -1,0 +1,1 @@
+"""Training engine: schedule, the prompt model, the training loop, run folders."""

@@ -1,0 +1,83 @@
+"""Typed run configuration (one dataclass per concern, checked at construction)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+
+from vlprompt.errors import ConfigError
+
+AUGMENT_HELP = (
+    "online (official: image encoder on freshly augmented images every step), none (no augmentation: train images "
+    "through the test transform, features computed once — a different recipe, used by the micro-CLIP demo), or "
+    "cached:K (approximation: K augmented views per image precomputed once; each epoch draws one view per image)"
+)
+
+
+def parse_augment(value: str) -> tuple[str, int]:
+    """Parse ``--augment``: returns ``(mode, K)`` with K = 1 for ``none``/``online``."""
+    if value in ("online", "none"):
+        return value, 1
+    m = re.fullmatch(r"cached:(\d+)", value)
+    if m and int(m.group(1)) >= 1:
+        return "cached", int(m.group(1))
+    raise ConfigError(f"--augment '{value}' is invalid; expected {AUGMENT_HELP}.")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings; defaults are the official CoOp recipe (reference §2).
+
+    Attributes:
+        epochs: MAX_EPOCH (``None``: the official count for the shot number, see ``default_epochs``).
+        batch_size: train batch size (32).
+        lr: base learning rate of SGD (0.002).
+        momentum: SGD momentum (0.9, a Dassl default).
+        weight_decay: SGD weight decay (5e-4, a Dassl default, applied to the context).
+        warmup_epochs: epochs at the constant warm-up lr (1).
+        warmup_lr: warm-up lr (1e-5).
+        augment: ``online`` | ``none`` | ``cached:K`` (see ``AUGMENT_HELP``).
+        flip: random horizontal flip in the train transform.
+        crop_scale_min: lower bound of RandomResizedCrop's area scale (0.08).
+        precision: ``fp32`` | ``amp`` | ``fp16``.
+        eval_batch_size: batch size for feature extraction (100).
+        num_workers: data-loading worker processes.
+    """
+
+    epochs: int | None = None
+    batch_size: int = 32
+    lr: float = 0.002
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    warmup_epochs: int = 1
+    warmup_lr: float = 1e-5
+    augment: str = "online"
+    flip: bool = True
+    crop_scale_min: float = 0.08
+    precision: str = "fp32"
+    eval_batch_size: int = 100
+    num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.epochs is not None and self.epochs < 1:
+            problems.append(f"--epochs must be ≥ 1, got {self.epochs}")
+        if self.batch_size < 1:
+            problems.append(f"--batch-size must be ≥ 1, got {self.batch_size}")
+        if self.lr <= 0:
+            problems.append(f"--lr must be > 0, got {self.lr}")
+        if not 0 < self.crop_scale_min <= 1:
+            problems.append(f"--crop-scale-min must be in (0, 1], got {self.crop_scale_min}")
+        if self.warmup_epochs < 0:
+            problems.append(f"--warmup-epochs must be ≥ 0, got {self.warmup_epochs}")
+        if self.precision not in ("fp32", "amp", "fp16"):
+            problems.append(f"--precision '{self.precision}' is not one of fp32, amp, fp16")
+        if self.num_workers < 0:
+            problems.append(f"--workers must be ≥ 0, got {self.num_workers}")
+        if problems:
+            raise ConfigError("; ".join(problems) + ".")
+        parse_augment(self.augment)
+
+    def to_dict(self) -> dict:
+        """JSON-serialisable form."""
+        return asdict(self)

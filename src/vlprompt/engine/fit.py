@@ -1,0 +1,134 @@
+"""The training loop: a plain SGD loop over the prompt learner's parameters only (reference §2.1)."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from vlprompt.engine.config import TrainConfig
+from vlprompt.engine.model import PromptModel
+from vlprompt.engine.schedule import coop_lr
+from vlprompt.errors import VLPromptError
+from vlprompt.features.extract import autocast_context
+
+_logger = logging.getLogger(__name__)
+
+
+class TrainingDivergedError(VLPromptError, RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+class FeatureBankBatches:
+    """Batches from precomputed, L2-normalised image features ``[V, N, E]`` (V views per image).
+
+    Each epoch shuffles the images with ``generator`` (like a RandomSampler) and, for ``V > 1``, draws one view per
+    image. ``drop_last`` follows the official rule: only when there are at least ``batch_size`` images.
+    """
+
+    def __init__(self, bank: torch.Tensor, labels: torch.Tensor, batch_size: int, generator: torch.Generator):
+        self.bank, self.labels, self.batch_size, self.generator = bank, labels, batch_size, generator
+
+    def __len__(self) -> int:
+        n = self.labels.numel()
+        return n // self.batch_size if n >= self.batch_size else 1
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        n = self.labels.numel()
+        perm = torch.randperm(n, generator=self.generator)
+        views = torch.randint(self.bank.shape[0], (n,), generator=self.generator)
+        for b in range(len(self)):
+            idx = perm[b * self.batch_size : (b + 1) * self.batch_size]
+            yield self.bank[views[idx], idx], self.labels[idx]  # (B, E), (B,)
+
+
+def fit(
+    model: PromptModel,
+    batches: Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]] | FeatureBankBatches,
+    cfg: TrainConfig,
+    epochs: int,
+    *,
+    images_are_features: bool,
+    progress: bool = False,
+    on_epoch: Callable[[dict], None] | None = None,
+    start_epoch: int = 1,
+    optimizer: torch.optim.Optimizer | None = None,
+) -> list[dict]:
+    """Train ``model.learner`` with the official recipe and return one record per epoch.
+
+    Args:
+        model: prompt model (backbone frozen; only ``model.learner`` parameters are optimised).
+        batches: an iterable of ``(images, labels)`` per epoch (a DataLoader) or, when ``images_are_features``,
+            of ``(normalised image features, labels)``.
+        cfg: optimisation settings.
+        epochs: MAX_EPOCH.
+        images_are_features: whether batches carry features instead of images.
+        progress: show a progress bar over epochs.
+        on_epoch: called with each epoch's record (used to append ``history.jsonl``).
+        start_epoch: first epoch to run (for resuming).
+        optimizer: an existing optimizer (for resuming); built when ``None``.
+
+    Returns:
+        ``[{"epoch", "lr", "loss", "train_accuracy", "seconds"}, ...]``.
+    """
+    params = [p for p in model.learner.parameters() if p.requires_grad]
+    if optimizer is None:
+        optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    device = model.backbone.device
+    use_scaler = cfg.precision == "amp" and device.type == "cuda" and not torch.cuda.is_bf16_supported()
+    scaler = torch.amp.GradScaler("cuda") if use_scaler else None
+    history = []
+    model.learner.train()
+    bar = tqdm(range(start_epoch, epochs + 1), desc="train", unit="epoch", disable=not progress, leave=False)
+    for epoch in bar:
+        t0 = time.perf_counter()
+        lr = coop_lr(epoch, epochs, cfg.lr, cfg.warmup_epochs, cfg.warmup_lr)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        total_loss, correct, seen = 0.0, 0, 0
+        for step, (x, y) in enumerate(batches, start=1):
+            y = y.to(device)
+            if images_are_features:
+                img = x.to(device)
+            else:
+                with torch.no_grad(), autocast_context(device, cfg.precision):
+                    img = model.image_features(x.to(device))
+            with autocast_context(device, cfg.precision):
+                logits = model.logits(img)  # (B, C)
+                loss = F.cross_entropy(logits.float(), y)
+            if not torch.isfinite(loss):
+                raise TrainingDivergedError(
+                    f"the loss became {loss.item()} at epoch {epoch}, step {step}; training stopped instead of "
+                    f"continuing on garbage. With --precision {cfg.precision} this is often an overflow: try "
+                    "--precision fp32 (or amp), or a lower --lr."
+                )
+            optimizer.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                loss.backward()
+                optimizer.step()
+            total_loss += loss.item() * y.numel()
+            correct += (logits.argmax(-1) == y).sum().item()
+            seen += y.numel()
+        record = {
+            "epoch": epoch,
+            "lr": lr,
+            "loss": total_loss / max(seen, 1) if seen else math.nan,
+            "train_accuracy": 100.0 * correct / max(seen, 1),
+            "seconds": time.perf_counter() - t0,
+        }
+        history.append(record)
+        bar.set_postfix(loss=f"{record['loss']:.3f}", acc=f"{record['train_accuracy']:.1f}")
+        _logger.info("epoch %d/%d lr %.3e loss %.4f acc %.2f", epoch, epochs, lr, record["loss"], record["train_accuracy"])
+        if on_epoch is not None:
+            on_epoch(record, optimizer)
+    model.learner.eval()
+    return history

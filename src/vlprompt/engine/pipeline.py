@@ -1,0 +1,167 @@
+"""Shared steps of every command: resolve the device, load and sample the data, get (cached) features, evaluate."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import resource
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from vlprompt.backbones.base import Backbone
+from vlprompt.data.records import DatasetSplits, Sample
+from vlprompt.errors import ConfigError
+from vlprompt.eval.metrics import classification_metrics
+from vlprompt.features.cache import FeatureCache, default_cache_dir, records_digest
+from vlprompt.features.extract import extract_features
+
+_logger = logging.getLogger(__name__)
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` → CUDA if available else CPU; otherwise validated ``torch.device``."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise ConfigError(f"--device '{device}' is not a valid device (use auto, cpu, cuda, cuda:1, …).") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {device}: CUDA is not available on this machine; use --device cpu.")
+    return dev
+
+
+def check_precision(precision: str, device: torch.device) -> None:
+    """``amp`` is GPU autocast; refuse it on the CPU with the alternative."""
+    if precision == "amp" and device.type != "cuda":
+        raise ConfigError("--precision amp uses CUDA autocast and needs a GPU; on the CPU use --precision fp32.")
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and CUDA) RNGs."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def is_custom(spec: str) -> bool:
+    """Whether a dataset spec is user data (folder/CSV) rather than a fixed split file or benchmark."""
+    return spec.startswith(("folder:", "csv:"))
+
+
+@dataclass
+class FewShotData:
+    """The data of one run after few-shot sampling and class subsampling."""
+
+    splits: DatasetSplits
+    train: list[Sample]
+    val: list[Sample]
+
+
+def prepare_data(
+    spec: str,
+    root: str | None,
+    shots: int | None,
+    seed: int,
+    *,
+    subsample: str = "all",
+    classnames_file: str | None = None,
+    strict: bool = False,
+) -> FewShotData:
+    """Load ``spec``, draw the few-shot train/val sets and apply the base/new class split.
+
+    Benchmarks and split files use the official Dassl sampler (same images, same order as the official code for
+    the same split file, K and seed); folder/CSV data use the pure explicitly seeded sampler.
+    """
+    from vlprompt.data import load_dataset
+    from vlprompt.data.fewshot import sample_few_shot, sample_few_shot_coop, subsample_classes
+
+    splits = load_dataset(spec, root, classnames_file=classnames_file, split_seed=seed, strict=strict)
+    if shots is not None and shots > 0:
+        if is_custom(spec):
+            train = sample_few_shot(splits.train, shots, seed, strict=strict)
+            val = sample_few_shot(splits.val, min(shots, 4), seed, strict=False)
+        else:
+            train, val = sample_few_shot_coop(splits.train, splits.val, shots, seed)
+    else:
+        train, val = list(splits.train), list(splits.val)
+    if subsample != "all":
+        sampled = DatasetSplits(splits.name, splits.root, splits.classnames, train, val, splits.test, splits.template,
+                                splits.info)
+        sampled = subsample_classes(sampled, subsample)
+        splits, train, val = sampled, sampled.train, sampled.val
+    return FewShotData(splits, list(train), list(val))
+
+
+def relative_paths(records: list[Sample], root: str) -> list[str]:
+    """Paths relative to the dataset root (as recorded in run configs)."""
+    return [os.path.relpath(r.path, root) for r in records]
+
+
+def cached_features(
+    backbone: Backbone,
+    records: list[Sample],
+    transform_fp: str,
+    transform,
+    *,
+    dataset: str,
+    split: str,
+    root: str,
+    precision: str,
+    cache_dir: str | None,
+    batch_size: int = 100,
+    num_workers: int = 0,
+    progress: bool = False,
+) -> torch.Tensor:
+    """Unnormalised image features of ``records`` ``[N, E]``, from the on-disk cache when possible.
+
+    ``cache_dir=""`` disables the cache; ``None`` uses :func:`default_cache_dir`.
+    """
+
+    def compute() -> torch.Tensor:
+        return extract_features(
+            backbone, records, transform, batch_size=batch_size, num_workers=num_workers, precision=precision,
+            progress=progress, desc=f"{split} features",
+        )
+
+    if cache_dir == "" or not records:
+        return compute()
+    key = {
+        "backbone": backbone.identity(),
+        "precision": precision,
+        "dataset": dataset,
+        "split": split,
+        "records": records_digest(records, root),
+        "num": len(records),
+        "transform": transform_fp,
+    }
+    return FeatureCache(cache_dir or default_cache_dir()).get_or_compute(key, compute)
+
+
+def evaluate_features(
+    text_features: torch.Tensor, image_features: torch.Tensor, labels: torch.Tensor, logit_scale: torch.Tensor
+) -> tuple[dict, torch.Tensor]:
+    """Metrics of a classifier given normalised text features ``[C, E]`` and unnormalised image features ``[N, E]``.
+
+    Returns ``(metrics, logits [N, C])``.
+    """
+    img = F.normalize(image_features.float(), dim=-1).to(text_features.device)
+    logits = logit_scale.to(text_features.device) * img @ text_features.float().t()
+    metrics = classification_metrics(logits.argmax(-1).cpu(), labels.cpu(), text_features.shape[0])
+    return metrics, logits
+
+
+def labels_of(records: list[Sample]) -> torch.Tensor:
+    """``LongTensor[N]`` of record labels."""
+    return torch.tensor([r.label for r in records], dtype=torch.long)
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak GPU memory allocated on CUDA, else the process's peak resident memory, in MB."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux reports KiB

@@ -1,0 +1,247 @@
+"""Run folders (DESIGN.md §7): train a prompt, run zero-shot, evaluate a saved prompt on another dataset.
+
+Each function writes ``config.json`` first (so an unfinished run is recognisable), ``history.jsonl`` per epoch, the
+learned prompt, and ``metrics.json`` last: a folder with ``metrics.json`` is a finished run, and it is not
+overwritten without ``overwrite=True``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from vlprompt import __version__
+from vlprompt._io import append_jsonl, atomic_write_json
+from vlprompt.backbones import create_backbone
+from vlprompt.engine import pipeline as P
+from vlprompt.engine.checkpoint import save_learner
+from vlprompt.engine.config import TrainConfig, parse_augment
+from vlprompt.engine.fit import FeatureBankBatches, fit
+from vlprompt.engine.model import PromptModel
+from vlprompt.engine.schedule import default_epochs
+from vlprompt.errors import ConfigError
+from vlprompt.prompts import create_prompt_learner
+
+_logger = logging.getLogger(__name__)
+
+
+@dataclass
+class RunSpec:
+    """Everything that defines a run (recorded in ``config.json``)."""
+
+    dataset: str
+    out: str
+    root: str | None = None
+    shots: int | None = 16
+    seed: int = 1
+    subsample: str = "all"
+    backbone: str = "RN50"
+    pretrained: str | None = None
+    method: str = "coop"
+    learner: dict = field(default_factory=dict)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    device: str = "auto"
+    cache_dir: str | None = None
+    classnames_file: str | None = None
+    strict: bool = False
+    label: str | None = None
+    overwrite: bool = False
+
+
+def default_label(method: str, learner: dict) -> str:
+    """Readable variant name used to group runs in reports, e.g. ``CoOp M=16 end`` or ``CoOp M=4 init CSC``."""
+    if method != "coop":
+        return method
+    m = len(learner["ctx_init"].split()) if learner.get("ctx_init") else learner.get("n_ctx", 16)
+    parts = [f"CoOp M={m}", learner.get("class_token_position", "end")]
+    if learner.get("ctx_init"):
+        parts.append(f"init '{learner['ctx_init']}'")
+    if learner.get("csc"):
+        parts.append("CSC")
+    return " ".join(parts)
+
+
+def prepare_out(out: str | Path, overwrite: bool) -> Path:
+    """Create the run folder; refuse to replace a finished run unless ``overwrite``."""
+    out = Path(out)
+    if (out / "metrics.json").exists():
+        if not overwrite:
+            raise ConfigError(f"--out '{out}' already holds a finished run (metrics.json); pass --overwrite to replace it.")
+        for name in ("metrics.json", "history.jsonl", "learner.json", "learner.safetensors", "config.json"):
+            (out / name).unlink(missing_ok=True)
+    (out / "history.jsonl").unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _versions() -> dict:
+    import open_clip
+
+    return {"vlprompt": __version__, "torch": torch.__version__, "open_clip": open_clip.__version__,
+            "python": platform.python_version()}
+
+
+def _base_config(spec: RunSpec, data: P.FewShotData, backbone, epochs: int | None, label: str) -> dict:
+    s = data.splits
+    return {
+        "label": label,
+        "method": spec.method,
+        "dataset": {"name": s.name, "spec": spec.dataset, "root": s.root, "num_classes": s.num_classes,
+                    "classnames": s.classnames, "template": s.template, "info": s.info},
+        "shots": spec.shots,
+        "seed": spec.seed,
+        "subsample": spec.subsample,
+        "backbone": backbone.identity(),
+        "learner": spec.learner,
+        "train": {**spec.train.to_dict(), "epochs": epochs},
+        "device": str(backbone.device),
+        "threads": torch.get_num_threads(),
+        "versions": _versions(),
+        "fewshot": {"train": P.relative_paths(data.train, s.root), "val": P.relative_paths(data.val, s.root)},
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+
+
+def _load(spec: RunSpec):
+    device = P.resolve_device(spec.device)
+    P.check_precision(spec.train.precision, device)
+    data = P.prepare_data(spec.dataset, spec.root, spec.shots, spec.seed, subsample=spec.subsample,
+                          classnames_file=spec.classnames_file, strict=spec.strict)
+    if not data.splits.test:
+        raise ConfigError(f"dataset '{spec.dataset}' has no test images to evaluate on.")
+    backbone = create_backbone(spec.backbone, spec.pretrained, device=device, precision=spec.train.precision)
+    return device, data, backbone
+
+
+def _test_features(spec: RunSpec, backbone, data: P.FewShotData, split: str, records, progress: bool) -> torch.Tensor:
+    from vlprompt.data.transforms import build_transform, transform_fingerprint
+
+    tf = build_transform(backbone.preprocess, train=False)
+    return P.cached_features(
+        backbone, records, transform_fingerprint(backbone.preprocess, False), tf, dataset=data.splits.name,
+        split=split, root=data.splits.root, precision=spec.train.precision, cache_dir=spec.cache_dir,
+        batch_size=spec.train.eval_batch_size, num_workers=spec.train.num_workers, progress=progress,
+    )
+
+
+def _train_batches(spec: RunSpec, model: PromptModel, data: P.FewShotData, progress: bool):
+    """The per-epoch batch source for the chosen --augment mode and whether it yields features."""
+    from torch.utils.data import DataLoader
+
+    from vlprompt.data.dataset import ImageDataset
+    from vlprompt.data.transforms import build_transform
+
+    cfg, backbone = spec.train, model.backbone
+    mode, k = parse_augment(cfg.augment)
+    gen = torch.Generator().manual_seed(spec.seed)
+    labels = P.labels_of(data.train)
+    if mode == "none":
+        feats = _test_features(spec, backbone, data, "train-fewshot", data.train, progress)
+        bank = torch.nn.functional.normalize(feats, dim=-1).unsqueeze(0)  # (1, N, E)
+        return FeatureBankBatches(bank.to(backbone.device), labels, cfg.batch_size, gen), True
+    tf = build_transform(backbone.preprocess, train=True, flip=cfg.flip, crop_scale=(cfg.crop_scale_min, 1.0))
+    if mode == "cached":
+        views = []
+        for v in range(k):  # K augmented views, each from the seeded global RNG stream
+            f = P.extract_features(backbone, data.train, tf, batch_size=cfg.eval_batch_size, precision=cfg.precision,
+                                   progress=progress, desc=f"view {v + 1}/{k}")
+            views.append(torch.nn.functional.normalize(f, dim=-1))
+        return FeatureBankBatches(torch.stack(views).to(backbone.device), labels, cfg.batch_size, gen), True
+    loader = DataLoader(ImageDataset(data.train, tf), batch_size=cfg.batch_size, shuffle=True, generator=gen,
+                        drop_last=len(data.train) >= cfg.batch_size, num_workers=cfg.num_workers)
+    return loader, False
+
+
+def train_run(spec: RunSpec, progress: bool = False) -> dict:
+    """Train a prompt with ``spec`` into ``spec.out`` and return its metrics."""
+    out = prepare_out(spec.out, spec.overwrite)
+    device, data, backbone = _load(spec)
+    P.seed_everything(spec.seed)
+    learner = create_prompt_learner(spec.method, backbone, data.splits.classnames, spec.learner).to(device)
+    spec.learner = learner.config_dict()
+    epochs = spec.train.epochs or default_epochs(spec.shots, data.splits.name)
+    config = _base_config(spec, data, backbone, epochs, spec.label or default_label(spec.method, spec.learner))
+    atomic_write_json(out / "config.json", config)
+    if not data.train:
+        raise ConfigError(f"dataset '{spec.dataset}' has no training images.")
+    model = PromptModel(backbone, learner)
+
+    t0 = time.perf_counter()
+    batches, are_feats = _train_batches(spec, model, data, progress)
+    fit(model, batches, spec.train, epochs, images_are_features=are_feats, progress=progress,
+        on_epoch=lambda rec, _opt: append_jsonl(out / "history.jsonl", rec))
+    train_seconds = time.perf_counter() - t0
+    save_learner(out, learner, backbone)
+
+    t1 = time.perf_counter()
+    with torch.no_grad():
+        text = model.text_features()  # once per evaluation, not per batch
+        metrics, _ = P.evaluate_features(text, _test_features(spec, backbone, data, "test", data.splits.test, progress),
+                                         P.labels_of(data.splits.test), backbone.logit_scale)
+        if data.val:
+            val_metrics, _ = P.evaluate_features(
+                text, _test_features(spec, backbone, data, "val-fewshot", data.val, progress),
+                P.labels_of(data.val), backbone.logit_scale)
+            metrics["val_accuracy"] = val_metrics["accuracy"]
+    metrics.update(train_seconds=train_seconds, eval_seconds=time.perf_counter() - t1,
+                   peak_memory_mb=P.peak_memory_mb(device), epochs=epochs)
+    atomic_write_json(out / "metrics.json", metrics)
+    return metrics
+
+
+def zeroshot_run(spec: RunSpec, templates: list[str], progress: bool = False) -> dict:
+    """Zero-shot CLIP with ``templates`` on the test split of ``spec.dataset``; writes a run folder."""
+    from vlprompt.eval.zeroshot import zero_shot_weights
+
+    out = prepare_out(spec.out, spec.overwrite)
+    spec.method, spec.learner = "zeroshot", {"templates": templates}
+    device, data, backbone = _load(spec)
+    label = spec.label or ("Zero-shot CLIP" if len(templates) == 1 else f"Zero-shot CLIP ({len(templates)} templates)")
+    atomic_write_json(out / "config.json", _base_config(spec, data, backbone, None, label))
+    t1 = time.perf_counter()
+    weights = zero_shot_weights(backbone, data.splits.classnames, templates)
+    metrics, _ = P.evaluate_features(weights, _test_features(spec, backbone, data, "test", data.splits.test, progress),
+                                     P.labels_of(data.splits.test), backbone.logit_scale)
+    metrics.update(train_seconds=0.0, eval_seconds=time.perf_counter() - t1, peak_memory_mb=P.peak_memory_mb(device))
+    atomic_write_json(out / "metrics.json", metrics)
+    return metrics
+
+
+def eval_run(run_dir: str, spec: RunSpec, progress: bool = False) -> dict:
+    """Evaluate the prompt saved in ``run_dir`` on the test split of ``spec.dataset``; writes ``spec.out``."""
+    from vlprompt.api import PromptClassifier
+
+    src = json.loads((Path(run_dir) / "config.json").read_text()) if (Path(run_dir) / "config.json").exists() else {}
+    out = prepare_out(spec.out, spec.overwrite)
+    device = P.resolve_device(spec.device)
+    data = P.prepare_data(spec.dataset, spec.root, None, spec.seed, subsample=spec.subsample,
+                          classnames_file=spec.classnames_file, strict=spec.strict)
+    clf = PromptClassifier.load(run_dir, device=device, classnames=data.splits.classnames,
+                                pretrained=spec.pretrained)
+    spec.method, spec.backbone = clf.method, clf.backbone.name
+    config = {**_base_config(spec, data, clf.backbone, None, src.get("label", clf.method)),
+              "shots": src.get("shots"), "seed": src.get("seed", spec.seed), "learner": clf.learner_config,
+              "evaluated_from": str(Path(run_dir).resolve()), "source_dataset": src.get("dataset", {}).get("name")}
+    atomic_write_json(out / "config.json", config)
+    t1 = time.perf_counter()
+    metrics, _ = P.evaluate_features(clf.text_features(), _test_features(spec, clf.backbone, data, "test",
+                                     data.splits.test, progress), P.labels_of(data.splits.test), clf.logit_scale)
+    metrics.update(train_seconds=0.0, eval_seconds=time.perf_counter() - t1, peak_memory_mb=P.peak_memory_mb(device))
+    atomic_write_json(out / "metrics.json", metrics)
+    return metrics
+
+
+def spec_to_dict(spec: RunSpec) -> dict:
+    """JSON-serialisable form of a spec."""
+    d = asdict(spec)
+    d["train"] = spec.train.to_dict()
+    return d
+
+
+__all__ = ["RunSpec", "train_run", "zeroshot_run", "eval_run", "default_label", "prepare_out", "spec_to_dict"]

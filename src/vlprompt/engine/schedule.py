@@ -1,0 +1,30 @@
+"""The official CoOp learning-rate schedule and epoch counts (reference §2.1–2.2).
+
+Epoch 1 runs at a constant warm-up lr (1e-5); from epoch 2 a cosine over ``T = max_epoch`` starting at the base lr,
+stepped once per epoch and shifted by the warm-up (Dassl's ``ConstantWarmupScheduler`` with ``WARMUP_RECOUNT``), so
+it never reaches 0: ``lr(e) = base · ½(1 + cos(π (e − 1 − W) / T))`` for ``e > W``.
+"""
+
+from __future__ import annotations
+
+import math
+
+
+def coop_lr(epoch: int, max_epoch: int, base_lr: float = 0.002, warmup_epochs: int = 1, warmup_lr: float = 1e-5) -> float:
+    """Learning rate of 1-indexed ``epoch`` under the official schedule."""
+    if epoch < 1 or epoch > max_epoch:
+        raise ValueError(f"epoch {epoch} outside 1..{max_epoch}")
+    if epoch <= warmup_epochs:
+        return warmup_lr
+    return base_lr * 0.5 * (1.0 + math.cos(math.pi * (epoch - 1 - warmup_epochs) / max_epoch))
+
+
+def default_epochs(shots: int | None, dataset: str | None = None) -> int:
+    """Official MAX_EPOCH: 50 for 1 shot, 100 for 2–4, 200 for 8–16 (and all data); 50 for ImageNet always."""
+    if dataset == "imagenet":
+        return 50
+    if shots is not None and 0 < shots <= 1:
+        return 50
+    if shots is not None and 0 < shots <= 4:
+        return 100
+    return 200

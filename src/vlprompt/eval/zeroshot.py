@@ -1,0 +1,30 @@
+"""Zero-shot CLIP classifier from hand-crafted templates (and prompt ensembles)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from vlprompt.backbones.base import Backbone
+from vlprompt.errors import ConfigError
+
+
+@torch.no_grad()
+def zero_shot_weights(backbone: Backbone, classnames: list[str], templates: list[str]) -> torch.Tensor:
+    """L2-normalised class weights ``[C, E]``.
+
+    Each template is filled with every class name (``_`` → space); per-template text features are L2-normalised,
+    averaged over templates and re-normalised (the official ``ZeroshotCLIP2`` / OpenAI ensembling). With one
+    template this is plain zero-shot CLIP.
+    """
+    if not templates:
+        raise ConfigError("no zero-shot templates given.")
+    bad = [t for t in templates if "{}" not in t]
+    if bad:
+        raise ConfigError(f"template {bad[0]!r} has no '{{}}' placeholder for the class name, e.g. 'a photo of a {{}}.'")
+    names = [c.replace("_", " ") for c in classnames]
+    acc = None
+    for t in templates:
+        feats = F.normalize(backbone.encode_text([t.format(n) for n in names]).float(), dim=-1)  # (C, E)
+        acc = feats if acc is None else acc + feats
+    return F.normalize(acc / len(templates), dim=-1)

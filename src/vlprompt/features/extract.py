@@ -1,0 +1,52 @@
+"""Batched image-feature extraction with a frozen backbone."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from vlprompt.backbones.base import Backbone
+from vlprompt.data.records import Sample
+
+_logger = logging.getLogger(__name__)
+
+
+def autocast_context(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """Autocast for ``precision == "amp"`` on CUDA (bf16 where supported, else fp16); a no-op otherwise."""
+    if precision == "amp" and device.type == "cuda":
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.autocast("cuda", dtype=dtype)
+    return contextlib.nullcontext()
+
+
+@torch.no_grad()
+def extract_features(
+    backbone: Backbone,
+    records: Sequence[Sample],
+    transform: Callable,
+    *,
+    batch_size: int = 100,
+    num_workers: int = 0,
+    precision: str = "fp32",
+    progress: bool = False,
+    desc: str = "features",
+) -> torch.Tensor:
+    """Encode every record's image: returns unnormalised fp32 features ``[N, E]`` in record order (on CPU)."""
+    from torch.utils.data import DataLoader
+
+    from vlprompt.data.dataset import ImageDataset
+
+    if not records:
+        return torch.empty(0, backbone.embed_dim)
+    loader = DataLoader(
+        ImageDataset(list(records), transform), batch_size=batch_size, shuffle=False, num_workers=num_workers
+    )
+    out = []
+    for images, _ in tqdm(loader, desc=desc, disable=not progress, leave=False, unit="batch"):
+        with autocast_context(backbone.device, precision):
+            out.append(backbone.encode_image(images.to(backbone.device)).float().cpu())  # (B, E)
+    return torch.cat(out)
