@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
         from vlprompt.data.templates import get_templates
 
         data = prepare_data(spec.dataset, spec.root, None, spec.seed, classnames_file=spec.classnames_file)
-        templates = get_templates(args.templates or "dataset", data.splits.template)
+        templates = get_templates(args.templates or "dataset", data.splits.template, dataset=data.splits.name)
     metrics = zeroshot_run(spec, templates, progress=True)
     print_metrics(metrics, spec.out)
     return 0

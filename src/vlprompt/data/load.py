@@ -22,7 +22,8 @@ CUSTOM_PREFIXES = ("folder:", "csv:", "split:")
 def read_split_spec(path: str, *, allow_outside_root: bool = False, strict: bool = False) -> DatasetSplits:
     """Read a generic split file in the official format, paths relative to the JSON file's folder.
 
-    Optional keys ``"classnames"`` (names indexed by label) and ``"template"`` are honoured. Few-shot subsets of
+    Optional keys ``"classnames"`` (names indexed by label), ``"template"`` and ``"name"`` (the dataset's name in
+    run configs and reports; default: the JSON file's folder name) are honoured. Few-shot subsets of
     such data use the official sampler.
 
     Raises:
@@ -40,7 +41,9 @@ def read_split_spec(path: str, *, allow_outside_root: bool = False, strict: bool
             raise DataError(f"split file {path!r}: the first {split} image {records[0].path!r} does not exist; "
                             "paths must be relative to the split file's folder")
     info = {"split_file": os.path.basename(path), "split_sha256": extra["sha256"], "sampler": "coop"}
-    return DatasetSplits("split", root, classnames, train, val, test, extra.get("template", "a photo of a {}."), info)
+    # The dataset's name in run configs and reports: the file's "name" key, else its folder's name.
+    name = extra.get("name") or os.path.basename(root) or "split"
+    return DatasetSplits(name, root, classnames, train, val, test, extra.get("template", "a photo of a {}."), info)
 
 
 def _rename(splits: DatasetSplits, classnames_file: str) -> DatasetSplits:

@@ -159,6 +159,10 @@ def read_split_file(
         if not (isinstance(data["template"], str) and "{}" in data["template"]):
             raise DataError(f"split file {path!r}: 'template' must be a string containing '{{}}'")
         extra["template"] = data["template"]
+    if "name" in data:
+        if not (isinstance(data["name"], str) and data["name"].strip()):
+            raise DataError(f"split file {path!r}: 'name' must be a non-empty string (the dataset's name in reports)")
+        extra["name"] = data["name"].strip()
     return splits[0], splits[1], splits[2], extra
 
 

@@ -48,11 +48,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def is_custom(spec: str) -> bool:
-    """Whether a dataset spec is user data (folder/CSV) rather than a fixed split file or benchmark."""
-    return spec.startswith(("folder:", "csv:"))
-
-
 @dataclass
 class FewShotData:
     """The data of one run after few-shot sampling and class subsampling."""
@@ -71,30 +66,23 @@ def prepare_data(
     subsample: str = "all",
     classnames_file: str | None = None,
     strict: bool = False,
+    split_seed: int = 1,
 ) -> FewShotData:
     """Load ``spec``, draw the few-shot train/val sets and apply the base/new class split.
 
     Benchmarks and split files use the official Dassl sampler (same images, same order as the official code for
-    the same split file, K and seed); folder/CSV data use the pure explicitly seeded sampler.
+    the same split file, K and seed); folder/CSV data use the pure explicitly seeded sampler. The generated split
+    of custom data without a test folder depends on ``split_seed`` only (not on ``seed``), so every seed is tested
+    on the same images. When val is the test set (ImageNet), val stays whole, as officially.
     """
     from vlprompt.data import load_dataset
-    from vlprompt.data.fewshot import sample_few_shot, sample_few_shot_coop, subsample_classes
+    from vlprompt.data.fewshot import apply_few_shot, subsample_classes
 
-    splits = load_dataset(spec, root, classnames_file=classnames_file, split_seed=seed, strict=strict)
-    if shots is not None and shots > 0:
-        if is_custom(spec):
-            train = sample_few_shot(splits.train, shots, seed, strict=strict)
-            val = sample_few_shot(splits.val, min(shots, 4), seed, strict=False)
-        else:
-            train, val = sample_few_shot_coop(splits.train, splits.val, shots, seed)
-    else:
-        train, val = list(splits.train), list(splits.val)
+    splits = load_dataset(spec, root, classnames_file=classnames_file, split_seed=split_seed, strict=strict)
+    splits = apply_few_shot(splits, shots if shots and shots > 0 else None, seed, strict=strict)
     if subsample != "all":
-        sampled = DatasetSplits(splits.name, splits.root, splits.classnames, train, val, splits.test, splits.template,
-                                splits.info)
-        sampled = subsample_classes(sampled, subsample)
-        splits, train, val = sampled, sampled.train, sampled.val
-    return FewShotData(splits, list(train), list(val))
+        splits = subsample_classes(splits, subsample)
+    return FewShotData(splits, list(splits.train), list(splits.val))
 
 
 def relative_paths(records: list[Sample], root: str) -> list[str]:

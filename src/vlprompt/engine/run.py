@@ -108,15 +108,19 @@ def _base_config(spec: RunSpec, data: P.FewShotData, backbone, epochs: int | Non
     }
 
 
-def _load(spec: RunSpec):
+def _load(spec: RunSpec, backbone=None):
+    """Device, data and backbone of a run (``backbone`` reuses an already-built one with the same identity)."""
     device = P.resolve_device(spec.device)
     P.check_precision(spec.train.precision, device)
     data = P.prepare_data(spec.dataset, spec.root, spec.shots, spec.seed, subsample=spec.subsample,
                           classnames_file=spec.classnames_file, strict=spec.strict)
     if not data.splits.test:
         raise ConfigError(f"dataset '{spec.dataset}' has no test images to evaluate on.")
-    backbone = create_backbone(spec.backbone, spec.pretrained, device=device, precision=spec.train.precision)
-    return device, data, backbone
+    if backbone is None:
+        backbone = create_backbone(spec.backbone, spec.pretrained, device=device, precision=spec.train.precision)
+    elif backbone.name != spec.backbone:
+        raise ConfigError(f"the backbone passed in is '{backbone.name}' but the run asks for '{spec.backbone}'.")
+    return backbone.device, data, backbone
 
 
 def _test_features(spec: RunSpec, backbone, data: P.FewShotData, split: str, records, progress: bool) -> torch.Tensor:
@@ -158,10 +162,10 @@ def _train_batches(spec: RunSpec, model: PromptModel, data: P.FewShotData, progr
     return loader, False
 
 
-def train_run(spec: RunSpec, progress: bool = False) -> dict:
-    """Train a prompt with ``spec`` into ``spec.out`` and return its metrics."""
+def train_run(spec: RunSpec, progress: bool = False, backbone=None) -> dict:
+    """Train a prompt with ``spec`` into ``spec.out`` and return its metrics (``backbone``: reuse a built one)."""
     out = prepare_out(spec.out, spec.overwrite)
-    device, data, backbone = _load(spec)
+    device, data, backbone = _load(spec, backbone)
     P.seed_everything(spec.seed)
     learner = create_prompt_learner(spec.method, backbone, data.splits.classnames, spec.learner).to(device)
     spec.learner = learner.config_dict()
@@ -184,7 +188,7 @@ def train_run(spec: RunSpec, progress: bool = False) -> dict:
         text = model.text_features()  # once per evaluation, not per batch
         metrics, _ = P.evaluate_features(text, _test_features(spec, backbone, data, "test", data.splits.test, progress),
                                          P.labels_of(data.splits.test), backbone.logit_scale)
-        if data.val:
+        if data.val and not data.splits.info.get("val_is_test"):
             val_metrics, _ = P.evaluate_features(
                 text, _test_features(spec, backbone, data, "val-fewshot", data.val, progress),
                 P.labels_of(data.val), backbone.logit_scale)
@@ -195,13 +199,13 @@ def train_run(spec: RunSpec, progress: bool = False) -> dict:
     return metrics
 
 
-def zeroshot_run(spec: RunSpec, templates: list[str], progress: bool = False) -> dict:
+def zeroshot_run(spec: RunSpec, templates: list[str], progress: bool = False, backbone=None) -> dict:
     """Zero-shot CLIP with ``templates`` on the test split of ``spec.dataset``; writes a run folder."""
     from vlprompt.eval.zeroshot import zero_shot_weights
 
     out = prepare_out(spec.out, spec.overwrite)
     spec.method, spec.learner = "zeroshot", {"templates": templates}
-    device, data, backbone = _load(spec)
+    device, data, backbone = _load(spec, backbone)
     label = spec.label or ("Zero-shot CLIP" if len(templates) == 1 else f"Zero-shot CLIP ({len(templates)} templates)")
     atomic_write_json(out / "config.json", _base_config(spec, data, backbone, None, label))
     t1 = time.perf_counter()
