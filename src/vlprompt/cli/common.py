@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from vlprompt.engine.config import AUGMENT_HELP, TrainConfig
-from vlprompt.engine.run import RunSpec
+
+if TYPE_CHECKING:  # importing the engine pulls in torch: only when a command runs, not for --help or usage errors
+    from vlprompt.engine.run import RunSpec
 
 RECIPE_NOTE = "Defaults reproduce the official CoOp recipe (SGD 0.002, momentum 0.9, wd 5e-4, batch 32, cosine)."
 
@@ -25,6 +28,9 @@ def add_data_args(p: argparse.ArgumentParser, shots: bool = True) -> None:
                    help="file mapping folder/label names to readable class names (custom data)")
     g.add_argument("--strict", action="store_true",
                    help="refuse unreadable images and classes with fewer than --shots images instead of warning")
+    g.add_argument("--allow-outside-root", action="store_true",
+                   help="accept image paths in a CSV or split file that point outside its folder (refused by "
+                        "default: only for files you trust)")
 
 
 def add_backbone_args(p: argparse.ArgumentParser, default: str | None = "RN50") -> None:
@@ -68,6 +74,9 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--crop-scale-min", type=float, default=0.08,
                    help="RandomResizedCrop minimum area scale (default 0.08)")
     g.add_argument("--workers", type=int, default=0, help="data-loading worker processes (default 0)")
+    g.add_argument("--resume", action="store_true",
+                   help="continue the unfinished run in --out after its last completed epoch (rerunning the same "
+                        "command does this too); a finished run of the same configuration is kept and reported")
 
 
 def add_output_args(p: argparse.ArgumentParser) -> None:
@@ -101,6 +110,8 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
 
 def run_spec(args: argparse.Namespace) -> RunSpec:
     """RunSpec from parsed arguments."""
+    from vlprompt.engine.run import RunSpec
+
     learner = {}
     if hasattr(args, "n_ctx"):
         learner = {"n_ctx": args.n_ctx, "ctx_init": args.ctx_init, "csc": args.csc,
@@ -111,6 +122,7 @@ def run_spec(args: argparse.Namespace) -> RunSpec:
         pretrained=args.pretrained, method=getattr(args, "method", "coop"), learner=learner,
         train=train_config(args), device=args.device, cache_dir=args.cache_dir,
         classnames_file=args.classnames_file, strict=args.strict, label=args.label, overwrite=args.overwrite,
+        resume=getattr(args, "resume", False), allow_outside_root=getattr(args, "allow_outside_root", False),
     )
 
 

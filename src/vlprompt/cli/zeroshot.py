@@ -33,7 +33,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         from vlprompt.data.templates import get_templates
 
-        data = prepare_data(spec.dataset, spec.root, None, spec.seed, classnames_file=spec.classnames_file)
+        data = prepare_data(spec.dataset, spec.root, None, spec.seed, classnames_file=spec.classnames_file,
+                            allow_outside_root=spec.allow_outside_root)
         templates = get_templates(args.templates or "dataset", data.splits.template, dataset=data.splits.name)
     metrics = zeroshot_run(spec, templates, progress=True)
     print_metrics(metrics, spec.out)

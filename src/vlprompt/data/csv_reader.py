@@ -22,7 +22,7 @@ import os
 from vlprompt.data.custom import finish_custom
 from vlprompt.data.images import format_list
 from vlprompt.data.records import DatasetSplits, Sample
-from vlprompt.data.splitfile import file_sha256, resolve_path
+from vlprompt.data.splitfile import file_sha256, label_gaps, resolve_path
 from vlprompt.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -31,19 +31,22 @@ SPLIT_ALIASES = {"train": "train", "val": "val", "valid": "val", "validation": "
 
 
 def _is_int(s: str) -> bool:
-    return s.lstrip("-").isdigit()
+    return s.removeprefix("-").isdecimal()  # what int() accepts (not e.g. "²")
 
 
 def parse_class_list(path: str, labels: set[str]) -> list[tuple[str, str]]:
     """Read a class-names file as ``[(key, name), ...]`` in label order (see the module docstring)."""
     if not os.path.isfile(path):
         raise DataError(f"class-names file {path!r} does not exist")
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except UnicodeDecodeError as e:
+        raise DataError(f"class-names file {path!r} is not UTF-8 text ({e})") from e
     if path.endswith(".json"):
         try:
             data = json.loads(text)
-        except json.JSONDecodeError as e:
+        except (json.JSONDecodeError, RecursionError) as e:
             raise DataError(f"class-names file {path!r} is not valid JSON ({e})") from e
         if isinstance(data, dict):
             return [(str(k), str(v)) for k, v in data.items()]
@@ -70,6 +73,19 @@ def read_csv(path: str, *, classnames_file: str | None = None, split_seed: int =
     if not os.path.isfile(path):
         raise DataError(f"CSV file {path!r} does not exist; csv:PATH needs a file with columns path,label[,split]")
     base = os.path.dirname(path)
+    try:
+        rows = _read_rows(path, base, allow_outside_root)
+    except UnicodeDecodeError as e:
+        raise DataError(f"CSV file {path!r} is not UTF-8 text ({e}); save it as UTF-8") from e
+    except csv.Error as e:
+        raise DataError(f"CSV file {path!r} is malformed ({e})") from e
+    if not rows:
+        raise DataError(f"CSV file {path!r} has no rows")
+    return _build(path, base, rows, classnames_file, split_seed, strict)
+
+
+def _read_rows(path: str, base: str, allow_outside_root: bool) -> list[tuple[str, str, str, int]]:
+    """``(absolute path, label, split, line number)`` per row, checked for shape and path safety."""
     with open(path, encoding="utf-8-sig", newline="") as f:
         reader = csv.DictReader(f)
         cols = {(c or "").strip().lower(): c for c in reader.fieldnames or []}
@@ -87,9 +103,12 @@ def read_csv(path: str, *, classnames_file: str | None = None, split_seed: int =
                 raise DataError(f"{where}: split {sp!r} is not one of train, val, test")
             rows.append((resolve_path(base, p, allow_outside_root=allow_outside_root, source=f"CSV file {path!r}"),
                          lab, SPLIT_ALIASES[sp], reader.line_num))
-    if not rows:
-        raise DataError(f"CSV file {path!r} has no rows")
+    return rows
 
+
+def _build(path: str, base: str, rows: list[tuple[str, str, str, int]], classnames_file: str | None,
+           split_seed: int, strict: bool) -> DatasetSplits:
+    """Turn the rows into labelled records and splits (label rules in the module docstring)."""
     labels = {r[1] for r in rows}
     if classnames_file:
         classes = parse_class_list(classnames_file, labels)
@@ -104,9 +123,9 @@ def read_csv(path: str, *, classnames_file: str | None = None, split_seed: int =
         ints = sorted({int(s) for s in labels})
         if ints[0] < 0:
             raise DataError(f"CSV file {path!r}: negative label {ints[0]}; integer labels must be 0..N-1")
-        gaps = [str(i) for i in range(ints[-1] + 1) if i not in set(ints)]
+        gaps = label_gaps(ints)
         if gaps:
-            raise DataError(f"CSV file {path!r}: integer labels must cover 0..{ints[-1]}, but {format_list(gaps)} "
+            raise DataError(f"CSV file {path!r}: integer labels must cover 0..{ints[-1]}, but {gaps} "
                             "never appear; renumber them or give the classes with --classnames")
         classnames = [str(i) for i in range(ints[-1] + 1)]
         lookup = {s: int(s) for s in labels}

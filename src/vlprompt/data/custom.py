@@ -57,12 +57,15 @@ def read_classnames_file(path: str, keys: list[str]) -> dict[str, str]:
     """
     if not os.path.isfile(path):
         raise DataError(f"class-names file {path!r} does not exist")
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except UnicodeDecodeError as e:
+        raise DataError(f"class-names file {path!r} is not UTF-8 text ({e})") from e
     if path.endswith(".json"):
         try:
             data = json.loads(text)
-        except json.JSONDecodeError as e:
+        except (json.JSONDecodeError, RecursionError) as e:
             raise DataError(f"class-names file {path!r} is not valid JSON ({e})") from e
         if isinstance(data, dict):
             return {str(k): str(v) for k, v in data.items()}
@@ -133,8 +136,11 @@ def assign_splits(pools: dict[str, list[Sample]], split_seed: int, source: str,
 def finish_custom(name: str, root: str, classnames: list[str], pools: dict[str, list[Sample]], split_seed: int,
                   strict: bool, source: str, extra: dict) -> DatasetSplits:
     """Check the images of custom data, assign its splits and wrap everything as :class:`DatasetSplits`."""
+    listed = sum(len(pools.get(split, [])) for split in SPLITS)
     for split in SPLITS:
         pools[split] = check_images(pools.get(split, []), strict)
+    if listed and not any(pools[split] for split in SPLITS):
+        raise DataError(f"{source}: none of the {listed} listed image file(s) could be read (see the warning above)")
     train, val, test, info = assign_splits(pools, split_seed, source, strict)
     return DatasetSplits(name, root, classnames, train, val, test, "a photo of a {}.", {"sampler": "pure", **extra,
                                                                                         **info})

@@ -53,11 +53,17 @@ def resolve_path(base: str, path: str, *, allow_outside_root: bool = False, sour
     The check is lexical (``..`` and absolute paths), so a symlinked data folder inside ``base`` is fine.
 
     Raises:
-        DataError: ``path`` points outside ``base`` and ``allow_outside_root`` is false.
+        DataError: ``path`` points outside ``base`` and ``allow_outside_root`` is false, or contains a NUL.
     """
+    if "\0" in path:
+        raise DataError(f"path {path!r}{f' in {source}' if source else ''} contains a NUL character; no file can have "
+                        "that name")
     if path and path[0] not in "/~" and not _NEEDS_NORMALISING.search(path):
         return f"{_abspath(base)}{os.sep}{path}"  # fast path: a clean relative path cannot escape ``base``
     full = os.path.normpath(os.path.join(base, os.path.expanduser(path)))
+    if os.path.abspath(full) == os.path.normpath(os.path.abspath(base)):
+        raise DataError(f"path {path!r}{f' in {source}' if source else ''} names the dataset folder itself, not an "
+                        "image file")
     if not allow_outside_root:
         base_n = os.path.normpath(os.path.abspath(base))
         if os.path.commonpath([base_n, os.path.abspath(full)]) != base_n:
@@ -93,13 +99,32 @@ def classnames_from_records(groups: Iterable[Sequence[Sample]], source: str, kno
                 )
     if not names:
         return []
-    missing = [str(i) for i in range(max(names) + 1) if i not in names]
+    missing = label_gaps(names)
     if missing:
         raise DataError(
-            f"{source}: labels must be 0..N-1 without gaps, but label(s) {format_list(missing)} never appear; "
+            f"{source}: labels must be 0..N-1 without gaps, but label(s) {missing} never appear; "
             "renumber the labels or list every class in a \"classnames\" entry"
         )
     return [names[i] for i in range(len(names))]
+
+
+def label_gaps(labels: Iterable[int], limit: int = 10) -> str:
+    """The labels missing from ``0..max(labels)`` as ``"3, 4, … and N more"``, or ``""`` when there are none.
+
+    Runs in time proportional to ``len(labels) + limit``, not to ``max(labels)`` (a label of 10**12 in a hostile
+    file must not hang the reader).
+    """
+    present = set(labels)
+    top = max(present)
+    n_missing = top + 1 - len(present)
+    if n_missing <= 0:
+        return ""
+    shown, i = [], 0
+    while len(shown) < min(limit, n_missing):
+        if i not in present:
+            shown.append(str(i))
+        i += 1
+    return ", ".join(shown) + (f", … and {n_missing - len(shown)} more" if n_missing > len(shown) else "")
 
 
 def _parse_entries(raw: object, split: str, path: str, base: str, allow_outside_root: bool) -> list[Sample]:
@@ -111,7 +136,7 @@ def _parse_entries(raw: object, split: str, path: str, base: str, allow_outside_
         if ok:
             rel, label, name = item
             ok = isinstance(rel, str) and isinstance(name, str) and not isinstance(label, bool)
-            ok = ok and (isinstance(label, int) or (isinstance(label, str) and label.strip().isdigit()))
+            ok = ok and (isinstance(label, int) or (isinstance(label, str) and label.strip().isdecimal()))
         if not ok:
             raise DataError(
                 f"split file {path!r}: entry {split}[{i}] = {item!r} is not [relative_path, int_label, classname]"
@@ -143,7 +168,7 @@ def read_split_file(
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
         raise DataError(f"split file {path!r} is not valid JSON ({e})") from e
     if not isinstance(data, dict) or not any(k in data for k in SPLITS):
         raise DataError(f"split file {path!r} must be a JSON object with keys 'train', 'val', 'test'")
@@ -156,8 +181,13 @@ def read_split_file(
             raise DataError(f"split file {path!r}: 'classnames' must be a list of strings indexed by label")
         extra["classnames"] = names
     if "template" in data:
-        if not (isinstance(data["template"], str) and "{}" in data["template"]):
-            raise DataError(f"split file {path!r}: 'template' must be a string containing '{{}}'")
+        from vlprompt.data.templates import check_template
+        from vlprompt.errors import ConfigError
+
+        try:
+            check_template(data["template"], f"split file {path!r}: 'template'")
+        except ConfigError as e:
+            raise DataError(str(e)) from e
         extra["template"] = data["template"]
     if "name" in data:
         if not (isinstance(data["name"], str) and data["name"].strip()):
@@ -176,21 +206,21 @@ def check_duplicates(splits: dict[str, list[Sample]], source: str, strict: bool 
     n = sum(len(records) for records in splits.values())
     if len({r.path for records in splits.values() for r in records}) == n:
         return  # fast path: no path appears twice
-    seen: dict[str, tuple[str, int]] = {}
+    seen: dict[str, tuple[str, int]] = {}  # path -> (first split, label)
     repeats, leaks = [], []
     for split, records in splits.items():
-        kept = []
+        kept, here = [], set()
         for r in records:
-            prev = seen.get(r.path)
-            if prev is None:
-                seen[r.path] = (split, r.label)
-                kept.append(r)
-                continue
+            prev = seen.setdefault(r.path, (split, r.label))
             if prev[1] != r.label:
                 raise DataError(f"{source}: {r.path!r} is listed with two labels ({prev[1]} and {r.label})")
-            (repeats if prev[0] == split else leaks).append(r.path)
+            if r.path in here:  # repeated within this split (whether or not it is also in another split)
+                repeats.append(r.path)
+                continue
+            here.add(r.path)
             if prev[0] != split:
-                kept.append(r)
+                leaks.append(r.path)
+            kept.append(r)
         records[:] = kept
     if repeats or leaks:
         msg = []

@@ -126,6 +126,23 @@ IMAGENET_TEMPLATES_SELECT: tuple[str, ...] = (
 TEMPLATE_KINDS = ("dataset", "ensemble7", "ensemble80")
 
 
+def check_template(template: object, where: str = "template") -> str:
+    """Return ``template`` if it is a string that formats with one class name through one ``{}``.
+
+    Raises:
+        ConfigError: no ``{}``, or other replacement fields (``{0} {1}``, ``{name}``, a lone ``{``) that
+            ``template.format(name)`` would fail on (literal braces are written ``{{`` and ``}}``).
+    """
+    if not isinstance(template, str) or "{}" not in template:
+        raise ConfigError(f"{where} {template!r} has no '{{}}' placeholder for the class name, e.g. 'a photo of a {{}}.'")
+    try:
+        template.format("class")
+    except (IndexError, KeyError, ValueError) as e:
+        raise ConfigError(f"{where} {template!r} cannot be filled with one class name ({type(e).__name__}: {e}); use "
+                          "exactly one '{}' and write literal braces as '{{' and '}}'") from e
+    return template
+
+
 def read_template_file(path: str) -> list[str]:
     """One template per non-empty line; each must contain ``{}``.
 
@@ -136,13 +153,15 @@ def read_template_file(path: str) -> list[str]:
         raise ConfigError(
             f"templates {path!r}: neither one of {', '.join(TEMPLATE_KINDS)} nor an existing file of templates"
         )
-    with open(path, encoding="utf-8") as f:
-        lines = [line.strip() for line in f if line.strip()]
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = [line.strip() for line in f if line.strip()]
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"template file {path!r} is not UTF-8 text ({e})") from e
     if not lines:
         raise ConfigError(f"template file {path!r} is empty; write one template per line, e.g. 'a photo of a {{}}.'")
     for n, line in enumerate(lines, 1):
-        if "{}" not in line:
-            raise ConfigError(f"template file {path!r} line {n}: {line!r} has no '{{}}' placeholder for the class name")
+        check_template(line, f"template file {path!r} line {n}:")
     return lines
 
 
@@ -161,8 +180,7 @@ def get_templates(kind: str, dataset_template: str, dataset: str | None = None) 
     Raises:
         ConfigError: unknown kind / unreadable file, or a template without ``{}``.
     """
-    if "{}" not in dataset_template:
-        raise ConfigError(f"template {dataset_template!r} has no '{{}}' placeholder for the class name")
+    check_template(dataset_template)
     if kind == "dataset":
         return [dataset_template]
     if kind == "ensemble7":

@@ -47,6 +47,31 @@ class FeatureBankBatches:
             yield self.bank[views[idx], idx], self.labels[idx]  # (B, E), (B,)
 
 
+def divergence_message(loss: float, epoch: int, step: int, cfg: TrainConfig) -> str:
+    """What went wrong (epoch and step) and what to try, depending on the precision."""
+    if cfg.precision == "fp16":
+        hint = ("with --precision fp16 this is usually an overflow of the fp16 weights or context: rerun with "
+                "--precision amp (on a GPU) or --precision fp32, or a lower --lr")
+    elif cfg.precision == "amp":
+        hint = "with --precision amp this can be an fp16 overflow: rerun with --precision fp32, or a lower --lr"
+    else:
+        hint = f"the optimisation diverged at --precision fp32: rerun with a lower --lr (now {cfg.lr:g})"
+    return (f"the training loss became {loss} at epoch {epoch}, step {step}; training stopped instead of continuing on "
+            f"garbage ({hint}; the run folder stays unfinished: rerun with --overwrite).")
+
+
+def make_optimizer(learner: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """The official optimizer: SGD over the learner's trainable parameters only."""
+    params = [p for p in learner.parameters() if p.requires_grad]
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def make_scaler(cfg: TrainConfig, device: torch.device) -> torch.amp.GradScaler | None:
+    """A GradScaler when ``--precision amp`` runs fp16 autocast (CUDA without bf16), else ``None``."""
+    use = cfg.precision == "amp" and device.type == "cuda" and not torch.cuda.is_bf16_supported()
+    return torch.amp.GradScaler("cuda") if use else None
+
+
 def fit(
     model: PromptModel,
     batches: Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]] | FeatureBankBatches,
@@ -58,6 +83,7 @@ def fit(
     on_epoch: Callable[[dict], None] | None = None,
     start_epoch: int = 1,
     optimizer: torch.optim.Optimizer | None = None,
+    scaler: torch.amp.GradScaler | None | str = "auto",
 ) -> list[dict]:
     """Train ``model.learner`` with the official recipe and return one record per epoch.
 
@@ -71,64 +97,64 @@ def fit(
         progress: show a progress bar over epochs.
         on_epoch: called with each epoch's record (used to append ``history.jsonl``).
         start_epoch: first epoch to run (for resuming).
-        optimizer: an existing optimizer (for resuming); built when ``None``.
+        optimizer: an existing optimizer (for resuming); built with :func:`make_optimizer` when ``None``.
+        scaler: the GradScaler for ``--precision amp`` with fp16 autocast (for resuming), ``None`` for none, or
+            ``"auto"`` to build one with :func:`make_scaler`.
 
     Returns:
         ``[{"epoch", "lr", "loss", "train_accuracy", "seconds"}, ...]``.
     """
-    params = [p for p in model.learner.parameters() if p.requires_grad]
     if optimizer is None:
-        optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        optimizer = make_optimizer(model.learner, cfg)
     device = model.backbone.device
-    use_scaler = cfg.precision == "amp" and device.type == "cuda" and not torch.cuda.is_bf16_supported()
-    scaler = torch.amp.GradScaler("cuda") if use_scaler else None
+    if isinstance(scaler, str):
+        scaler = make_scaler(cfg, device)
     history = []
     model.learner.train()
     bar = tqdm(range(start_epoch, epochs + 1), desc="train", unit="epoch", disable=not progress, leave=False)
-    for epoch in bar:
-        t0 = time.perf_counter()
-        lr = coop_lr(epoch, epochs, cfg.lr, cfg.warmup_epochs, cfg.warmup_lr)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        total_loss, correct, seen = 0.0, 0, 0
-        for step, (x, y) in enumerate(batches, start=1):
-            y = y.to(device)
-            if images_are_features:
-                img = x.to(device)
-            else:
-                with torch.no_grad(), autocast_context(device, cfg.precision):
-                    img = model.image_features(x.to(device))
-            with autocast_context(device, cfg.precision):
-                logits = model.logits(img)  # (B, C)
-                loss = F.cross_entropy(logits.float(), y)
-            if not torch.isfinite(loss):
-                raise TrainingDivergedError(
-                    f"the loss became {loss.item()} at epoch {epoch}, step {step}; training stopped instead of "
-                    f"continuing on garbage. With --precision {cfg.precision} this is often an overflow: try "
-                    "--precision fp32 (or amp), or a lower --lr."
-                )
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                loss.backward()
-                optimizer.step()
-            total_loss += loss.item() * y.numel()
-            correct += (logits.argmax(-1) == y).sum().item()
-            seen += y.numel()
-        record = {
-            "epoch": epoch,
-            "lr": lr,
-            "loss": total_loss / max(seen, 1) if seen else math.nan,
-            "train_accuracy": 100.0 * correct / max(seen, 1),
-            "seconds": time.perf_counter() - t0,
-        }
-        history.append(record)
-        bar.set_postfix(loss=f"{record['loss']:.3f}", acc=f"{record['train_accuracy']:.1f}")
-        _logger.info("epoch %d/%d lr %.3e loss %.4f acc %.2f", epoch, epochs, lr, record["loss"], record["train_accuracy"])
-        if on_epoch is not None:
-            on_epoch(record, optimizer)
+    try:
+        for epoch in bar:
+            t0 = time.perf_counter()
+            lr = coop_lr(epoch, epochs, cfg.lr, cfg.warmup_epochs, cfg.warmup_lr)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            total_loss, correct, seen = 0.0, 0, 0
+            for step, (x, y) in enumerate(batches, start=1):
+                y = y.to(device)
+                if images_are_features:
+                    img = x.to(device)
+                else:
+                    with torch.no_grad(), autocast_context(device, cfg.precision):
+                        img = model.image_features(x.to(device))
+                with autocast_context(device, cfg.precision):
+                    logits = model.logits(img)  # (B, C)
+                    loss = F.cross_entropy(logits.float(), y)
+                if not torch.isfinite(loss):
+                    raise TrainingDivergedError(divergence_message(loss.item(), epoch, step, cfg))
+                optimizer.zero_grad(set_to_none=True)
+                if scaler is not None:
+                    scaler.scale(loss).backward()
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    loss.backward()
+                    optimizer.step()
+                total_loss += loss.item() * y.numel()
+                correct += (logits.argmax(-1) == y).sum().item()
+                seen += y.numel()
+            record = {
+                "epoch": epoch,
+                "lr": lr,
+                "loss": total_loss / max(seen, 1) if seen else math.nan,
+                "train_accuracy": 100.0 * correct / max(seen, 1),
+                "seconds": time.perf_counter() - t0,
+            }
+            history.append(record)
+            bar.set_postfix(loss=f"{record['loss']:.3f}", acc=f"{record['train_accuracy']:.1f}")
+            _logger.info("epoch %d/%d lr %.3e loss %.4f acc %.2f", epoch, epochs, lr, record["loss"], record["train_accuracy"])
+            if on_epoch is not None:
+                on_epoch(record, optimizer)
+    finally:
+        bar.close()  # clears the bar, so that an error message starts on a clean line
     model.learner.eval()
     return history

@@ -67,6 +67,7 @@ def prepare_data(
     classnames_file: str | None = None,
     strict: bool = False,
     split_seed: int = 1,
+    allow_outside_root: bool = False,
 ) -> FewShotData:
     """Load ``spec``, draw the few-shot train/val sets and apply the base/new class split.
 
@@ -74,11 +75,13 @@ def prepare_data(
     the same split file, K and seed); folder/CSV data use the pure explicitly seeded sampler. The generated split
     of custom data without a test folder depends on ``split_seed`` only (not on ``seed``), so every seed is tested
     on the same images. When val is the test set (ImageNet), val stays whole, as officially.
+    ``allow_outside_root`` accepts CSV/split-file paths that escape the dataset folder (``--allow-outside-root``).
     """
     from vlprompt.data import load_dataset
     from vlprompt.data.fewshot import apply_few_shot, subsample_classes
 
-    splits = load_dataset(spec, root, classnames_file=classnames_file, split_seed=split_seed, strict=strict)
+    splits = load_dataset(spec, root, classnames_file=classnames_file, split_seed=split_seed, strict=strict,
+                          allow_outside_root=allow_outside_root)
     splits = apply_few_shot(splits, shots if shots and shots > 0 else None, seed, strict=strict)
     if subsample != "all":
         splits = subsample_classes(splits, subsample)

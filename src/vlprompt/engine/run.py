@@ -3,6 +3,12 @@
 Each function writes ``config.json`` first (so an unfinished run is recognisable), ``history.jsonl`` per epoch, the
 learned prompt, and ``metrics.json`` last: a folder with ``metrics.json`` is a finished run, and it is not
 overwritten without ``overwrite=True``.
+
+**Resuming.** Training saves its full state after every epoch (:mod:`vlprompt.engine.train_state`). Running the
+same training again into a folder that holds an unfinished run of the same resolved configuration continues after
+the last completed epoch and ends with the same context and metrics as an uninterrupted run; a different
+configuration is refused (naming the differences) unless ``overwrite``. With ``resume=True`` a finished run of the
+same configuration is kept and its metrics returned, so a grid can simply be restarted.
 """
 
 from __future__ import annotations
@@ -20,12 +26,13 @@ from vlprompt import __version__
 from vlprompt._io import append_jsonl, atomic_write_json
 from vlprompt.backbones import create_backbone
 from vlprompt.engine import pipeline as P
-from vlprompt.engine.checkpoint import save_learner
+from vlprompt.engine import train_state as TS
+from vlprompt.engine.checkpoint import LEARNER_JSON, LEARNER_WEIGHTS, save_learner
 from vlprompt.engine.config import TrainConfig, parse_augment
-from vlprompt.engine.fit import FeatureBankBatches, fit
+from vlprompt.engine.fit import FeatureBankBatches, fit, make_optimizer, make_scaler
 from vlprompt.engine.model import PromptModel
 from vlprompt.engine.schedule import default_epochs
-from vlprompt.errors import ConfigError
+from vlprompt.errors import ArtifactError, ConfigError
 from vlprompt.prompts import create_prompt_learner
 
 _logger = logging.getLogger(__name__)
@@ -52,6 +59,14 @@ class RunSpec:
     strict: bool = False
     label: str | None = None
     overwrite: bool = False
+    resume: bool = False
+    allow_outside_root: bool = False
+
+    def __post_init__(self) -> None:
+        if self.shots is not None and (isinstance(self.shots, bool) or self.shots < 0):
+            raise ConfigError(f"--shots must be ≥ 0 (0 = all training images), got {self.shots}.")
+        if not 0 <= self.seed < 2**32:
+            raise ConfigError(f"--seed must be in 0..2**32-1 (NumPy's seed range), got {self.seed}.")
 
 
 def default_label(method: str, learner: dict) -> str:
@@ -70,13 +85,17 @@ def default_label(method: str, learner: dict) -> str:
 def prepare_out(out: str | Path, overwrite: bool) -> Path:
     """Create the run folder; refuse to replace a finished run unless ``overwrite``."""
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out '{out}' is a file, not a folder; choose a folder for the run.")
     if (out / "metrics.json").exists():
         if not overwrite:
-            raise ConfigError(f"--out '{out}' already holds a finished run (metrics.json); pass --overwrite to replace it.")
-        for name in ("metrics.json", "history.jsonl", "learner.json", "learner.safetensors", "config.json"):
+            raise ConfigError(f"--out '{out}' already holds a finished run (metrics.json); pass --overwrite to replace "
+                              "it (or --resume to keep it).")
+        for name in ("metrics.json", "history.jsonl", LEARNER_JSON, LEARNER_WEIGHTS, "config.json"):
             (out / name).unlink(missing_ok=True)
     (out / "history.jsonl").unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
+    TS.remove_train_state(out)
     return out
 
 
@@ -113,7 +132,8 @@ def _load(spec: RunSpec, backbone=None):
     device = P.resolve_device(spec.device)
     P.check_precision(spec.train.precision, device)
     data = P.prepare_data(spec.dataset, spec.root, spec.shots, spec.seed, subsample=spec.subsample,
-                          classnames_file=spec.classnames_file, strict=spec.strict)
+                          classnames_file=spec.classnames_file, strict=spec.strict,
+                          allow_outside_root=spec.allow_outside_root)
     if not data.splits.test:
         raise ConfigError(f"dataset '{spec.dataset}' has no test images to evaluate on.")
     if backbone is None:
@@ -162,25 +182,97 @@ def _train_batches(spec: RunSpec, model: PromptModel, data: P.FewShotData, progr
     return loader, False
 
 
+def _read_json(path: Path) -> dict:
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise ArtifactError(f"'{path}' is not valid JSON ({e}); the run folder is damaged.") from e
+    if not isinstance(obj, dict):
+        raise ArtifactError(f"'{path}' must hold a JSON object; the run folder is damaged.")
+    return obj
+
+
+def _mismatch(out: Path, what: str, old: dict, new: dict) -> ConfigError | None:
+    diffs = TS.config_differences(old, new)
+    if not diffs:
+        return None
+    return ConfigError(
+        f"--out '{out}' holds {what} with a different configuration ({'; '.join(diffs)}); rerun with the same "
+        "options to continue it, pass --overwrite to start over, or choose another --out."
+    )
+
+
+def _resume_point(out: Path, config: dict) -> int:
+    """Completed epoch to resume after (0: start afresh) for an unfinished run folder and the new ``config``."""
+    state = TS.read_train_state_json(out)
+    if state is None or not (out / "config.json").exists():
+        return 0
+    err = _mismatch(out, f"an unfinished run (epoch {state['epoch']} saved)", _read_json(out / "config.json"), config)
+    if err is not None:
+        raise err
+    return state["epoch"]
+
+
 def train_run(spec: RunSpec, progress: bool = False, backbone=None) -> dict:
-    """Train a prompt with ``spec`` into ``spec.out`` and return its metrics (``backbone``: reuse a built one)."""
-    out = prepare_out(spec.out, spec.overwrite)
+    """Train a prompt with ``spec`` into ``spec.out`` and return its metrics (``backbone``: reuse a built one).
+
+    An unfinished run of the same configuration in ``spec.out`` is resumed (see the module docstring).
+    """
+    out = Path(spec.out)
+    if spec.resume and spec.overwrite:
+        raise ConfigError("--resume and --overwrite contradict each other: --resume continues or keeps the run in "
+                          f"'{out}', --overwrite discards it; pass one of them.")
+    finished = (out / "metrics.json").exists() and not spec.overwrite
+    if finished and not spec.resume:
+        prepare_out(out, False)  # raises: a finished run is not replaced without --overwrite
+    if spec.overwrite or not out.exists():
+        prepare_out(out, spec.overwrite)
+    elif not out.is_dir():
+        raise ConfigError(f"--out '{out}' is a file, not a folder; choose a folder for the run.")
     device, data, backbone = _load(spec, backbone)
+    if not data.train:
+        raise ConfigError(f"dataset '{spec.dataset}' has no training images.")
     P.seed_everything(spec.seed)
     learner = create_prompt_learner(spec.method, backbone, data.splits.classnames, spec.learner).to(device)
     spec.learner = learner.config_dict()
     epochs = spec.train.epochs or default_epochs(spec.shots, data.splits.name)
     config = _base_config(spec, data, backbone, epochs, spec.label or default_label(spec.method, spec.learner))
+    if finished:  # --resume on a finished run: keep it if it is this run
+        err = _mismatch(out, "a finished run", _read_json(out / "config.json"), config)
+        if err is not None:
+            raise err
+        _logger.warning("%s already holds this finished run; keeping it (--resume)", out)
+        return _read_json(out / "metrics.json")
+    start = _resume_point(out, config)
+    if start:
+        old = _read_json(out / "config.json")
+        config["started"] = old.get("started", config["started"])
+        config["resumes"] = [*old.get("resumes", []), {"after_epoch": start, "at": time.strftime("%Y-%m-%dT%H:%M:%S")}]
+        prior = TS.truncate_history(out / "history.jsonl", start)
+        _logger.warning("resuming %s after epoch %d of %d", out, start, epochs)
+    else:
+        prepare_out(out, True)  # stale files of an unfinished run that never completed an epoch, or of another run
+        prior = []
     atomic_write_json(out / "config.json", config)
-    if not data.train:
-        raise ConfigError(f"dataset '{spec.dataset}' has no training images.")
     model = PromptModel(backbone, learner)
 
     t0 = time.perf_counter()
-    batches, are_feats = _train_batches(spec, model, data, progress)
-    fit(model, batches, spec.train, epochs, images_are_features=are_feats, progress=progress,
-        on_epoch=lambda rec, _opt: append_jsonl(out / "history.jsonl", rec))
-    train_seconds = time.perf_counter() - t0
+    batches, are_feats = _train_batches(spec, model, data, progress) if start < epochs else ([], True)
+    optimizer, scaler = make_optimizer(learner, spec.train), make_scaler(spec.train, device)
+    generator = getattr(batches, "generator", None)
+    digest = TS.config_digest(config)
+    if start:
+        TS.load_train_state(out, learner=learner, optimizer=optimizer, generator=generator, scaler=scaler,
+                            digest=digest)
+
+    def on_epoch(record: dict, _opt) -> None:
+        append_jsonl(out / "history.jsonl", record)  # history first: a kill before the state is saved is undone
+        TS.save_train_state(out, epoch=record["epoch"], learner=learner, optimizer=optimizer, generator=generator,
+                            scaler=scaler, digest=digest)
+
+    fit(model, batches, spec.train, epochs, images_are_features=are_feats, progress=progress, on_epoch=on_epoch,
+        start_epoch=start + 1, optimizer=optimizer, scaler=scaler)
+    train_seconds = time.perf_counter() - t0 + sum(float(r.get("seconds", 0.0)) for r in prior)
     save_learner(out, learner, backbone)
 
     t1 = time.perf_counter()
@@ -196,13 +288,19 @@ def train_run(spec: RunSpec, progress: bool = False, backbone=None) -> dict:
     metrics.update(train_seconds=train_seconds, eval_seconds=time.perf_counter() - t1,
                    peak_memory_mb=P.peak_memory_mb(device), epochs=epochs)
     atomic_write_json(out / "metrics.json", metrics)
+    TS.remove_train_state(out)
     return metrics
 
 
 def zeroshot_run(spec: RunSpec, templates: list[str], progress: bool = False, backbone=None) -> dict:
     """Zero-shot CLIP with ``templates`` on the test split of ``spec.dataset``; writes a run folder."""
+    from vlprompt.data.templates import check_template
     from vlprompt.eval.zeroshot import zero_shot_weights
 
+    if not templates:
+        raise ConfigError("no zero-shot templates given.")
+    for t in templates:
+        check_template(t)
     out = prepare_out(spec.out, spec.overwrite)
     spec.method, spec.learner = "zeroshot", {"templates": templates}
     device, data, backbone = _load(spec, backbone)
@@ -221,11 +319,12 @@ def eval_run(run_dir: str, spec: RunSpec, progress: bool = False) -> dict:
     """Evaluate the prompt saved in ``run_dir`` on the test split of ``spec.dataset``; writes ``spec.out``."""
     from vlprompt.api import PromptClassifier
 
-    src = json.loads((Path(run_dir) / "config.json").read_text()) if (Path(run_dir) / "config.json").exists() else {}
+    src = _read_json(Path(run_dir) / "config.json") if (Path(run_dir) / "config.json").exists() else {}
     out = prepare_out(spec.out, spec.overwrite)
     device = P.resolve_device(spec.device)
     data = P.prepare_data(spec.dataset, spec.root, None, spec.seed, subsample=spec.subsample,
-                          classnames_file=spec.classnames_file, strict=spec.strict)
+                          classnames_file=spec.classnames_file, strict=spec.strict,
+                          allow_outside_root=spec.allow_outside_root)
     clf = PromptClassifier.load(run_dir, device=device, classnames=data.splits.classnames,
                                 pretrained=spec.pretrained)
     spec.method, spec.backbone = clf.method, clf.backbone.name
