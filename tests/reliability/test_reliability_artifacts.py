@@ -112,6 +112,10 @@ def _edit_weights(run, fn, keep_header=True):
     save_file(state, str(run / "learner.safetensors"), metadata=header if keep_header else None)
 
 
+def _cut(path, n):
+    path.write_bytes(path.read_bytes()[:n])
+
+
 VIT = {}
 
 
@@ -122,7 +126,7 @@ def _vit_identity():
 
 
 TAMPERS = {
-    "json truncated": (lambda r: (r / "learner.json").write_text((r / "learner.json").read_text()[:40]), "not valid JSON"),
+    "json truncated": (lambda r: _cut(r / "learner.json", 40), "not valid JSON"),
     "json not an object": (lambda r: _edit_json(r, lambda m: "[1, 2]"), "must hold a JSON object"),
     "json missing key": (lambda r: _edit_json(r, lambda m: m.pop("classnames")), "lacks the 'classnames'"),
     "classnames not strings": (lambda r: _edit_json(r, lambda m: m.update(classnames=[1, 2, 3])), "list of strings"),
@@ -140,8 +144,7 @@ TAMPERS = {
                             "differing: fingerprint"),
     "other backbone identity": (lambda r: _edit_json(r, lambda m: m.update(backbone=_vit_identity())),
                                 "another backbone_name and backbone_fingerprint"),
-    "weights truncated": (lambda r: (r / "learner.safetensors").write_bytes((r / "learner.safetensors").read_bytes()[:100]),
-                          "truncated or damaged"),
+    "weights truncated": (lambda r: _cut(r / "learner.safetensors", 100), "truncated or damaged"),
     "weights empty": (lambda r: (r / "learner.safetensors").write_bytes(b""), "truncated or damaged"),
     "weights huge header": (lambda r: (r / "learner.safetensors").write_bytes(struct.pack("<Q", 1 << 62) + b"{}"),
                             "truncated or damaged"),
@@ -149,7 +152,8 @@ TAMPERS = {
     "weights wrong dtype": (lambda r: _edit_weights(r, lambda s: s.update(ctx=s["ctx"].double())), "float64"),
     "weights wrong shape": (lambda r: _edit_weights(r, lambda s: s.update(ctx=s["ctx"][:3])), r"\(3, 64\)"),
     "weights missing key": (lambda r: _edit_weights(r, lambda s: s.update(other=s.pop("ctx"))), "holds \\['other'\\]"),
-    "weights extra key": (lambda r: _edit_weights(r, lambda s: s.update(bias=torch.zeros(2))), "holds \\['bias', 'ctx'\\]"),
+    "weights extra key": (lambda r: _edit_weights(r, lambda s: s.update(bias=torch.zeros(2))),
+                          "holds \\['bias', 'ctx'\\]"),
     "weights NaN": (lambda r: _edit_weights(r, lambda s: s["ctx"].__setitem__((0, 0), float("nan"))), "NaN or Inf"),
 }
 

@@ -23,7 +23,8 @@ from vlprompt.data.images import load_image
 from vlprompt.errors import DataError, VLPromptError
 
 # VLP_HYPOTHESIS_EXAMPLES raises the example count for a deeper local search (the suite keeps 50).
-SETTINGS = settings(max_examples=int(os.environ.get("VLP_HYPOTHESIS_EXAMPLES", "50")), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=int(os.environ.get("VLP_HYPOTHESIS_EXAMPLES", "50")), deadline=None,
+                    suppress_health_check=[HealthCheck.too_slow])
 VALID = ["img/0.png", "img/1.jpg", "img/2.png", "img/sub/3.png", "img/4.png", "img/5.png", "img/6.png", "img/7.png"]
 # Each valid image has one label/class name and one CSV split, so that clean inputs never contradict themselves.
 LABELED = [(p, i % 3, ["cat", "dog", "bird"][i % 3]) for i, p in enumerate(VALID)]

@@ -68,7 +68,8 @@ def _history(out):
 
 def _assert_same_run(a, b):
     """Bit-identical context, identical metrics and per-epoch losses; no training state left behind."""
-    assert torch.equal(load_file(str(a / "learner.safetensors"))["ctx"], load_file(str(b / "learner.safetensors"))["ctx"])
+    ctx_a, ctx_b = (load_file(str(d / "learner.safetensors"))["ctx"] for d in (a, b))
+    assert torch.equal(ctx_a, ctx_b)
     ma, mb = (json.loads((d / "metrics.json").read_text()) for d in (a, b))
     for key in ("accuracy", "macro_f1", "per_class_accuracy", "val_accuracy"):
         assert ma.get(key) == mb.get(key), key

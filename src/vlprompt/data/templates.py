@@ -134,7 +134,8 @@ def check_template(template: object, where: str = "template") -> str:
             ``template.format(name)`` would fail on (literal braces are written ``{{`` and ``}}``).
     """
     if not isinstance(template, str) or "{}" not in template:
-        raise ConfigError(f"{where} {template!r} has no '{{}}' placeholder for the class name, e.g. 'a photo of a {{}}.'")
+        raise ConfigError(f"{where} {template!r} has no '{{}}' placeholder for the class name, e.g. "
+                          "'a photo of a {}.'")
     try:
         template.format("class")
     except (IndexError, KeyError, ValueError) as e:

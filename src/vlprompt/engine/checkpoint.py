@@ -40,7 +40,9 @@ def save_learner(run_dir: str | Path, learner: PromptLearner, backbone: Backbone
     """Write ``learner.safetensors`` then ``learner.json`` (atomically) into ``run_dir``."""
     run_dir = Path(run_dir)
     ident = backbone.identity()
-    binding = {"format": "vlprompt", "method": learner.method, "classnames_sha256": classnames_digest(learner.classnames),
+    # The header binds the weights to what learner.json says (checked by load_learner).
+    binding = {"format": "vlprompt", "method": learner.method,
+               "classnames_sha256": classnames_digest(learner.classnames),
                "backbone_name": str(ident.get("name")), "backbone_fingerprint": str(ident.get("fingerprint"))}
     atomic_save_safetensors(run_dir / LEARNER_WEIGHTS, learner.trainable_state_dict(), metadata=binding)
     atomic_write_json(
@@ -60,7 +62,8 @@ def read_learner_json(run_dir: str | Path) -> dict:
     path = Path(run_dir) / LEARNER_JSON
     if not path.is_file():
         raise ArtifactError(
-            f"'{path}' not found: '{run_dir}' is not a finished vlprompt training run (train one with `vlprompt train`)."
+            f"'{path}' not found: '{run_dir}' is not a finished vlprompt training run (train one with "
+            "`vlprompt train`)."
         )
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
@@ -112,7 +115,8 @@ def _read_weights(path: Path, device: torch.device) -> tuple[dict[str, torch.Ten
         with safe_open(str(path), framework="pt", device=str(device)) as f:
             return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
     except (OSError, SafetensorError, ValueError, RuntimeError) as e:
-        raise ArtifactError(f"'{path}' could not be read ({e}); the file is truncated or damaged — retrain it.") from e
+        raise ArtifactError(f"'{path}' could not be read ({e}); the file is truncated or damaged — retrain it."
+                            ) from e
 
 
 def _check_binding(path: Path, header: dict[str, str], meta: dict) -> None:
@@ -170,7 +174,8 @@ def check_state(path: Path, state: dict[str, torch.Tensor], expected: dict[str, 
                 f"{want.dtype}{hint}; the file is damaged or from another run."
             )
         if v.is_floating_point() and not torch.isfinite(v.float()).all():
-            raise ArtifactError(f"'{path}': tensor '{k}' contains NaN or Inf values; the run diverged or the file is damaged.")
+            raise ArtifactError(f"'{path}': tensor '{k}' contains NaN or Inf values; the run diverged or the file is "
+                                "damaged.")
 
 
 __all__ = [

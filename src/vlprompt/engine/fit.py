@@ -151,7 +151,8 @@ def fit(
             }
             history.append(record)
             bar.set_postfix(loss=f"{record['loss']:.3f}", acc=f"{record['train_accuracy']:.1f}")
-            _logger.info("epoch %d/%d lr %.3e loss %.4f acc %.2f", epoch, epochs, lr, record["loss"], record["train_accuracy"])
+            _logger.info("epoch %d/%d lr %.3e loss %.4f acc %.2f", epoch, epochs, lr, record["loss"],
+                         record["train_accuracy"])
             if on_epoch is not None:
                 on_epoch(record, optimizer)
     finally:

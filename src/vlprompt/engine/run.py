@@ -13,7 +13,6 @@ same configuration is kept and its metrics returned, so a grid can simply be res
 
 from __future__ import annotations
 
-import json
 import logging
 import platform
 import time
@@ -32,7 +31,7 @@ from vlprompt.engine.config import TrainConfig, parse_augment
 from vlprompt.engine.fit import FeatureBankBatches, fit, make_optimizer, make_scaler
 from vlprompt.engine.model import PromptModel
 from vlprompt.engine.schedule import default_epochs
-from vlprompt.errors import ArtifactError, ConfigError
+from vlprompt.errors import ConfigError
 from vlprompt.prompts import create_prompt_learner
 
 _logger = logging.getLogger(__name__)
@@ -182,37 +181,6 @@ def _train_batches(spec: RunSpec, model: PromptModel, data: P.FewShotData, progr
     return loader, False
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-        raise ArtifactError(f"'{path}' is not valid JSON ({e}); the run folder is damaged.") from e
-    if not isinstance(obj, dict):
-        raise ArtifactError(f"'{path}' must hold a JSON object; the run folder is damaged.")
-    return obj
-
-
-def _mismatch(out: Path, what: str, old: dict, new: dict) -> ConfigError | None:
-    diffs = TS.config_differences(old, new)
-    if not diffs:
-        return None
-    return ConfigError(
-        f"--out '{out}' holds {what} with a different configuration ({'; '.join(diffs)}); rerun with the same "
-        "options to continue it, pass --overwrite to start over, or choose another --out."
-    )
-
-
-def _resume_point(out: Path, config: dict) -> int:
-    """Completed epoch to resume after (0: start afresh) for an unfinished run folder and the new ``config``."""
-    state = TS.read_train_state_json(out)
-    if state is None or not (out / "config.json").exists():
-        return 0
-    err = _mismatch(out, f"an unfinished run (epoch {state['epoch']} saved)", _read_json(out / "config.json"), config)
-    if err is not None:
-        raise err
-    return state["epoch"]
-
-
 def train_run(spec: RunSpec, progress: bool = False, backbone=None) -> dict:
     """Train a prompt with ``spec`` into ``spec.out`` and return its metrics (``backbone``: reuse a built one).
 
@@ -238,14 +206,12 @@ def train_run(spec: RunSpec, progress: bool = False, backbone=None) -> dict:
     epochs = spec.train.epochs or default_epochs(spec.shots, data.splits.name)
     config = _base_config(spec, data, backbone, epochs, spec.label or default_label(spec.method, spec.learner))
     if finished:  # --resume on a finished run: keep it if it is this run
-        err = _mismatch(out, "a finished run", _read_json(out / "config.json"), config)
-        if err is not None:
-            raise err
+        TS.check_same_config(out, "a finished run", TS.read_json(out / "config.json"), config)
         _logger.warning("%s already holds this finished run; keeping it (--resume)", out)
-        return _read_json(out / "metrics.json")
-    start = _resume_point(out, config)
+        return TS.read_json(out / "metrics.json")
+    start = TS.resume_point(out, config)
     if start:
-        old = _read_json(out / "config.json")
+        old = TS.read_json(out / "config.json")
         config["started"] = old.get("started", config["started"])
         config["resumes"] = [*old.get("resumes", []), {"after_epoch": start, "at": time.strftime("%Y-%m-%dT%H:%M:%S")}]
         prior = TS.truncate_history(out / "history.jsonl", start)
@@ -254,7 +220,7 @@ def train_run(spec: RunSpec, progress: bool = False, backbone=None) -> dict:
         prepare_out(out, True)  # stale files of an unfinished run that never completed an epoch, or of another run
         prior = []
     atomic_write_json(out / "config.json", config)
-    model = PromptModel(backbone, learner)
+    model = PromptModel(backbone, learner, text_chunk=spec.train.text_chunk)
 
     t0 = time.perf_counter()
     batches, are_feats = _train_batches(spec, model, data, progress) if start < epochs else ([], True)
@@ -319,7 +285,7 @@ def eval_run(run_dir: str, spec: RunSpec, progress: bool = False) -> dict:
     """Evaluate the prompt saved in ``run_dir`` on the test split of ``spec.dataset``; writes ``spec.out``."""
     from vlprompt.api import PromptClassifier
 
-    src = _read_json(Path(run_dir) / "config.json") if (Path(run_dir) / "config.json").exists() else {}
+    src = TS.read_json(Path(run_dir) / "config.json") if (Path(run_dir) / "config.json").exists() else {}
     out = prepare_out(spec.out, spec.overwrite)
     device = P.resolve_device(spec.device)
     data = P.prepare_data(spec.dataset, spec.root, None, spec.seed, subsample=spec.subsample,

@@ -30,7 +30,7 @@ import torch
 
 from vlprompt._io import atomic_save_safetensors, atomic_write_json, atomic_write_text
 from vlprompt.engine.checkpoint import check_state
-from vlprompt.errors import ArtifactError
+from vlprompt.errors import ArtifactError, ConfigError
 
 _logger = logging.getLogger(__name__)
 
@@ -68,6 +68,41 @@ def config_differences(old: dict, new: dict, limit: int = 5) -> list[str]:
 
     walk(comparable_config(old), comparable_config(new), "")
     return out[:limit] + ([f"… and {len(out) - limit} more"] if len(out) > limit else [])
+
+
+def read_json(path: Path) -> dict:
+    """A JSON object from a run folder (``config.json``, ``metrics.json``), or an ArtifactError naming the file."""
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise ArtifactError(f"'{path}' is not valid JSON ({e}); the run folder is damaged.") from e
+    if not isinstance(obj, dict):
+        raise ArtifactError(f"'{path}' must hold a JSON object; the run folder is damaged.")
+    return obj
+
+
+def check_same_config(out: Path, what: str, old: dict, new: dict) -> None:
+    """Refuse to continue ``what`` in ``out`` (recorded with config ``old``) under a different config ``new``."""
+    diffs = config_differences(old, new)
+    if diffs:
+        raise ConfigError(
+            f"--out '{out}' holds {what} with a different configuration ({'; '.join(diffs)}); rerun with the same "
+            "options to continue it, pass --overwrite to start over, or choose another --out."
+        )
+
+
+def resume_point(out: Path, config: dict) -> int:
+    """The completed epoch to resume after in run folder ``out`` for the new ``config`` (0: start afresh).
+
+    Raises:
+        ConfigError: ``out`` holds an unfinished run with saved state but another configuration.
+        ArtifactError: the saved state or ``config.json`` is damaged.
+    """
+    state = read_train_state_json(out)
+    if state is None or not (out / "config.json").exists():
+        return 0
+    check_same_config(out, f"an unfinished run (epoch {state['epoch']} saved)", read_json(out / "config.json"), config)
+    return state["epoch"]
 
 
 def _sha256(path: Path) -> str:
@@ -262,14 +297,17 @@ def truncate_history(path: str | Path, epoch: int) -> list[dict]:
 
 __all__ = [
     "TRAIN_STATE_JSON",
+    "check_same_config",
     "comparable_config",
     "config_differences",
     "config_digest",
     "has_train_state",
     "load_train_state",
     "read_history",
+    "read_json",
     "read_train_state_json",
     "remove_train_state",
+    "resume_point",
     "save_train_state",
     "truncate_history",
 ]
