@@ -20,26 +20,27 @@ EPOCHS = 5
 
 # Runs the CLI in a child process with the tiny test backbones registered. argv[3] holds test instrumentation:
 # "sleep:S" pauses S seconds after each saved epoch (so the parent can kill it between epochs); "killsave:E"
-# SIGKILLs the process itself in the middle of saving epoch E's state (weights written, JSON not yet).
+# SIGKILLs the process itself in the middle of writing epoch E's state (temporary file written, not yet renamed).
 CHILD = r"""
 import os, signal, sys, time
 import open_clip, torch
 open_clip.add_model_config(sys.argv[1])
 torch.set_num_threads(int(sys.argv[2]))
+import vlprompt._io as io_
 import vlprompt.engine.train_state as TS
 mode, value = sys.argv[3].split(":")
-save, write_json = TS.save_train_state, TS.atomic_write_json
+save, replace = TS.save_train_state, os.replace
 def slow_save(*a, **k):
     save(*a, **k)
     time.sleep(float(value))
-def killing_write_json(path, obj):
-    if str(path).endswith("train_state.json") and obj["epoch"] == int(value):
+def killing_replace(src, dst):
+    if str(dst).endswith(f"train_state-e{int(value):04d}.safetensors"):
         os.kill(os.getpid(), signal.SIGKILL)
-    write_json(path, obj)
+    replace(src, dst)
 if mode == "sleep":
     TS.save_train_state = slow_save
 else:
-    TS.atomic_write_json = killing_write_json
+    io_.os.replace = killing_replace
 from vlprompt.cli.main import main
 sys.exit(main(sys.argv[4:]))
 """
@@ -132,12 +133,43 @@ def test_sigkill_in_the_middle_of_saving_the_state(data, tmp_path, reference, ti
     proc = _child(tiny_model_configs, "killsave:3", _argv(data, out, "--augment", "online"))
     proc.wait(timeout=300)
     assert proc.returncode == -signal.SIGKILL, proc.stderr.read()[-2000:]
-    # Epoch 3's history line and weights file were written, its JSON not: the trusted state is still epoch 2.
+    # Epoch 3's history line and temporary weights file were written, nothing else: the trusted state is epoch 2.
+    assert _saved_epoch(out) == 2 and len(_history(out)) == 3
+    assert [p.name for p in out.glob("train_state-e*")] == ["train_state-e0002.safetensors"]
+    assert len(list(out.glob(".train_state-e0003.safetensors.*.tmp"))) == 1
+    assert main(_argv(data, out, "--augment", "online", "--resume")) == 0
+    _assert_same_run(reference, out)
+
+
+def test_interrupted_between_weights_and_json(data, tmp_path, reference, monkeypatch):
+    """What a kill right after epoch 3's weights file is renamed (before its JSON) leaves behind."""
+    out = tmp_path / "out"
+    write_json = TS.atomic_write_json
+
+    def stop_at_3(path, obj):
+        if str(path).endswith(TS.TRAIN_STATE_JSON) and obj["epoch"] == 3:
+            raise _Stop
+        write_json(path, obj)
+
+    with monkeypatch.context() as m:
+        m.setattr(TS, "atomic_write_json", stop_at_3)
+        with pytest.raises(_Stop):
+            main(["--debug", *_argv(data, out, "--augment", "online")])
     assert _saved_epoch(out) == 2 and len(_history(out)) == 3
     assert sorted(p.name for p in out.glob("train_state-e*")) == ["train_state-e0002.safetensors",
                                                                   "train_state-e0003.safetensors"]
-    assert main(_argv(data, out, "--augment", "online", "--resume")) == 0
+    assert main(_argv(data, out, "--augment", "online")) == 0
     _assert_same_run(reference, out)
+
+
+def test_a_second_process_training_into_the_folder_is_refused(data, tmp_path, capsys):
+    out = tmp_path / "busy"
+    out.mkdir()
+    with TS.run_lock(out):  # as another process holding the folder would
+        assert main(_argv(data, out, "--augment", "none")) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"another vlprompt process (pid {os.getpid()}) is training into --out" in err
+    assert not (out / "config.json").exists()
 
 
 class _Stop(Exception):

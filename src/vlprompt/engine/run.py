@@ -184,19 +184,27 @@ def _train_batches(spec: RunSpec, model: PromptModel, data: P.FewShotData, progr
 def train_run(spec: RunSpec, progress: bool = False, backbone=None) -> dict:
     """Train a prompt with ``spec`` into ``spec.out`` and return its metrics (``backbone``: reuse a built one).
 
-    An unfinished run of the same configuration in ``spec.out`` is resumed (see the module docstring).
+    An unfinished run of the same configuration in ``spec.out`` is resumed (see the module docstring). The folder
+    is locked while training: a second process training into it is refused.
     """
     out = Path(spec.out)
     if spec.resume and spec.overwrite:
         raise ConfigError("--resume and --overwrite contradict each other: --resume continues or keeps the run in "
                           f"'{out}', --overwrite discards it; pass one of them.")
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out '{out}' is a file, not a folder; choose a folder for the run.")
+    out.mkdir(parents=True, exist_ok=True)
+    with TS.run_lock(out):
+        return _train_locked(spec, out, progress, backbone)
+
+
+def _train_locked(spec: RunSpec, out: Path, progress: bool, backbone) -> dict:
     finished = (out / "metrics.json").exists() and not spec.overwrite
     if finished and not spec.resume:
         prepare_out(out, False)  # raises: a finished run is not replaced without --overwrite
-    if spec.overwrite or not out.exists():
-        prepare_out(out, spec.overwrite)
-    elif not out.is_dir():
-        raise ConfigError(f"--out '{out}' is a file, not a folder; choose a folder for the run.")
+    if spec.overwrite:
+        prepare_out(out, True)
+    TS.remove_stale_temporaries(out)
     device, data, backbone = _load(spec, backbone)
     if not data.train:
         raise ConfigError(f"dataset '{spec.dataset}' has no training images.")

@@ -19,10 +19,13 @@ finishes.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
+import os
 import random
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +38,7 @@ from vlprompt.errors import ArtifactError, ConfigError
 _logger = logging.getLogger(__name__)
 
 TRAIN_STATE_JSON = "train_state.json"
+LOCK_FILE = ".vlprompt.lock"
 _FORMAT = "vlprompt-train-state/1"
 #: Entries of ``config.json`` that may differ between the interrupted and the resuming invocation.
 VOLATILE_CONFIG_KEYS = ("started", "threads", "versions", "device", "label", "resumes")
@@ -254,6 +258,47 @@ def load_train_state(
     return meta["epoch"]
 
 
+@contextlib.contextmanager
+def run_lock(run_dir: str | Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``run_dir`` (``.vlprompt.lock``) while training into it.
+
+    Two processes training into one folder would interleave their files; the second is refused instead. The lock
+    is ``flock``-based, so the kernel releases it when the holder dies, even by SIGKILL (no stale locks). On
+    systems without ``fcntl`` no lock is taken.
+
+    Raises:
+        ConfigError: another process holds the lock.
+    """
+    try:
+        import fcntl
+    except ImportError:  # not POSIX
+        yield
+        return
+    path = Path(run_dir) / LOCK_FILE
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            f.seek(0)
+            holder = f.read().strip() or "unknown"
+            raise ConfigError(f"another vlprompt process (pid {holder}) is training into --out '{run_dir}'; wait for "
+                              "it to finish or choose another --out.") from e
+        f.seek(0)
+        f.truncate()
+        f.write(str(os.getpid()))
+        f.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def remove_stale_temporaries(run_dir: str | Path) -> None:
+    """Delete the temporary files of atomic writes that a killed process left in ``run_dir`` (never trusted)."""
+    for p in Path(run_dir).glob(".*.tmp"):
+        p.unlink(missing_ok=True)
+
+
 def remove_train_state(run_dir: str | Path) -> None:
     """Delete the training state (the JSON first, so that a kill in between leaves no state that is trusted)."""
     run_dir = Path(run_dir)
@@ -306,8 +351,10 @@ __all__ = [
     "read_history",
     "read_json",
     "read_train_state_json",
+    "remove_stale_temporaries",
     "remove_train_state",
     "resume_point",
+    "run_lock",
     "save_train_state",
     "truncate_history",
 ]
