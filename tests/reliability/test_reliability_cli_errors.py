@@ -106,6 +106,8 @@ def test_unexpected_exception_is_one_line_and_debug_shows_it(command, monkeypatc
                                    "(run with --debug for the traceback)")
     with pytest.raises(RuntimeError, match="something broke"):
         main(["--debug", *argv])
+    with pytest.raises(RuntimeError, match="something broke"):
+        main([*argv, "--debug"])  # where the message suggests it: anywhere on the line
 
 
 def _minimal_argv(command: str) -> list[str]:

@@ -79,6 +79,9 @@ def _assert_same_run(a, b):
     assert [(h["lr"], h["loss"], h["train_accuracy"]) for h in ha] == [(h["lr"], h["loss"], h["train_accuracy"])
                                                                         for h in hb]
     assert not list(b.glob("train_state*")) and not list(b.glob(".*tmp"))
+    # Only JSON and safetensors artifacts (plus the empty lock file): nothing pickled, nothing half-written.
+    assert {p.name for p in b.iterdir()} == {"config.json", "history.jsonl", "learner.json", "learner.safetensors",
+                                            "metrics.json", TS.LOCK_FILE}
 
 
 @pytest.fixture(scope="module")
@@ -203,10 +206,10 @@ def test_resume_in_feature_modes(image_folder, tmp_path, monkeypatch, augment):
     _assert_same_run(ref, out)
 
 
-def test_interrupted_during_final_evaluation(image_folder, tmp_path, monkeypatch):
-    ref, out = tmp_path / "ref", tmp_path / "out"
-    assert main(_argv(image_folder, ref, "--augment", "none")) == 0
+def test_interrupted_during_final_evaluation(data, tmp_path, reference, monkeypatch):
     import vlprompt.engine.run as R
+
+    out = tmp_path / "out"
 
     def dead(*a, **k):
         raise _Stop
@@ -214,10 +217,10 @@ def test_interrupted_during_final_evaluation(image_folder, tmp_path, monkeypatch
     with monkeypatch.context() as m:
         m.setattr(R, "save_learner", dead)
         with pytest.raises(_Stop):
-            main(["--debug", *_argv(image_folder, out, "--augment", "none")])
+            main(["--debug", *_argv(data, out, "--augment", "online")])
     assert _saved_epoch(out) == EPOCHS and not (out / "learner.json").exists()
-    assert main(_argv(image_folder, out, "--augment", "none")) == 0
-    _assert_same_run(ref, out)
+    assert main(_argv(data, out, "--augment", "online")) == 0  # straight to saving and evaluating
+    _assert_same_run(reference, out)
 
 
 def test_resume_refusals_and_finished_runs(image_folder, tmp_path, monkeypatch, capsys):

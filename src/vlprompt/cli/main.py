@@ -85,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run the CLI with ``argv`` (defaults to ``sys.argv[1:]``) and return the exit code (see the module docstring)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     debug = "--debug" in argv
+    if debug:  # accepted anywhere on the line (the error messages suggest adding it), not only before the command
+        argv = ["--debug", *(a for a in argv if a != "--debug")]
     try:
         parser = build_parser()
         args = parser.parse_args(argv)

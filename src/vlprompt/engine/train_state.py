@@ -58,8 +58,8 @@ def config_differences(old: dict, new: dict, limit: int = 5) -> list[str]:
     """Readable ``key: old → new`` lines for the comparable entries that differ (dotted keys, at most ``limit``)."""
 
     def short(v: object) -> str:
-        text = json.dumps(v, default=str)
-        return text if len(text) <= 60 else (f"<{len(v)} entries>" if isinstance(v, list) else text[:57] + "...")
+        text = json.dumps(v, default=str, ensure_ascii=False)
+        return text if len(text) <= 60 else text[:57] + "..."
 
     out: list[str] = []
 
@@ -68,7 +68,10 @@ def config_differences(old: dict, new: dict, limit: int = 5) -> list[str]:
             for k in sorted(set(a) | set(b), key=str):
                 walk(a.get(k, "<absent>"), b.get(k, "<absent>"), f"{key}.{k}" if key else str(k))
         elif json.dumps(a, sort_keys=True, default=str) != json.dumps(b, sort_keys=True, default=str):
-            out.append(f"{key}: {short(a)} → {short(b)}")
+            if isinstance(a, list) and isinstance(b, list) and max(len(short(a)), len(short(b))) > 20:
+                out.append(f"{key}: {len(a)} → {len(b)} entries, contents differ")  # e.g. the few-shot image lists
+            else:
+                out.append(f"{key}: {short(a)} → {short(b)}")
 
     walk(comparable_config(old), comparable_config(new), "")
     return out[:limit] + ([f"… and {len(out) - limit} more"] if len(out) > limit else [])
@@ -221,7 +224,6 @@ def load_train_state(
     Raises:
         ArtifactError: the state is missing, damaged, or was saved for another configuration (``digest``).
     """
-    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     run_dir = Path(run_dir)
@@ -252,7 +254,7 @@ def load_train_state(
         _restore_rng(tensors, meta["rng"], generator)
     except ArtifactError:
         raise
-    except (OSError, SafetensorError, KeyError, ValueError, TypeError, RuntimeError) as e:
+    except Exception as e:  # any failure to restore (bad tensors, tampered JSON entries) means a damaged state
         raise ArtifactError(f"the training state in '{run_dir}' could not be restored ({type(e).__name__}: {e}); "
                             f"{fix}.") from e
     return meta["epoch"]
