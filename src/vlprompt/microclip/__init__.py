@@ -1,0 +1,10 @@
+"""Micro-CLIP: a tiny CLIP pretrained on a procedural image–caption world, shipped with vlprompt (DESIGN.md §6).
+
+Submodules (import them directly; this package import stays light so world-rendering worker processes start fast):
+
+- ``world``: the deterministic image–caption generator and its vocabulary.
+- ``model``: ``MICROCLIP_CONFIG``, ``build_microclip()`` and the compact checkpoint format.
+- ``pretrain``: ``python -m vlprompt.microclip.pretrain``, the pretraining recipe.
+- ``acceptance``: ``python -m vlprompt.microclip.acceptance``, zero-shot checks with thresholds.
+- ``tasks``: micro benchmark tasks written as image folders + split files.
+"""

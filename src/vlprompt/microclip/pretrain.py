@@ -1,0 +1,326 @@
+"""Pretrain micro-CLIP on the procedural world: ``python -m vlprompt.microclip.pretrain --out DIR``.
+
+Recipe (from the feasibility study, issue 4): symmetric InfoNCE with a learnable logit scale (init ln(1/0.07),
+clamped to ln 100), AdamW lr 2e-3, betas (0.9, 0.98), eps 1e-6, weight decay 0.1 on ≥2-D weights only, batch 128,
+100 linear warmup steps then cosine to 0, 2100 steps, no flips (they would break left/right), EOS-truncated text
+encoding. Batch ``b`` holds world images ``b·128 … b·128+127``, so the data stream needs no RNG state.
+
+Only the token rows of the world's vocabulary are optimised (a compact ``[K, 128]`` table during training); the
+other 49 k rows keep their seeded init exactly, which is what lets the shipped file store just the trained rows.
+
+``--threads 1`` is bit-reproducible on one software stack (deterministic algorithms, one intra-op thread); more
+threads are faster but not bit-reproducible. Training resumes from the latest checkpoint in ``--out``
+(safetensors + JSON, written atomically every ``--checkpoint-every`` steps).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from vlprompt._io import append_jsonl, atomic_save_safetensors, atomic_write_json
+from vlprompt.errors import ArtifactError, ConfigError
+from vlprompt.microclip import world
+from vlprompt.microclip.model import (
+    build_microclip,
+    create_microclip_model,
+    encode_text_truncated,
+    images_to_tensor,
+    init_token_table,
+    save_compact,
+)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """Micro-CLIP pretraining settings (defaults: the shipped checkpoint's recipe).
+
+    Attributes:
+        steps: optimiser steps.
+        batch_size: image–caption pairs per step.
+        lr: peak learning rate.
+        warmup: linear warmup steps (then cosine to 0).
+        weight_decay: AdamW decoupled weight decay on ≥2-D weights.
+        betas: AdamW betas.
+        eps: AdamW epsilon.
+        seed: model init seed (also the token-table init seed).
+        world_seed: seed of the training world (evaluation uses other seeds).
+        threads: torch intra-op threads; 1 turns on deterministic, bit-reproducible training.
+        workers: image-rendering processes (any number gives identical data).
+        checkpoint_every: steps between checkpoints.
+        log_every: steps between lines in ``log.jsonl``.
+        text_buckets: captions are encoded in this many length buckets (speed only; exact).
+    """
+
+    steps: int = 2100
+    batch_size: int = 128
+    lr: float = 2e-3
+    warmup: int = 100
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = 1e-6
+    seed: int = 0
+    world_seed: int = 0
+    threads: int = 2
+    workers: int = 1
+    checkpoint_every: int = 200
+    log_every: int = 25
+    text_buckets: int = 4
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.batch_size < 2 or self.threads < 1 or self.workers < 1:
+            raise ConfigError(f"invalid PretrainConfig {self}: steps ≥ 1, batch_size ≥ 2, threads/workers ≥ 1")
+
+
+def lr_at(step: int, cfg: PretrainConfig) -> float:
+    """Learning rate for 0-based ``step``: linear warmup to ``cfg.lr`` then cosine decay to 0."""
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return 0.5 * cfg.lr * (1.0 + math.cos(math.pi * t))
+
+
+def vocabulary_token_ids() -> torch.Tensor:
+    """Sorted ``LongTensor[K]``: SOS, EOS and every BPE id of the world's caption words (the trained rows)."""
+    from open_clip.tokenizer import SimpleTokenizer
+
+    tok = SimpleTokenizer()
+    ids = {tok.sot_token_id, tok.eot_token_id}
+    for w in world.caption_words():
+        ids.update(tok.encode(w))
+    return torch.tensor(sorted(ids), dtype=torch.int64)
+
+
+def _check_checkpoint(out: Path, cfg: PretrainConfig) -> dict:
+    """The checkpoint info in ``out`` (``{}`` if none); raises if it was made with other (result-changing) settings."""
+    meta_path = out / "checkpoint.json"
+    if not meta_path.is_file():
+        return {}
+    info = json.loads(meta_path.read_text())
+    saved = {k: tuple(v) if isinstance(v, list) else v for k, v in info["config"].items()}
+    speed_only = ("threads", "workers", "checkpoint_every", "log_every", "text_buckets")
+    diff = {
+        k: (saved.get(k), v) for k, v in dataclasses.asdict(cfg).items() if k not in speed_only and saved.get(k) != v
+    }
+    if diff:
+        raise ArtifactError(f"{meta_path}: checkpoint was made with different settings {diff} (saved, now); "
+                            "use the same settings or a new --out folder")  # fmt: skip
+    return info
+
+
+class _Trainer:
+    """Model in training form (compact token table), optimizer, and their checkpointing."""
+
+    def __init__(self, cfg: PretrainConfig) -> None:
+        self.cfg = cfg
+        torch.manual_seed(cfg.seed)
+        self.model = create_microclip_model().train()
+        self.rows = vocabulary_token_ids()  # [K]
+        table = init_token_table(cfg.seed)
+        # [K, 128] compact table; token id -> row index via `remap` (ids outside the vocabulary only occur as
+        # padding after EOS, which the causal mask makes irrelevant, so they map to row 0)
+        self.model.token_embedding = torch.nn.Embedding.from_pretrained(table[self.rows].clone(), freeze=False)
+        self.remap = torch.zeros(table.shape[0], dtype=torch.int64)
+        self.remap[self.rows] = torch.arange(len(self.rows))
+        decay = [p for p in self.model.parameters() if p.ndim >= 2]
+        no_decay = [p for p in self.model.parameters() if p.ndim < 2]
+        self.opt = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=cfg.lr, betas=cfg.betas, eps=cfg.eps,
+        )  # fmt: skip
+        self.step = 0
+
+    def train_step(self, batch: world.WorldBatch, tokenize) -> dict:
+        ids = tokenize(batch.captions)  # [B, 77]
+        if not bool(torch.isin(ids[ids.argmax(-1, keepdim=True) >= torch.arange(ids.shape[1])], self.rows).all()):
+            raise RuntimeError("a caption used a token outside world.caption_words(); update the vocabulary")
+        for g in self.opt.param_groups:
+            g["lr"] = lr_at(self.step, self.cfg)
+        img = self.model.encode_image(images_to_tensor(batch.images), normalize=True)  # [B, E]
+        # Text in length buckets: each bucket is cut after its own longest EOS (exact under the causal mask), so
+        # short captions do not pay for the longest one in the batch.
+        order = ids.argmax(-1).argsort(stable=True)  # [B] batch indices by EOS position
+        parts = [encode_text_truncated(self.model, ids[c], embed_ids=self.remap[ids[c]], normalize=True)
+                 for c in order.chunk(self.cfg.text_buckets)]  # fmt: skip
+        txt = torch.cat(parts)[order.argsort()]  # [B, E], back in batch order
+        logits = self.model.logit_scale.exp() * img @ txt.t()  # [B, B]
+        target = torch.arange(len(logits))
+        loss = 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        with torch.no_grad():
+            self.model.logit_scale.clamp_(0.0, math.log(100.0))
+        self.step += 1
+        acc = (logits.argmax(1) == target).float().mean().item()
+        return {"loss": loss.item(), "i2t_acc": acc, "logit_scale": self.model.logit_scale.exp().item()}
+
+    def full_model(self) -> torch.nn.Module:
+        """A stock micro-CLIP (full token table) carrying the trained weights, in eval mode."""
+        model = create_microclip_model()
+        state = {k: v for k, v in self.model.state_dict().items() if k != "token_embedding.weight"}
+        table = init_token_table(self.cfg.seed)
+        table[self.rows] = self.model.token_embedding.weight.detach()
+        model.load_state_dict({**state, "token_embedding.weight": table}, strict=True)
+        return model.eval()
+
+    # --- checkpoints: <out>/ckpt/model-<step>.safetensors, optim-<step>.safetensors, then checkpoint.json ----
+    def save(self, out: Path) -> None:
+        ck = out / "ckpt"
+        sd = self.opt.state_dict()
+        opt_tensors = {f"state.{i}.{k}": v for i, st in sd["state"].items() for k, v in st.items()}
+        opt_tensors["rng.torch"] = torch.get_rng_state()
+        atomic_save_safetensors(ck / f"model-{self.step}.safetensors", self.model.state_dict())
+        atomic_save_safetensors(ck / f"optim-{self.step}.safetensors", opt_tensors)
+        info = {"step": self.step, "config": dataclasses.asdict(self.cfg), "param_groups": sd["param_groups"]}
+        atomic_write_json(out / "checkpoint.json", info)  # the commit point: names the files of this step
+        for f in ck.glob("*.safetensors"):
+            if not f.name.endswith(f"-{self.step}.safetensors"):
+                f.unlink()
+
+    def load(self, out: Path) -> bool:
+        from safetensors.torch import load_file
+
+        meta_path = out / "checkpoint.json"
+        if not meta_path.is_file():
+            return False
+        info = _check_checkpoint(out, self.cfg)
+        step = info["step"]
+        self.model.load_state_dict(load_file(str(out / "ckpt" / f"model-{step}.safetensors")))
+        t = load_file(str(out / "ckpt" / f"optim-{step}.safetensors"))
+        torch.set_rng_state(t.pop("rng.torch"))
+        state: dict[int, dict] = {}
+        for key, v in t.items():
+            _, i, name = key.split(".", 2)
+            state.setdefault(int(i), {})[name] = v
+        self.opt.load_state_dict({"state": state, "param_groups": info["param_groups"]})
+        self.step = step
+        return True
+
+
+def model_from_checkpoint(out: str | Path) -> torch.nn.Module:
+    """The stock micro-CLIP (eval mode) held by the latest training checkpoint in ``out`` (to inspect a run)."""
+    info = json.loads((Path(out) / "checkpoint.json").read_text())
+    cfg = PretrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in info["config"].items()})
+    trainer = _Trainer(cfg)
+    trainer.load(Path(out))
+    return trainer.full_model()
+
+
+def pretrain(cfg: PretrainConfig, out: str | Path, progress: bool = True, stop_after: int | None = None) -> dict:
+    """Pretrain (or resume) micro-CLIP into ``out``; writes ``microclip.safetensors`` (compact) at the end.
+
+    Args:
+        cfg: settings.
+        out: output folder (checkpoints, ``log.jsonl``, ``summary.json``, ``microclip.safetensors``).
+        progress: show a tqdm progress bar.
+        stop_after: stop (with a checkpoint) after this many steps of this run; a later call resumes.
+
+    Returns:
+        The summary dict also written to ``summary.json`` (``{"finished": False, ...}`` when stopped early).
+    """
+    from open_clip import tokenize
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(cfg.threads)
+    torch.use_deterministic_algorithms(cfg.threads == 1)
+    _check_checkpoint(out, cfg)
+    trainer = _Trainer(cfg)
+    if trainer.load(out):
+        logger.info("resumed from %s at step %d", out / "checkpoint.json", trainer.step)
+    start, t0 = trainer.step, time.perf_counter()
+    end = cfg.steps if stop_after is None else min(cfg.steps, start + stop_after)
+    batches = world.iter_batches(cfg.world_seed, cfg.batch_size, start_batch=start, num_batches=end - start,
+                                 processes=cfg.workers)  # fmt: skip
+    bar = tqdm(total=cfg.steps, initial=start, disable=not progress, desc="pretrain micro-CLIP", dynamic_ncols=True)
+    for batch in batches:
+        stats = trainer.train_step(batch, tokenize)
+        bar.update(1)
+        bar.set_postfix(loss=f"{stats['loss']:.3f}", acc=f"{stats['i2t_acc']:.2f}", scale=f"{stats['logit_scale']:.1f}")
+        if trainer.step % cfg.log_every == 0 or trainer.step == cfg.steps:
+            append_jsonl(out / "log.jsonl", {"step": trainer.step, "lr": lr_at(trainer.step - 1, cfg), **stats,
+                                             "seconds": round(time.perf_counter() - t0, 2)})  # fmt: skip
+        if trainer.step % cfg.checkpoint_every == 0 or trainer.step == end:
+            trainer.save(out)
+    bar.close()
+    seconds = time.perf_counter() - t0
+    summary = {"finished": trainer.step == cfg.steps, "step": trainer.step, "config": dataclasses.asdict(cfg),
+               "steps_this_run": trainer.step - start, "seconds_this_run": round(seconds, 1),
+               "trained_token_rows": len(trainer.rows), "versions": _versions()}  # fmt: skip
+    if summary["finished"]:
+        model = trainer.full_model()
+        path = out / "microclip.safetensors"
+        save_compact(path, model, trainer.rows, cfg.seed,
+                     extra_metadata={"pretrain_config": json.dumps(dataclasses.asdict(cfg)), **summary["versions"]})  # fmt: skip
+        _verify_export(model, path)
+    atomic_write_json(out / "summary.json", summary)
+    return summary
+
+
+@torch.no_grad()
+def _verify_export(model: torch.nn.Module, path: Path) -> None:
+    """Check that the compact file loads into a model with bit-identical logits on held-out world data."""
+    from open_clip import tokenize
+
+    batch = world.generate(seed=12345, start=0, count=64)
+    ids = tokenize(batch.captions)
+    x = images_to_tensor(batch.images)
+    loaded = build_microclip(path)
+    for m in (model, loaded):
+        m.eval()
+    a = model.encode_image(x, normalize=True) @ model.encode_text(ids, normalize=True).t()
+    b = loaded.encode_image(x, normalize=True) @ loaded.encode_text(ids, normalize=True).t()
+    if not torch.equal(a, b):
+        raise ArtifactError(f"{path}: reloaded model differs from the trained one (max |Δlogit| {(a - b).abs().max()})")
+
+
+def _versions() -> dict[str, str]:
+    import numpy
+    import open_clip
+    import PIL
+
+    return {"torch": torch.__version__, "open_clip": open_clip.__version__, "numpy": numpy.__version__,
+            "pillow": PIL.__version__}  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point."""
+    d = PretrainConfig()
+    p = argparse.ArgumentParser(prog="python -m vlprompt.microclip.pretrain", description=__doc__.split("\n")[0])
+    p.add_argument("--out", required=True, help="output folder (resumes from the checkpoint in it if present)")
+    p.add_argument("--steps", type=int, default=d.steps)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--warmup", type=int, default=d.warmup)
+    p.add_argument("--seed", type=int, default=d.seed, help="model init seed")
+    p.add_argument("--world-seed", type=int, default=d.world_seed)
+    p.add_argument("--threads", type=int, default=d.threads, help="torch threads; 1 = deterministic mode")
+    p.add_argument("--workers", type=int, default=d.workers, help="image-rendering processes")
+    p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
+    p.add_argument("--stop-after", type=int, default=None, help="stop (checkpointed) after this many steps")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    cfg = PretrainConfig(steps=a.steps, batch_size=a.batch_size, lr=a.lr, warmup=a.warmup, seed=a.seed,
+                         world_seed=a.world_seed, threads=a.threads, workers=a.workers,
+                         checkpoint_every=a.checkpoint_every)  # fmt: skip
+    summary = pretrain(cfg, a.out, progress=not a.no_progress, stop_after=a.stop_after)
+    print(json.dumps({k: summary[k] for k in ("finished", "step", "steps_this_run", "seconds_this_run")}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
