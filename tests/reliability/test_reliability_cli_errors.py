@@ -212,6 +212,9 @@ def test_paths_outside_the_dataset_root_need_the_flag(tmp_path, capsys):
     assert main([*argv, "--allow-outside-root"]) == 0
     cfg = json.loads((tmp_path / "z" / "config.json").read_text())
     assert cfg["dataset"]["num_classes"] == 2
+    assert main(["datasets", "check", f"csv:{inside / 'data.csv'}"]) == 2
+    assert "points outside" in _error_line(capsys)
+    assert main(["datasets", "check", f"csv:{inside / 'data.csv'}", "--allow-outside-root"]) == 0
     split = {"train": [[f"/etc/{i}.png", 0, "a"] for i in range(2)], "test": [["a/0.png", 0, "a"]]}
     (inside / "split.json").write_text(json.dumps(split))
     assert main(["train", "--dataset", f"split:{inside / 'split.json'}", "--out", str(tmp_path / "t"), *BASE]) == 2

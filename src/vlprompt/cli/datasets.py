@@ -20,6 +20,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p_check.add_argument("--root", default=None, help="data root ($DATA) holding the benchmark folders")
     p_check.add_argument("--classnames", default=None, help="file with readable class names")
     p_check.add_argument("--images", action="store_true", help="also decode every image (slow)")
+    p_check.add_argument("--allow-outside-root", action="store_true",
+                         help="accept CSV/split-file paths that point outside the dataset folder")
     p.set_defaults(func=run, _parser=p)
 
 
@@ -43,7 +45,8 @@ def run(args: argparse.Namespace) -> int:
     if args.datasets_command == "check":
         from vlprompt.data.check import check_dataset
 
-        report = check_dataset(args.name, args.root, images=args.images, classnames_file=args.classnames)
+        report = check_dataset(args.name, args.root, images=args.images, classnames_file=args.classnames,
+                               allow_outside_root=args.allow_outside_root)
         print("\n".join(report.lines()))
         return 0 if report.ok else 1
     args._parser.print_help()

@@ -69,7 +69,7 @@ def _mark(ok: bool) -> str:
 
 
 def check_dataset(spec: str, root: str | None = None, *, images: bool = False,
-                  classnames_file: str | None = None) -> CheckReport:
+                  classnames_file: str | None = None, allow_outside_root: bool = False) -> CheckReport:
     """Load ``spec`` and check it: official counts, existence of every file, class-name rules, decodability.
 
     Args:
@@ -77,16 +77,18 @@ def check_dataset(spec: str, root: str | None = None, *, images: bool = False,
         root: data root.
         images: also decode every image (slow on large datasets).
         classnames_file: as for ``load_dataset``.
+        allow_outside_root: accept CSV/split-file paths outside the dataset folder (as for ``load_dataset``).
 
     Raises:
         DataError: the layout cannot be read at all (missing folder, split file, ...).
     """
     bench = None
     if spec.startswith(CUSTOM_PREFIXES):
-        splits: DatasetSplits = load_dataset(spec, root, classnames_file=classnames_file)
+        splits: DatasetSplits = load_dataset(spec, root, classnames_file=classnames_file,
+                                             allow_outside_root=allow_outside_root)
     else:
         bench = get_benchmark(spec)
-        splits = load_benchmark(spec, root, check_first=False)
+        splits = load_benchmark(spec, root, check_first=False, allow_outside_root=allow_outside_root)
     expected = bench.counts if bench else (None, None, None)
     counts = {s: (len(getattr(splits, s)), e) for s, e in zip(("train", "val", "test"), expected)}
     records = list({r.path: r for part in (splits.train, splits.val, splits.test) for r in part}.values())
