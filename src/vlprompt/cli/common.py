@@ -74,6 +74,9 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--crop-scale-min", type=float, default=0.08,
                    help="RandomResizedCrop minimum area scale (default 0.08)")
     g.add_argument("--workers", type=int, default=0, help="data-loading worker processes (default 0)")
+    g.add_argument("--text-chunk", type=int, default=None, metavar="N",
+                   help="encode the class prompts N classes at a time with activation checkpointing: text-encoder "
+                        "memory no longer grows with the class count (exact; about one extra text forward per step)")
     g.add_argument("--resume", action="store_true",
                    help="continue the unfinished run in --out after its last completed epoch (rerunning the same "
                         "command does this too); a finished run of the same configuration is kept and reported")
@@ -104,6 +107,7 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
         "crop_scale_min": getattr(args, "crop_scale_min", 0.08),
         "precision": getattr(args, "precision", "fp32"),
         "num_workers": getattr(args, "workers", 0),
+        "text_chunk": getattr(args, "text_chunk", None),
     }
     return TrainConfig(**kw)
 

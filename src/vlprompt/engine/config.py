@@ -42,6 +42,9 @@ class TrainConfig:
         precision: ``fp32`` | ``amp`` | ``fp16``.
         eval_batch_size: batch size for feature extraction (100).
         num_workers: data-loading worker processes.
+        text_chunk: encode the class prompts this many classes at a time, each chunk activation-checkpointed
+            during training (exact; bounds the text encoder's activation memory by one chunk at the cost of one
+            extra text forward per step); ``None``: all classes at once.
     """
 
     epochs: int | None = None
@@ -57,6 +60,7 @@ class TrainConfig:
     precision: str = "fp32"
     eval_batch_size: int = 100
     num_workers: int = 0
+    text_chunk: int | None = None
 
     def __post_init__(self) -> None:
         problems = []
@@ -74,6 +78,8 @@ class TrainConfig:
             problems.append(f"--precision '{self.precision}' is not one of fp32, amp, fp16")
         if self.num_workers < 0:
             problems.append(f"--workers must be ≥ 0, got {self.num_workers}")
+        if self.text_chunk is not None and self.text_chunk < 1:
+            problems.append(f"--text-chunk must be ≥ 1 classes, got {self.text_chunk}")
         if problems:
             raise ConfigError("; ".join(problems) + ".")
         parse_augment(self.augment)

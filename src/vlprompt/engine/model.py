@@ -1,13 +1,65 @@
-"""The prompt model: frozen backbone + prompt learner → class text features and logits."""
+"""The prompt model: frozen backbone + prompt learner → class text features and logits.
+
+Text features go through the fastest exact path the backbone and learner allow (DESIGN.md §5):
+
+- EOS truncation (the learner's ``truncate`` option, on by default): classes are grouped by prompt length and each
+  group's sequences end at its own longest EOS;
+- shared prefix: with unified context and the class at the end, ``[SOS] [V]_1 … [V]_M`` is encoded once per call
+  and every class attends to its keys/values (backbones that expose ``encode_text_prefix``);
+- class chunking (``text_chunk``): prompts are encoded ``text_chunk`` classes at a time; with autograd each chunk is
+  activation-checkpointed (recomputed during backward), so the text encoder's activation memory is that of one
+  chunk, not of all classes.
+
+Every path gives the same features as the plain full-length computation, to float tolerance (tests/speed/).
+"""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from vlprompt.backbones.base import Backbone
+from vlprompt.errors import ConfigError
 from vlprompt.prompts.base import PromptLearner
+
+#: The cost of one more text-encoder pass, in token positions: length buckets are merged unless splitting saves
+#: more than this (per-call overhead is small next to per-token cost on a CPU, larger on a GPU).
+BUCKET_OVERHEAD_TOKENS = {"cpu": 32, "cuda": 1024}
+
+
+def length_buckets(lengths: torch.Tensor, overhead: int) -> list[torch.Tensor]:
+    """Group classes by the number of positions they need so that each group is cut after its own longest prompt.
+
+    Minimises ``Σ_groups (size · longest + overhead)`` over groups of consecutive lengths (dynamic programming over
+    the distinct lengths). Exact under the causal mask: a prompt's EOS feature does not depend on later positions.
+
+    Args:
+        lengths: ``LongTensor[C]`` positions needed per class (EOS index + 1, minus any shared prefix).
+        overhead: cost of one more group, in token positions.
+
+    Returns:
+        Index tensors, one per group, in increasing length.
+    """
+    values = lengths.tolist()
+    distinct = sorted(set(values))
+    cum = [0]
+    for v in distinct:
+        cum.append(cum[-1] + values.count(v))
+    best, cut = [0.0] + [float("inf")] * len(distinct), [0] * (len(distinct) + 1)
+    for j in range(1, len(distinct) + 1):  # best[j]: cheapest grouping of the j shortest lengths
+        for i in range(j):
+            cost = best[i] + (cum[j] - cum[i]) * distinct[j - 1] + overhead
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
+    bounds, j = [], len(distinct)
+    while j > 0:
+        bounds.append((distinct[cut[j]], distinct[j - 1]))
+        j = cut[j]
+    return [((lengths >= lo) & (lengths <= hi)).nonzero().flatten() for lo, hi in reversed(bounds)]
 
 
 class PromptModel(nn.Module):
@@ -18,17 +70,104 @@ class PromptModel(nn.Module):
     Args:
         backbone: frozen backbone.
         learner: prompt learner (the only trainable part).
+        shared_prefix: use the exact shared-prefix encoding where the learner and backbone allow it.
+        text_chunk: encode the prompts this many classes at a time (``None``: all at once).
+        text_checkpoint: with ``text_chunk`` and autograd, recompute each chunk's activations during backward
+            instead of keeping them (bounds the text encoder's activation memory by one chunk).
+        length_buckets: when truncating, group the classes by prompt length and cut each group after its own
+            longest EOS (instead of all classes after the overall longest).
     """
 
-    def __init__(self, backbone: Backbone, learner: PromptLearner):
+    def __init__(
+        self,
+        backbone: Backbone,
+        learner: PromptLearner,
+        *,
+        shared_prefix: bool = True,
+        text_chunk: int | None = None,
+        text_checkpoint: bool = True,
+        length_buckets: bool = True,
+    ):
         super().__init__()
+        if text_chunk is not None and text_chunk < 1:
+            raise ConfigError(f"--text-chunk must be ≥ 1 classes, got {text_chunk}.")
         self.backbone = backbone
         self.learner = learner
+        self.shared_prefix = shared_prefix
+        self.text_chunk = text_chunk
+        self.text_checkpoint = text_checkpoint
+        self.length_buckets = length_buckets
+
+    def text_path(self) -> str:
+        """The text-encoding path :meth:`text_features` takes: ``"shared-prefix"`` or ``"plain"``."""
+        return "shared-prefix" if self._shared_parts() is not None else "plain"
+
+    def _shared_parts(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        if not self.shared_prefix or self.learner.conditional:
+            return None
+        get_parts = getattr(self.learner, "shared_prefix", None)
+        if get_parts is None or getattr(self.backbone, "shared_prefix_unsupported", "absent") is not None:
+            return None
+        return get_parts()
+
+    def encode_prompts(self, image_features: torch.Tensor | None = None) -> torch.Tensor:
+        """Unnormalised class text features ``[C, E]`` (backbone dtype), through the fastest exact path."""
+        truncate = bool(getattr(self.learner.config, "truncate", True))
+        parts = self._shared_parts()
+        if parts is not None:
+            prefix, suffix, ids = parts  # (P, D), (C, S, D), (C, P + S)
+            kv = self.backbone.encode_text_prefix(prefix)  # once per call, with autograd: ctx gets its gradient here
+            flat = [t for pair in kv for t in pair]
+
+            def run_suffix(suffix_c: torch.Tensor, ids_c: torch.Tensor, *flat_kv: torch.Tensor) -> torch.Tensor:
+                kv_c = list(zip(flat_kv[0::2], flat_kv[1::2], strict=True))
+                return self.backbone.encode_text_suffix(kv_c, suffix_c, ids_c, truncate=truncate)
+
+            return self._chunked(run_suffix, suffix, ids, flat, buckets=truncate and self.length_buckets,
+                                 offset=prefix.shape[0])
+        embeds, ids = self.learner(image_features)  # (C, L, D), (C, L)
+
+        def run_plain(embeds_c: torch.Tensor, ids_c: torch.Tensor) -> torch.Tensor:
+            return self.backbone.encode_text_embeddings(embeds_c, ids_c, truncate=truncate)
+
+        return self._chunked(run_plain, embeds, ids, [], buckets=truncate and self.length_buckets)
+
+    def _chunked(
+        self, fn: Callable[..., torch.Tensor], per_class: torch.Tensor, ids: torch.Tensor, shared: list[torch.Tensor],
+        *, buckets: bool, offset: int = 0,
+    ) -> torch.Tensor:
+        """``fn(per_class, ids, *shared)`` per length bucket and per chunk of ``text_chunk`` classes: ``[C, E]`` in
+        class order. ``offset``: positions before ``per_class`` (the shared prefix), not counted in lengths."""
+        n = per_class.shape[0]
+        groups = [None]  # None: all classes, in order
+        if buckets:
+            lengths = self.backbone.eos_positions(ids) + 1 - offset  # (C,) positions each class really needs
+            overhead = BUCKET_OVERHEAD_TOKENS.get(per_class.device.type, BUCKET_OVERHEAD_TOKENS["cpu"])
+            found = length_buckets(lengths, overhead)
+            groups = found if len(found) > 1 else groups
+        chunk = self.text_chunk or n
+        needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (per_class, *shared))
+        outs, order = [], []
+        for idx in groups:
+            size = n if idx is None else idx.numel()
+            for i in range(0, size, chunk):
+                sub = slice(i, i + chunk) if idx is None else idx[i : i + chunk]
+                args = (per_class[sub], ids[sub], *shared)
+                if self.text_checkpoint and needs_grad and chunk < n:
+                    # Keeps only the chunk's inputs; its activations are recomputed when backward reaches it.
+                    outs.append(checkpoint(fn, *args, use_reentrant=False, preserve_rng_state=False))
+                else:
+                    outs.append(fn(*args))
+                order.append(sub)
+        out = torch.cat(outs)  # (C, E), grouped order
+        if groups[0] is None:
+            return out
+        perm = torch.cat(order)  # out[j] belongs to class perm[j]
+        return out[torch.argsort(perm)]
 
     def text_features(self, image_features: torch.Tensor | None = None) -> torch.Tensor:
         """L2-normalised class text features ``[C, E]`` (fp32)."""
-        embeds, ids = self.learner(image_features)  # (C, L, D), (C, L)
-        return F.normalize(self.backbone.encode_text_embeddings(embeds, ids).float(), dim=-1)
+        return F.normalize(self.encode_prompts(image_features).float(), dim=-1)
 
     def logits(self, image_features: torch.Tensor, text_features: torch.Tensor | None = None) -> torch.Tensor:
         """``[B, C]`` logits from L2-normalised image features ``[B, E]`` (text features computed if not given)."""

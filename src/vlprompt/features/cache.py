@@ -38,7 +38,9 @@ def records_digest(records, root: str | None) -> str:
 
 
 def _tensor_digest(t: torch.Tensor) -> str:
-    return hashlib.sha256(t.contiguous().numpy().tobytes()).hexdigest()
+    """SHA-256 of the tensor's raw bytes (any dtype, bf16 included: NumPy has no bf16, so hash bytes directly)."""
+    raw = t.detach().cpu().contiguous().reshape(-1).view(torch.uint8)
+    return hashlib.sha256(raw.numpy().tobytes()).hexdigest()
 
 
 class FeatureCache:
@@ -67,8 +69,10 @@ class FeatureCache:
             from safetensors.torch import load_file
 
             t = load_file(str(data_path))["features"]
-            if list(t.shape) != meta["shape"] or _tensor_digest(t) != meta["sha256"]:
-                raise ValueError("shape or checksum mismatch")
+            if list(t.shape) != meta["shape"] or str(t.dtype) != meta.get("dtype", str(t.dtype)):
+                raise ValueError("shape or dtype mismatch")
+            if _tensor_digest(t) != meta["sha256"]:
+                raise ValueError("checksum mismatch")
             return t
         except Exception as e:  # any damage means: do not trust, rebuild
             _logger.warning("feature cache entry %s is invalid (%s); rebuilding it", meta_path, e)
@@ -79,7 +83,8 @@ class FeatureCache:
         data_path, meta_path, _ = self._paths(key)
         features = features.detach().cpu().contiguous()
         atomic_save_safetensors(data_path, {"features": features})
-        atomic_write_json(meta_path, {"key": key, "shape": list(features.shape), "sha256": _tensor_digest(features)})
+        meta = {"key": key, "shape": list(features.shape), "dtype": str(features.dtype), "sha256": _tensor_digest(features)}
+        atomic_write_json(meta_path, meta)
 
     def get_or_compute(self, key: dict, compute) -> torch.Tensor:
         """Return the cached tensor for ``key`` or compute it with ``compute()`` and store it."""

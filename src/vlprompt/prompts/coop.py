@@ -185,3 +185,16 @@ class CoOp(PromptLearner):
             gathered = ctx.gather(1, slot.clamp(min=0).unsqueeze(-1).expand(-1, -1, ctx.shape[-1]))  # (C, L, D)
             embeds = torch.where((slot >= 0).unsqueeze(-1), gathered, fixed)
         return embeds, self.token_ids
+
+    def shared_prefix(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """The prompts as a part shared by every class and per-class parts, for exact shared-prefix encoding.
+
+        Returns ``(prefix [1 + M, D], suffix [C, L - 1 - M, D], ids [C, L])`` such that
+        ``cat(prefix, suffix_i)`` is ``forward()[0][i]``: with unified context and the class at the end,
+        ``[SOS] [V]_1 … [V]_M`` starts every prompt. ``None`` when that does not hold (CSC, class in the middle or
+        at the front): then use :meth:`forward`.
+        """
+        if self.ctx.dim() == 3 or self.config.class_token_position != "end":
+            return None
+        prefix = torch.cat([self.fixed_embeds[0, :1], self.ctx], dim=0)  # (1 + M, D): SOS + context
+        return prefix, self.fixed_embeds[:, 1 + self.n_ctx :], self.token_ids
