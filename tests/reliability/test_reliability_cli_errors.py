@@ -84,6 +84,8 @@ def test_missing_input_path(command, tmp_path, capsys):
     code = main(argv)
     assert code != 0
     assert "missing" in _error_line(capsys)
+    if command in ("train", "eval", "zeroshot"):  # inputs are validated before any output folder is created
+        assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("command", COMMANDS)

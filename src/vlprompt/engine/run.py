@@ -98,6 +98,12 @@ def prepare_out(out: str | Path, overwrite: bool) -> Path:
     return out
 
 
+def _refuse_finished(spec: RunSpec) -> None:
+    """Fail early (before any loading) when ``spec.out`` holds a finished run and ``overwrite`` is not set."""
+    if (Path(spec.out) / "metrics.json").exists() and not spec.overwrite:
+        prepare_out(spec.out, False)  # raises with the standard message
+
+
 def _versions() -> dict:
     import open_clip
 
@@ -193,21 +199,23 @@ def train_run(spec: RunSpec, progress: bool = False, backbone=None) -> dict:
                           f"'{out}', --overwrite discards it; pass one of them.")
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out '{out}' is a file, not a folder; choose a folder for the run.")
+    if not spec.resume:
+        _refuse_finished(spec)
+    loaded = _load(spec, backbone)  # inputs are validated before the folder is created or touched
+    if not loaded[1].train:
+        raise ConfigError(f"dataset '{spec.dataset}' has no training images.")
     out.mkdir(parents=True, exist_ok=True)
     with TS.run_lock(out):
-        return _train_locked(spec, out, progress, backbone)
+        return _train_locked(spec, out, progress, *loaded)
 
 
-def _train_locked(spec: RunSpec, out: Path, progress: bool, backbone) -> dict:
+def _train_locked(spec: RunSpec, out: Path, progress: bool, device, data, backbone) -> dict:
     finished = (out / "metrics.json").exists() and not spec.overwrite
     if finished and not spec.resume:
-        prepare_out(out, False)  # raises: a finished run is not replaced without --overwrite
+        prepare_out(out, False)  # raises (another process finished it meanwhile)
     if spec.overwrite:
         prepare_out(out, True)
     TS.remove_stale_temporaries(out)
-    device, data, backbone = _load(spec, backbone)
-    if not data.train:
-        raise ConfigError(f"dataset '{spec.dataset}' has no training images.")
     P.seed_everything(spec.seed)
     learner = create_prompt_learner(spec.method, backbone, data.splits.classnames, spec.learner).to(device)
     spec.learner = learner.config_dict()
@@ -275,9 +283,10 @@ def zeroshot_run(spec: RunSpec, templates: list[str], progress: bool = False, ba
         raise ConfigError("no zero-shot templates given.")
     for t in templates:
         check_template(t)
-    out = prepare_out(spec.out, spec.overwrite)
+    _refuse_finished(spec)
     spec.method, spec.learner = "zeroshot", {"templates": templates}
     device, data, backbone = _load(spec, backbone)
+    out = prepare_out(spec.out, spec.overwrite)  # after the inputs are validated: a failed call leaves no folder
     label = spec.label or ("Zero-shot CLIP" if len(templates) == 1 else f"Zero-shot CLIP ({len(templates)} templates)")
     atomic_write_json(out / "config.json", _base_config(spec, data, backbone, None, label))
     t1 = time.perf_counter()
@@ -294,7 +303,7 @@ def eval_run(run_dir: str, spec: RunSpec, progress: bool = False) -> dict:
     from vlprompt.api import PromptClassifier
 
     src = TS.read_json(Path(run_dir) / "config.json") if (Path(run_dir) / "config.json").exists() else {}
-    out = prepare_out(spec.out, spec.overwrite)
+    _refuse_finished(spec)
     device = P.resolve_device(spec.device)
     data = P.prepare_data(spec.dataset, spec.root, None, spec.seed, subsample=spec.subsample,
                           classnames_file=spec.classnames_file, strict=spec.strict,
@@ -302,6 +311,7 @@ def eval_run(run_dir: str, spec: RunSpec, progress: bool = False) -> dict:
     clf = PromptClassifier.load(run_dir, device=device, classnames=data.splits.classnames,
                                 pretrained=spec.pretrained)
     spec.method, spec.backbone = clf.method, clf.backbone.name
+    out = prepare_out(spec.out, spec.overwrite)  # after the inputs are validated: a failed call leaves no folder
     config = {**_base_config(spec, data, clf.backbone, None, src.get("label", clf.method)),
               "shots": src.get("shots"), "seed": src.get("seed", spec.seed), "learner": clf.learner_config,
               "evaluated_from": str(Path(run_dir).resolve()), "source_dataset": src.get("dataset", {}).get("name")}
