@@ -53,9 +53,10 @@ def atomic_save_safetensors(path: str | os.PathLike, tensors: dict, metadata: di
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
-def append_jsonl(path: str | os.PathLike, obj: Any) -> None:
-    """Append one JSON line (flushed and fsynced; a torn last line is ignored by readers)."""
+def append_jsonl(path: str | os.PathLike, obj: Any, fsync: bool = True) -> None:
+    """Append one JSON line (flushed, and fsynced unless ``fsync=False``; readers ignore a torn last line)."""
     with open(path, "a", encoding="utf-8") as f:
         f.write(json.dumps(obj) + "\n")
         f.flush()
-        os.fsync(f.fileno())
+        if fsync:
+            os.fsync(f.fileno())
