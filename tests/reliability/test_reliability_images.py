@@ -79,7 +79,8 @@ def test_exotic_images_load_as_rgb(tmp_path, kind):
     if kind == "png16":  # scaled to 8 bits (not clipped to white)
         assert np.array_equal(arr[..., 0], PIXELS[..., 0]) and not (arr == 255).all()
     if kind == "animated-gif":  # the first frame
-        first = np.asarray(Image.open(path).convert("RGB"))
+        with Image.open(path) as im:
+            first = np.asarray(im.convert("RGB"))
         assert np.array_equal(arr, first)
 
 
@@ -132,6 +133,7 @@ SEEDS = {kind: _encoded(kind) for kind in ["png", "jpeg", "bmp", "tiff", "webp",
                                             "cmyk-jpeg"]}
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")  # Pillow warns about corrupt TIFF tags / EXIF while decoding
 @settings(max_examples=int(os.environ.get("VLP_HYPOTHESIS_EXAMPLES", "50")), deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(kind=st.sampled_from(sorted(SEEDS)), cut=st.floats(0, 1),

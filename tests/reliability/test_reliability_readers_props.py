@@ -235,9 +235,11 @@ def _write_file(path: str, kind: str, i: int) -> bool:
     elif kind == "cut":
         buf = io.BytesIO()
         Image.new("RGB", (40, 40)).save(buf, "PNG")
-        open(base, "wb").write(buf.getvalue()[:60])
+        with open(base, "wb") as f:
+            f.write(buf.getvalue()[:60])
     else:
-        open(base, "w").write("" if kind == "empty" else "plain text")
+        with open(base, "w") as f:
+            f.write("" if kind == "empty" else "plain text")
     return kind in ("png", "jpg", "gif16")
 
 
