@@ -52,6 +52,9 @@ def register(subparsers) -> None:
     p.add_argument("--no-e2e", action="store_true", help="skip the end-to-end projection check")
     p.add_argument("--e2e-backbone", default=None, help="backbone of the end-to-end check (default RN50)")
     p.add_argument("--e2e-epochs", type=int, default=None, help="epochs of the end-to-end check (default 2)")
+    p.add_argument("--e2e-k", type=int, default=None, help="cached views K of the end-to-end check (default --k)")
+    p.add_argument("--e2e-test-per-class", type=int, default=None,
+                   help="test images per class in the end-to-end check (default 10)")
     p.add_argument("--in-process", action="store_true",
                    help="measure in this process instead of a fresh subprocess per configuration (memory then "
                         "includes earlier configurations)")
@@ -67,7 +70,7 @@ def options_from_args(args: argparse.Namespace):
     for arg, key in [("classes", "classes"), ("batch_size", "batch"), ("n_ctx", "n_ctx"), ("k", "k"),
                      ("chunk", "chunk"), ("threads", "threads"), ("device", "device"), ("precision", "precision"),
                      ("rounds", "rounds"), ("steps", "steps"), ("e2e_backbone", "e2e_backbone"),
-                     ("e2e_epochs", "e2e_epochs")]:
+                     ("e2e_epochs", "e2e_epochs"), ("e2e_k", "e2e_k"), ("e2e_test_per_class", "e2e_test_per_class")]:
         if getattr(args, arg) is not None:
             kw[key] = getattr(args, arg)
     if args.backbones:
@@ -83,7 +86,8 @@ def options_from_args(args: argparse.Namespace):
         kw["e2e_backbone"] = None
     if args.in_process:
         kw["subprocess"] = False
-    for key in ("batch", "n_ctx", "k", "chunk", "threads", "rounds", "steps", "e2e_epochs"):
+    for key in ("batch", "n_ctx", "k", "chunk", "threads", "rounds", "steps", "e2e_epochs", "e2e_k",
+                "e2e_test_per_class"):
         if key in kw and kw[key] < 1:
             raise ConfigError(f"--{key.replace('_', '-')} must be ≥ 1, got {kw[key]}.")
     if kw.get("precision") == "amp" and not str(kw.get("device", "cpu")).startswith("cuda"):
