@@ -112,7 +112,8 @@ class PromptModel(nn.Module):
 
     def encode_prompts(self, image_features: torch.Tensor | None = None) -> torch.Tensor:
         """Unnormalised class text features ``[C, E]`` (backbone dtype), through the fastest exact path."""
-        truncate = bool(getattr(self.learner.config, "truncate", True))
+        # Truncation (and per-length buckets) is exact only under a causal mask.
+        truncate = bool(getattr(self.learner.config, "truncate", True)) and bool(getattr(self.backbone, "causal", False))
         parts = self._shared_parts()
         if parts is not None:
             prefix, suffix, ids = parts  # (P, D), (C, S, D), (C, P + S)
