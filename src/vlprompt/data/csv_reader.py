@@ -15,11 +15,10 @@ Label rules:
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import os
 
-from vlprompt.data.custom import finish_custom
+from vlprompt.data.custom import finish_custom, parse_class_list
 from vlprompt.data.images import format_list
 from vlprompt.data.records import DatasetSplits, Sample
 from vlprompt.data.splitfile import file_sha256, label_gaps, resolve_path
@@ -32,33 +31,6 @@ SPLIT_ALIASES = {"train": "train", "val": "val", "valid": "val", "validation": "
 
 def _is_int(s: str) -> bool:
     return s.removeprefix("-").isdecimal()  # what int() accepts (not e.g. "²")
-
-
-def parse_class_list(path: str, labels: set[str]) -> list[tuple[str, str]]:
-    """Read a class-names file as ``[(key, name), ...]`` in label order (see the module docstring)."""
-    if not os.path.isfile(path):
-        raise DataError(f"class-names file {path!r} does not exist")
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except UnicodeDecodeError as e:
-        raise DataError(f"class-names file {path!r} is not UTF-8 text ({e})") from e
-    if path.endswith(".json"):
-        try:
-            data = json.loads(text)
-        except (json.JSONDecodeError, RecursionError) as e:
-            raise DataError(f"class-names file {path!r} is not valid JSON ({e})") from e
-        if isinstance(data, dict):
-            return [(str(k), str(v)) for k, v in data.items()]
-        if isinstance(data, list):
-            return [(str(v), str(v)) for v in data]
-        raise DataError(f"class-names file {path!r} must hold a JSON object or list")
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    pairs = [line.split(None, 1) for line in lines]
-    keys = [p[0] for p in pairs]
-    if pairs and all(len(p) == 2 for p in pairs) and len(set(keys)) == len(keys) and labels <= set(keys):
-        return [(p[0], p[1]) for p in pairs]
-    return [(line, line) for line in lines]
 
 
 def read_csv(path: str, *, classnames_file: str | None = None, split_seed: int = 1, strict: bool = False,
@@ -111,7 +83,7 @@ def _build(path: str, base: str, rows: list[tuple[str, str, str, int]], classnam
     """Turn the rows into labelled records and splits (label rules in the module docstring)."""
     labels = {r[1] for r in rows}
     if classnames_file:
-        classes = parse_class_list(classnames_file, labels)
+        classes = parse_class_list(classnames_file, labels)[0]
         lookup = {k: i for i, (k, _) in enumerate(classes)}
         for i, (_, name) in enumerate(classes):
             lookup.setdefault(name, i)

@@ -43,17 +43,19 @@ SPLIT_RATIOS = (0.5, 0.2, 0.3)  # generated train/val/test split, as the officia
 VAL_FROM_TRAIN = 0.2  # share of train carved out as val when only train and test are given
 
 
-def read_classnames_file(path: str, keys: list[str]) -> dict[str, str]:
-    """Read readable class names for the class ``keys`` (folder names or CSV labels, in label order).
+def parse_class_list(path: str, keys: set[str]) -> tuple[list[tuple[str, str]], bool]:
+    """Read a class-names file as ``(key, name)`` entries in file order.
 
     Accepted forms: a JSON object ``{key: name}`` or list of names; a text file with lines ``<key> <name>`` (the
-    ImageNet ``classnames.txt`` form, used when every first word is a key) or one name per line in label order.
+    ImageNet ``classnames.txt`` form, used when the first words are unique and cover every key in ``keys``) or one
+    name per line.
 
     Returns:
-        ``key → name``. Keys not covered keep their own name.
+        ``(entries, keyed)``: ``keyed`` tells whether the file maps keys to names; otherwise each entry is
+        ``(name, name)`` and names are in label order.
 
     Raises:
-        DataError: the file is missing or does not fit the classes.
+        DataError: the file is missing, not UTF-8, or not valid JSON of the right shape.
     """
     if not os.path.isfile(path):
         raise DataError(f"class-names file {path!r} does not exist")
@@ -68,21 +70,39 @@ def read_classnames_file(path: str, keys: list[str]) -> dict[str, str]:
         except (json.JSONDecodeError, RecursionError) as e:
             raise DataError(f"class-names file {path!r} is not valid JSON ({e})") from e
         if isinstance(data, dict):
-            return {str(k): str(v) for k, v in data.items()}
-        lines = [str(x) for x in data] if isinstance(data, list) else None
-        if lines is None:
-            raise DataError(f"class-names file {path!r} must hold a JSON object or list")
-    else:
-        lines = [line.strip() for line in text.splitlines() if line.strip()]
-        pairs = [line.split(None, 1) for line in lines]
-        if pairs and all(len(p) == 2 for p in pairs) and {p[0] for p in pairs} >= set(keys):
-            return {p[0]: p[1] for p in pairs}
-    if keys and len(lines) != len(keys):
+            return [(str(k), str(v)) for k, v in data.items()], True
+        if isinstance(data, list):
+            return [(str(v), str(v)) for v in data], False
+        raise DataError(f"class-names file {path!r} must hold a JSON object or list")
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    pairs = [line.split(None, 1) for line in lines]
+    first = [p[0] for p in pairs]
+    if pairs and all(len(p) == 2 for p in pairs) and len(set(first)) == len(first) and keys <= set(first):
+        return [(p[0], p[1]) for p in pairs], True
+    return [(line, line) for line in lines], False
+
+
+def read_classnames_file(path: str, keys: list[str]) -> dict[str, str]:
+    """Readable class names for the class ``keys`` (folder names or CSV labels, in label order).
+
+    See :func:`parse_class_list` for the accepted forms.
+
+    Returns:
+        ``key → name``. Keys not covered keep their own name.
+
+    Raises:
+        DataError: the file is missing or does not fit the classes.
+    """
+    entries, keyed = parse_class_list(path, set(keys))
+    if keyed:
+        return dict(entries)
+    names = [name for _, name in entries]
+    if keys and len(names) != len(keys):
         raise DataError(
-            f"class-names file {path!r} has {len(lines)} names for {len(keys)} classes; give one name per line in "
+            f"class-names file {path!r} has {len(names)} names for {len(keys)} classes; give one name per line in "
             f"label order, or lines '<key> <name>' whose keys are {format_list(keys, 5)}"
         )
-    return dict(zip(keys, lines))
+    return dict(zip(keys, names))
 
 
 def _stratified(pool: list[Sample], ratios: tuple[float, ...], rng: random.Random) -> tuple[list[list[Sample]], list]:
