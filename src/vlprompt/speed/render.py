@@ -49,13 +49,15 @@ def render_markdown(result: dict) -> str:
         "(so they see the same machine load), after warm-up. Peak memory: each configuration alone in "
         f"{'a fresh process' if opts['subprocess'] else 'the benchmark process (not isolated: --in-process)'}, the "
         "peak resident set during warm-up and step (model weights included). Text s = logits, loss, backward and "
-        "SGD update (the text encoder dominates); image s = image encoder, or the feature lookup for cached:K.",
+        "SGD update (the text encoder dominates); image s = image encoder, or the feature lookup for cached:K. "
+        "CPU s: CPU time of the process (both threads) for the same step — far less sensitive than wall time to "
+        "other processes on the machine, so its ratios are the more stable ones on a shared CPU.",
         "",
         "## Per training step",
         "",
         "| backbone | classes | configuration | tokens | image s | text s | step s | text speed-up | step speed-up "
-        "| peak memory | memory vs (a) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| step CPU s | text / step speed-up, CPU time | peak memory | memory vs (a) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     order = {c: i for i, c in enumerate(LABELS)}
     rows = sorted(an["rows"], key=lambda r: (opts["backbones"].index(r["backbone"]) if r["backbone"] in
@@ -68,7 +70,8 @@ def render_markdown(result: dict) -> str:
         lines.append(
             f"| {r['backbone']} | {r['classes']} | {LABELS.get(r['config'], r['config'])}{est} | {r.get('seq_len') or '–'} "
             f"| {_f(r['image_s'])} | {_f(r['text_s'])} | {_f(r['step_s'])} | {_ratio(r, 'text_speedup')} "
-            f"| {_ratio(r, 'step_speedup')} | {_mb(r)} | {mem} |")
+            f"| {_ratio(r, 'step_speedup')} | {_f(r.get('step_cpu_s'))} "
+            f"| {_ratio(r, 'text_speedup_cpu')} / {_ratio(r, 'step_speedup_cpu')} | {_mb(r)} | {mem} |")
     if any(r.get("extrapolated") for r in rows):
         lines += ["", f"OOM: ran out of memory under the {opts.get('memory_limit_gb')} GiB limit. Extrapolated rows: the "
                   "text time is the same configuration at the smallest class count scaled linearly in the class "

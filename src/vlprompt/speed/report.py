@@ -16,12 +16,19 @@ LABELS = {
 }
 
 
-def _times(image: list[float], text: list[float]) -> dict:
-    """Minimum times (the least disturbed by other load) and the median step."""
-    steps = [i + t for i, t in zip(image, text, strict=False)]
-    return {"image_s": min(image) if image else None, "text_s": min(text) if text else None,
-            "step_s": min(steps) if steps else None, "step_median_s": median(steps) if steps else None,
-            "samples": len(steps)}
+def _times(sample: dict) -> dict:
+    """Minimum wall-clock times (the least disturbed by other load), the median step, and the same minima in CPU
+    time of the process (all its threads; much less sensitive to other processes than wall time)."""
+    out: dict = {"samples": len(sample.get("text_s", []))}
+    for kind in ("", "_cpu"):
+        image, text = sample.get(f"image{kind}_s", []), sample.get(f"text{kind}_s", [])
+        steps = [i + t for i, t in zip(image, text, strict=False)]
+        out[f"image{kind}_s"] = min(image) if image else None
+        out[f"text{kind}_s"] = min(text) if text else None
+        out[f"step{kind}_s"] = min(steps) if steps else None
+    steps = [i + t for i, t in zip(sample.get("image_s", []), sample.get("text_s", []), strict=False)]
+    out["step_median_s"] = median(steps) if steps else None
+    return out
 
 
 def _rows(steps: list[dict], interleaved: list[dict]) -> dict[tuple, dict]:
@@ -34,9 +41,10 @@ def _rows(steps: list[dict], interleaved: list[dict]) -> dict[tuple, dict]:
     rows = {}
     for key, ms in groups.items():
         peaks = [m["peak_mb"] for m in ms if m.get("peak_mb") is not None]
-        alone = _times([x for m in ms for x in m.get("image_s", [])], [x for m in ms for x in m.get("text_s", [])])
+        alone = _times({k: [x for m in ms for x in m.get(k, [])] for k in ("image_s", "text_s", "image_cpu_s",
+                                                                            "text_cpu_s")})
         smp = timed.get(key)
-        inter = _times(smp["image_s"], smp["text_s"]) if smp else None
+        inter = _times(smp) if smp else None
         use = inter if inter and inter["samples"] else alone
         rows[key] = {
             **use, "timing": "interleaved" if use is inter else "alone", "alone_step_s": alone["step_s"],
@@ -48,7 +56,7 @@ def _rows(steps: list[dict], interleaved: list[dict]) -> dict[tuple, dict]:
             "load": [m.get("load_before") for m in ms], "extrapolated": False,
         }
         if rows[key]["step_s"] is None:
-            rows[key]["text_s"] = None  # an OOM step's image side alone is not a step time
+            rows[key]["text_s"] = rows[key]["text_cpu_s"] = None  # an OOM step's image side is not a step time
     return rows
 
 
@@ -67,6 +75,10 @@ def _extrapolate(rows: dict[tuple, dict]) -> None:
         row["image_s"] = row["image_s"] if row["image_s"] is not None else ref["image_s"]
         row["text_s"] = ref["text_s"] * scale
         row["step_s"] = row["image_s"] + row["text_s"]
+        if ref.get("text_cpu_s") is not None:
+            row["image_cpu_s"] = row["image_cpu_s"] if row.get("image_cpu_s") is not None else ref["image_cpu_s"]
+            row["text_cpu_s"] = ref["text_cpu_s"] * scale
+            row["step_cpu_s"] = row["image_cpu_s"] + row["text_cpu_s"]
         if ref["peak_mb"] is not None and ref["model_mb"] is not None:
             row["peak_estimate_mb"] = ref["model_mb"] + (ref["peak_mb"] - ref["model_mb"]) * scale
         row["extrapolated"] = True
@@ -148,6 +160,9 @@ def analyse(result: dict) -> dict:
         if base and base["step_s"] and row["step_s"]:
             row["step_speedup"] = base["step_s"] / row["step_s"]
             row["text_speedup"] = base["text_s"] / row["text_s"]
+        if base and base.get("step_cpu_s") and row.get("step_cpu_s"):
+            row["step_speedup_cpu"] = base["step_cpu_s"] / row["step_cpu_s"]
+            row["text_speedup_cpu"] = base["text_cpu_s"] / row["text_cpu_s"]
         base_peak = base and (base.get("peak_estimate_mb") if base["oom"] else base["peak_mb"])
         if base_peak and row["peak_mb"] and not row["oom"]:
             row["memory_ratio"] = row["peak_mb"] / base_peak

@@ -175,23 +175,24 @@ class _Stepper:
         self.model, self.opt = _build(backbone, spec, n_classes, config)
 
     def __call__(self, record: dict | None = None) -> None:
-        """Run one step; append its image-side and text-side seconds to ``record`` (image side first, so it is
-        kept if the text side then runs out of memory)."""
+        """Run one step; append its image-side and text-side wall-clock and CPU seconds (all threads of the process)
+        to ``record`` (image side first, so it is kept if the text side then runs out of memory)."""
         from vlprompt.features.extract import autocast_context
 
         device, precision, inputs = self.inputs.device, self.spec["precision"], self.inputs
         labels = torch.randint(self.n, (self.spec["batch"],), generator=inputs.gen).to(device)
         _sync(device)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         if self.cfg["image"] == "cached":
             img = next(inputs.bank)[0]  # (B, E) lookup
         else:
             with torch.no_grad(), autocast_context(device, precision):
                 img = self.model.image_features(inputs.images)  # (B, E)
         _sync(device)
-        t1 = time.perf_counter()
+        t1, c1 = time.perf_counter(), time.process_time()
         if record is not None:
             record["image_s"].append(t1 - t0)
+            record["image_cpu_s"].append(c1 - c0)
         with autocast_context(device, precision):
             loss = F.cross_entropy(self.model.logits(img).float(), labels)
         self.opt.zero_grad(set_to_none=True)
@@ -200,6 +201,7 @@ class _Stepper:
         _sync(device)
         if record is not None:
             record["text_s"].append(time.perf_counter() - t1)
+            record["text_cpu_s"].append(time.process_time() - c1)
 
 
 def _oom_message(e: BaseException) -> str:
@@ -218,7 +220,8 @@ def measure_steps(spec: dict) -> dict:
     warm = _Stepper(backbone, spec, spec["config"], min(n, spec["warmup_classes"]), inputs)
     out = {"kind": "step", "config": spec["config"], "backbone": spec["backbone"], "classes": n,
            "seq_len": int(stepper.model.learner.fixed_embeds.shape[1]), "text_path": stepper.model.text_path(),
-           "model_mb": meter.rss_mb(), "image_s": [], "text_s": [], "oom": False, "error": None,
+           "model_mb": meter.rss_mb(), "image_s": [], "text_s": [], "image_cpu_s": [], "text_cpu_s": [],
+           "oom": False, "error": None,
            "load_before": os.getloadavg()[0]}
     meter.reset()
     try:
@@ -241,7 +244,8 @@ def measure_interleaved(spec: dict) -> dict:
     n = spec["classes"]
     inputs = _Inputs(backbone, spec)
     steppers = {c: _Stepper(backbone, spec, c, n, inputs) for c in spec["configs"]}
-    samples = {c: {"image_s": [], "text_s": [], "oom": False, "error": None} for c in spec["configs"]}
+    samples = {c: {"image_s": [], "text_s": [], "image_cpu_s": [], "text_cpu_s": [], "oom": False, "error": None}
+               for c in spec["configs"]}
     load = [os.getloadavg()[0]]
     for c in spec["configs"]:
         try:
