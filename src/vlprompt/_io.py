@@ -60,3 +60,18 @@ def append_jsonl(path: str | os.PathLike, obj: Any, fsync: bool = True) -> None:
         f.flush()
         if fsync:
             os.fsync(f.fileno())
+
+
+def read_json_object(path: str | os.PathLike, damaged: str = "the run folder is damaged") -> dict:
+    """Read a JSON object from ``path``; any unreadable, invalid or non-object content is an ArtifactError that
+    names the file and ends with ``damaged`` (what it means for the user)."""
+    from vlprompt.errors import ArtifactError
+
+    path = Path(path)
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise ArtifactError(f"'{path}' is not valid JSON ({e}); {damaged}.") from e
+    if not isinstance(obj, dict):
+        raise ArtifactError(f"'{path}' must hold a JSON object; {damaged}.")
+    return obj

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from vlprompt import __version__
-from vlprompt._io import atomic_save_safetensors, atomic_write_json
+from vlprompt._io import atomic_save_safetensors, atomic_write_json, read_json_object
 from vlprompt.backbones.base import Backbone
 from vlprompt.errors import ArtifactError, VLPromptError
 from vlprompt.prompts.base import PromptLearner, create_prompt_learner
@@ -65,12 +65,7 @@ def read_learner_json(run_dir: str | Path) -> dict:
             f"'{path}' not found: '{run_dir}' is not a finished vlprompt training run (train one with "
             "`vlprompt train`)."
         )
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-        raise ArtifactError(f"'{path}' is not valid JSON ({e}); the run folder is damaged — retrain it.") from e
-    if not isinstance(meta, dict):
-        raise ArtifactError(f"'{path}' must hold a JSON object; the run folder is damaged — retrain it.")
+    meta = read_json_object(path, "the run folder is damaged — retrain it")
     for key in ("method", "config", "classnames", "backbone"):
         if key not in meta:
             raise ArtifactError(f"'{path}' lacks the '{key}' entry; the run folder is damaged — retrain it.")

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vlprompt._io import atomic_save_safetensors, atomic_write_json, atomic_write_text
+from vlprompt._io import atomic_save_safetensors, atomic_write_json, atomic_write_text, read_json_object
 from vlprompt.engine.checkpoint import check_state
 from vlprompt.errors import ArtifactError, ConfigError
 
@@ -79,13 +79,7 @@ def config_differences(old: dict, new: dict, limit: int = 5) -> list[str]:
 
 def read_json(path: Path) -> dict:
     """A JSON object from a run folder (``config.json``, ``metrics.json``), or an ArtifactError naming the file."""
-    try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-        raise ArtifactError(f"'{path}' is not valid JSON ({e}); the run folder is damaged.") from e
-    if not isinstance(obj, dict):
-        raise ArtifactError(f"'{path}' must hold a JSON object; the run folder is damaged.")
-    return obj
+    return read_json_object(path)
 
 
 def check_same_config(out: Path, what: str, old: dict, new: dict) -> None:
