@@ -31,7 +31,7 @@ def test_task_table_is_well_formed():
             assert tasks.TASKS[t].test_styles != tasks.TASKS[source].styles
 
 
-def test_write_task_split_format_counts_and_idempotence(tmp_path):
+def test_write_task_split_format_counts_and_idempotence(tmp_path, monkeypatch):
     spec = tasks.TASKS["sizes"]
     path = tasks.write_task("sizes", tmp_path, seed=0)
     assert path == tmp_path / "sizes" / "split.json"
@@ -60,6 +60,11 @@ def test_write_task_split_format_counts_and_idempotence(tmp_path):
     img.write_bytes(b"broken")
     tasks.write_task("sizes", tmp_path, seed=0)
     assert img.read_bytes() == good
+    # a change to the world's rendering (its fingerprint) invalidates the cache
+    monkeypatch.setattr(world, "world_fingerprint", lambda: "another-renderer")
+    tasks.write_task("sizes", tmp_path, seed=0)
+    assert json.loads((path.parent / "manifest.json").read_text())["world"] == "another-renderer"
+    monkeypatch.undo()
     # another seed draws other images
     other = tasks.write_task("sizes", tmp_path / "s1", seed=1)
     assert (other.parent / split["train"][0][0]).read_bytes() != good

@@ -36,7 +36,7 @@ from vlprompt.microclip import world
 
 logger = logging.getLogger(__name__)
 
-TASKS_FORMAT = 1  # bump when the layout or the world's rendering changes, so caches are rebuilt
+TASKS_FORMAT = 1  # bump when the folder layout changes (rendering changes are caught by world_fingerprint())
 SPLITS = ("train", "val", "test")
 
 
@@ -116,7 +116,8 @@ def _world_seed(name: str, seed: int, split: str) -> int:
 
 
 def _manifest_expected(name: str, spec: TaskSpec, seed: int) -> dict:
-    return {"format": TASKS_FORMAT, "task": name, "seed": seed, "spec": json.loads(json.dumps(asdict(spec)))}
+    return {"format": TASKS_FORMAT, "world": world.world_fingerprint(), "task": name, "seed": seed,
+            "spec": json.loads(json.dumps(asdict(spec)))}  # fmt: skip
 
 
 def _content_hash(root: Path, split: dict) -> str:
@@ -132,7 +133,8 @@ def _is_complete(root: Path, name: str, spec: TaskSpec, seed: int) -> bool:
     try:
         manifest = json.loads((root / "manifest.json").read_text())
         split = json.loads((root / "split.json").read_text())
-        if {k: manifest.get(k) for k in ("format", "task", "seed", "spec")} != _manifest_expected(name, spec, seed):
+        expected = _manifest_expected(name, spec, seed)
+        if {k: manifest.get(k) for k in expected} != expected:
             return False
         return manifest.get("content_sha256") == _content_hash(root, split)
     except (OSError, ValueError, KeyError, TypeError):

@@ -26,6 +26,7 @@ worker processes and yields them in order.
 
 from __future__ import annotations
 
+import functools
 import multiprocessing as mp
 from collections import deque
 from collections.abc import Iterator, Mapping
@@ -382,6 +383,21 @@ def generate(seed: int, start: int, count: int, fixed: Mapping[str, int] | None 
         captions.append(cap)
         labels[j] = [vals[a] for a in ATTRIBUTE_NAMES]
     return WorldBatch(images, captions, labels)
+
+
+@functools.lru_cache(maxsize=1)
+def world_fingerprint() -> str:
+    """SHA-256 (16 hex digits) of a few rendered images and captions: changes whenever the rendering does.
+
+    Caches of written images (e.g. :func:`vlprompt.microclip.tasks.write_task`) record it, so they are rebuilt
+    after any change to the world.
+    """
+    import hashlib
+
+    batch = generate(seed=0, start=0, count=32)
+    h = hashlib.sha256(batch.images.tobytes())
+    h.update("\n".join(batch.captions).encode())
+    return h.hexdigest()[:16]
 
 
 def _concat(parts: list[WorldBatch]) -> WorldBatch:
