@@ -83,11 +83,11 @@ _VOWEL_START = ("a", "e", "i", "o", "u")
 
 # Rendering parameters (64-px units).
 _CENTERS = {"left": (18, 32), "right": (46, 32), "top": (32, 18), "bottom": (32, 46), "center": (32, 32)}
-_RADII = {"small": 6.5, "medium": 10.5, "large": 15.0}
-# Per-shape scale so that all shapes of one size cover about the same area (0.7·π·r²): "size" means area, not
-# extent, so a medium star is not confused with a small square.
-_AREA_SCALE = {"circle": 0.82, "square": 0.87, "triangle": 1.27, "star": 1.25, "cross": 1.0, "heart": 1.01,
-               "moon": 1.14, "arrow": 1.27}  # fmt: skip
+_RADII = {"small": 7.5, "medium": 11.5, "large": 16.5}
+# Per-shape scale: the square root of the factor that would give all shapes the same area. Within one size, area
+# still differs a little by shape (a cue that helps shape learning start), but areas no longer overlap across sizes.
+_AREA_SCALE = {"circle": 0.905, "square": 0.93, "triangle": 1.125, "star": 1.12, "cross": 1.0, "heart": 1.005,
+               "moon": 1.07, "arrow": 1.125}  # fmt: skip
 _RGB = {
     "red": (220, 40, 40), "orange": (245, 140, 30), "yellow": (240, 220, 40), "green": (50, 170, 60),
     "blue": (40, 80, 220), "purple": (140, 50, 190), "pink": (245, 130, 190), "brown": (130, 80, 40),
@@ -199,8 +199,9 @@ def _background(kind: str, rng: np.random.Generator) -> np.ndarray:
         k = int(rng.integers(4))  # orientation: vertical, horizontal, or one of the diagonals
         period, phase = rng.uniform(6, 9), rng.uniform(0, 10)
         u = np.arange(2 * IMAGE_SIZE, dtype=np.float64) * (np.sqrt(0.5) if k >= 2 else 1.0) + phase
-        lo, hi = rng.uniform(0.2, 0.4), rng.uniform(0.75, 0.92)
-        table = np.where(np.mod(u, period) < period / 2, hi, lo).astype(np.float32)
+        # moderate contrast: a visible texture that does not drown the shape's edges
+        base, c = rng.uniform(0.45, 0.75), rng.uniform(0.15, 0.25)
+        table = np.where(np.mod(u, period) < period / 2, base + c / 2, base - c / 2).astype(np.float32)
         return table[_STRIPE_INDEX[k]]
     # dotted: a lattice of dark dots on a light ground (separable distance field)
     period = rng.uniform(7, 9)
@@ -208,7 +209,8 @@ def _background(kind: str, rng: np.random.Generator) -> np.ndarray:
     dx = (np.mod(_AX + ox, period) - period / 2).astype(np.float32)
     dy = (np.mod(_AX + oy, period) - period / 2).astype(np.float32)
     dot = np.clip(2.2 - np.sqrt(dy[:, None] ** 2 + dx[None, :] ** 2), 0, 1)
-    ground, ink = rng.uniform(0.7, 0.9), rng.uniform(0.1, 0.3)
+    ground = rng.uniform(0.55, 0.85)
+    ink = ground - rng.uniform(0.2, 0.3)
     return np.float32(ground) + np.float32(ink - ground) * dot
 
 
@@ -245,8 +247,8 @@ def render(values: Mapping[str, int], rng: np.random.Generator) -> np.ndarray:
     shape, colour = ATTRIBUTES["shape"][values["shape"]], ATTRIBUTES["colour"][values["colour"]]
     size, position = ATTRIBUTES["size"][values["size"]], ATTRIBUTES["position"][values["position"]]
     bg_kind, style = ATTRIBUTES["background"][values["background"]], ATTRIBUTES["style"][values["style"]]
-    cx, cy = (c + rng.uniform(-2.5, 2.5) for c in _CENTERS[position])
-    r = _RADII[size] * _AREA_SCALE[shape] * rng.uniform(0.93, 1.07)
+    cx, cy = (c + rng.uniform(-2.0, 2.0) for c in _CENTERS[position])
+    r = _RADII[size] * _AREA_SCALE[shape] * rng.uniform(0.95, 1.05)
     rot = np.deg2rad(rng.uniform(-12, 12))
     a = _shape_alpha(shape, cx, cy, r, rot)  # [64, 64] coverage
     fg = (np.clip(np.array(_RGB[colour]) + rng.uniform(-14, 14, 3), 0, 255) / 255.0).astype(np.float32)  # [3]
@@ -300,20 +302,20 @@ def caption(values: Mapping[str, int], rng: np.random.Generator) -> str:
         words = ATTRIBUTE_WORDS[attr][ATTRIBUTES[attr][values[attr]]]
         return words[0] if len(words) == 1 or rng.random() < 0.75 else words[1 + rng.integers(len(words) - 1)]
 
-    named = rng.random() < 0.8
+    named = rng.random() < 0.9
     noun = word("shape") if named else ("shape" if rng.random() < 0.7 else "object")
     adjs = []
     if rng.random() < 0.5:
         adjs.append(word("size"))
-    if style != "sketch" and rng.random() < 0.6:
+    if style != "sketch" and rng.random() < 0.5:
         adjs.append(word("colour"))
     np_words = [*adjs, noun]
     phrase = f"{_article(np_words[0])} {' '.join(np_words)}"
     tail = []
-    if rng.random() < 0.55:
+    if rng.random() < 0.5:
         options = _POSITION_PHRASES[ATTRIBUTES["position"][values["position"]]]
         tail.append(options[rng.integers(len(options))])
-    if rng.random() < 0.4:
+    if rng.random() < 0.3:
         tail.append(f"on {_article(b := word('background'))} {b} background")
     if len(tail) == 2 and rng.random() < 0.5:
         tail.reverse()
