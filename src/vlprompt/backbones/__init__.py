@@ -5,7 +5,9 @@
 - ``"microclip"``: vlprompt's bundled micro-CLIP (``pretrained`` = ``None``/``"shipped"`` for the shipped weights,
   or a ``.safetensors`` path);
 - any open_clip architecture name (``"RN50"``, ``"ViT-B-16"``, …) with ``pretrained`` = ``None`` (random weights),
-  an open_clip tag (``"openai"``, LAION tags) or a local checkpoint path.
+  an open_clip tag (``"openai"``, LAION tags) or a local checkpoint path;
+- ``"hf:ORG/NAME"`` or ``"hf:DIR"``: a Hugging Face transformers ``CLIPModel`` (optional extra
+  ``pip install vlprompt[hf]``), with ``pretrained`` = ``None`` or a local directory holding its files.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import os
 import torch
 
 from vlprompt.backbones.base import Backbone, PreprocessCfg
+from vlprompt.backbones.hf_loading import HF_PREFIX
 from vlprompt.backbones.open_clip import OpenClipBackbone
 from vlprompt.errors import BackboneError, ConfigError
 
@@ -52,7 +55,8 @@ def _build_model(name: str, pretrained: str | None):
         close = difflib.get_close_matches(name, list_backbones(), n=5)
         raise BackboneError(
             f"--backbone '{name}' is not a known architecture. Did you mean: {', '.join(close) or '-'}? "
-            "`vlprompt train --help` explains; all names: microclip, " + ", ".join(open_clip.list_models()[:20]) + ", …"
+            "`vlprompt train --help` explains; all names: microclip, hf:ORG/NAME or hf:DIR (Hugging Face CLIP), "
+            + ", ".join(open_clip.list_models()[:20]) + ", …"
         )
     if pretrained is None:
         # Random weights, but reproducible (seed 0, global RNG untouched): a prompt trained on them can be reloaded.
@@ -72,23 +76,29 @@ def create_backbone(
     *,
     device: str | torch.device = "cpu",
     precision: str = "fp32",
-) -> OpenClipBackbone:
+) -> Backbone:
     """Build a frozen backbone.
 
     Args:
-        name: ``"microclip"`` or an open_clip architecture name.
+        name: ``"microclip"``, an open_clip architecture name, or ``"hf:ORG/NAME"`` / ``"hf:DIR"`` (transformers).
         pretrained: weights tag, local checkpoint path, or ``None``: random weights, seeded so that the same name
-            always gives the same weights (shipped weights for microclip).
+            always gives the same weights (shipped weights for microclip). For ``hf:`` names: ``None`` or the local
+            directory the model's files are in now.
         device: where to put it.
         precision: ``"fp32"``; ``"amp"`` (fp32 weights, autocast is applied by the caller on GPU); or ``"fp16"``
             (the official CoOp default: Conv/Linear/attention weights and projections cast to fp16, LayerNorm in
             fp32, token embeddings fp32).
 
     Returns:
-        An :class:`OpenClipBackbone` in eval mode with every parameter frozen.
+        An :class:`OpenClipBackbone` (or ``HFClipBackbone`` for ``hf:`` names) in eval mode with every parameter
+        frozen.
     """
     if precision not in PRECISIONS:
         raise ConfigError(f"--precision '{precision}' is not one of {', '.join(PRECISIONS)}.")
+    if name.startswith(HF_PREFIX):
+        from vlprompt.backbones.hf import create_hf_backbone
+
+        return create_hf_backbone(name, pretrained, precision=precision).to(device)
     model, tokenizer, preprocess = _build_model(name, pretrained)
     backbone = OpenClipBackbone(model, tokenizer, name=name, pretrained=pretrained, preprocess=preprocess)
     if precision == "fp16":

@@ -7,6 +7,7 @@ EOS pooling driven by the token ids, the image encoder, the logit scale and the 
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import asdict, dataclass
 
 import torch
@@ -14,6 +15,22 @@ from torch import nn
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def weights_fingerprint(model: nn.Module) -> str:
+    """Short, fast hash of a model's weights: names, shapes, dtypes, sums and the first/last values of each tensor.
+
+    Exact enough to tell two checkpoints (or a random init) apart without hashing hundreds of MB.
+    """
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        flat = t.detach().reshape(-1).float().cpu()
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+        if flat.numel():
+            h.update(flat[:256].numpy().tobytes())
+            h.update(flat[-256:].numpy().tobytes())
+            h.update(flat.double().sum().numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -68,6 +85,12 @@ class Backbone(nn.Module):
     embed_dim: int
     causal: bool
 
+    # Keep the frozen model in eval mode whatever .train() is called with: the official CoOp never switches CLIP
+    # to train mode (BatchNorm of ResNet towers uses running statistics; no dropout).
+    def train(self, mode: bool = True) -> Backbone:  # noqa: D102
+        super().train(False)
+        return self
+
     # --- text side -------------------------------------------------------------------------------------------
     def tokenize(self, texts: list[str]) -> torch.Tensor:
         """Tokenise ``texts`` to ``LongTensor[N, L]`` with SOS/EOS/padding."""
@@ -107,6 +130,18 @@ class Backbone(nn.Module):
             ``[N, E]`` unnormalised text features.
         """
         raise NotImplementedError
+
+    def _pool_and_cut(
+        self, embeds: torch.Tensor, ids: torch.Tensor, truncate: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """EOS positions ``[N]`` of ``ids`` and ``embeds`` ``[N, L, D]``, cut after the longest EOS when ``truncate``.
+
+        Exact under the causal mask: the pooled EOS state never attends to later positions.
+        """
+        eos = self.eos_positions(ids)  # (N,)
+        if truncate:
+            embeds = embeds[:, : min(embeds.shape[1], int(eos.max().item()) + 1)]  # (N, L', D)
+        return embeds, eos
 
     @torch.no_grad()
     def encode_text(self, texts: list[str]) -> torch.Tensor:

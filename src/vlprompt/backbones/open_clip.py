@@ -8,33 +8,17 @@ and any image tower (ModifiedResNet, ViT, timm). Text towers that CoOp cannot dr
 
 from __future__ import annotations
 
-import hashlib
 import logging
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vlprompt.backbones.base import OPENAI_MEAN, OPENAI_STD, Backbone, PreprocessCfg
+from vlprompt.backbones.base import OPENAI_MEAN, OPENAI_STD, Backbone, PreprocessCfg, weights_fingerprint
+from vlprompt.backbones.clip_bpe import ClipBpeTextMixin
 from vlprompt.errors import BackboneError
 
 _logger = logging.getLogger(__name__)
-
-
-def weights_fingerprint(model: nn.Module) -> str:
-    """Short, fast hash of a model's weights: names, shapes, dtypes, sums and the first/last values of each tensor.
-
-    Exact enough to tell two checkpoints (or a random init) apart without hashing hundreds of MB.
-    """
-    h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
-        flat = t.detach().reshape(-1).float().cpu()
-        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
-        if flat.numel():
-            h.update(flat[:256].numpy().tobytes())
-            h.update(flat[-256:].numpy().tobytes())
-            h.update(flat.double().sum().numpy().tobytes())
-    return h.hexdigest()[:16]
 
 
 class _TextTower:
@@ -89,7 +73,7 @@ class _TextTower:
             )
 
 
-class OpenClipBackbone(Backbone):
+class OpenClipBackbone(ClipBpeTextMixin, Backbone):
     """A frozen open_clip model behind the backbone protocol.
 
     Args:
@@ -149,28 +133,7 @@ class OpenClipBackbone(Backbone):
         self.preprocess = preprocess
         self.fingerprint = weights_fingerprint(model)
 
-    # Keep the frozen model in eval mode whatever .train() is called with: the official CoOp never switches CLIP
-    # to train mode (BatchNorm of ResNet towers uses running statistics).
-    def train(self, mode: bool = True) -> OpenClipBackbone:  # noqa: D102
-        super().train(False)
-        return self
-
     # --- text ----------------------------------------------------------------------------------------------
-    def tokenize(self, texts: list[str]) -> torch.Tensor:  # noqa: D102
-        too_long = [t for t in texts if len(self.bpe_tokens(t)) + 2 > self.context_length]
-        if too_long:
-            raise BackboneError(
-                f"prompt too long for backbone '{self.name}' (context length {self.context_length} tokens): "
-                f"{too_long[0]!r}; shorten the class name or use fewer context tokens (--n-ctx)."
-            )
-        return self.tokenizer(texts, context_length=self.context_length)
-
-    def bpe_tokens(self, text: str) -> list[int]:  # noqa: D102
-        return self.tokenizer.encode(text)
-
-    def decode_token(self, token_id: int) -> str:  # noqa: D102
-        return self.tokenizer.decoder[int(token_id)]
-
     @property
     def token_embedding_weight(self) -> torch.Tensor:  # noqa: D102
         return self.text.token_embedding.weight
@@ -187,12 +150,8 @@ class OpenClipBackbone(Backbone):
     def encode_text_embeddings(  # noqa: D102
         self, embeds: torch.Tensor, ids: torch.Tensor, truncate: bool = True
     ) -> torch.Tensor:
+        embeds, eos = self._pool_and_cut(embeds, ids, truncate)  # (N, L, D), (N,)
         length = embeds.shape[1]
-        eos = self.eos_positions(ids)  # (N,)
-        if truncate:
-            # Exact under the causal mask: the pooled EOS state never attends to later positions.
-            length = min(length, int(eos.max().item()) + 1)
-            embeds = embeds[:, :length]
         dtype = self.dtype
         x = embeds.to(dtype) + self.text.positional_embedding[:length].to(dtype)  # (N, L, D)
         mask = self.text.attn_mask[:length, :length]

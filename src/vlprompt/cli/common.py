@@ -37,10 +37,12 @@ def add_backbone_args(p: argparse.ArgumentParser, default: str | None = "RN50") 
     """--backbone/--pretrained/--device/--precision."""
     g = p.add_argument_group("backbone")
     g.add_argument("--backbone", default=default,
-                   help="open_clip architecture (RN50, ViT-B-16, …) or 'microclip' (the bundled offline CLIP)")
+                   help="open_clip architecture (RN50, ViT-B-16, …), 'microclip' (the bundled offline CLIP), or "
+                        "hf:ORG/NAME / hf:DIR (a Hugging Face transformers CLIPModel; pip install 'vlprompt[hf]')")
     g.add_argument("--pretrained", default=None,
                    help="open_clip weights tag (openai, laion2b_…) or a local checkpoint (TorchScript .pt, state "
-                        "dict .pt/.pth/.bin, .safetensors); omitted: random weights (shipped weights for microclip)")
+                        "dict .pt/.pth/.bin, .safetensors); omitted: random weights (shipped weights for microclip); "
+                        "for hf: backbones, the local directory holding the model's files")
     g.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:N")
     g.add_argument("--precision", choices=["fp32", "amp", "fp16"], default="fp32",
                    help="fp32 (default); amp: bf16/fp16 autocast on GPU; fp16: the official fp16 weights and context")

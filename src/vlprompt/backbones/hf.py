@@ -1,0 +1,181 @@
+"""Hugging Face transformers adapter: turns a ``transformers`` ``CLIPModel`` into the backbone protocol.
+
+transformers' text model takes token ids, not embeddings, at the top level, so the text tower is driven from its
+parts: its embeddings module (position embeddings added to *our* input embeddings), its encoder with an explicit
+causal mask, its final LayerNorm, EOS pooling with the model's own rule, and ``text_projection``:
+
+- configs from before transformers PR #24773 carry ``eos_token_id == 2`` and pool at the highest token id (argmax;
+  CLIP's EOT 49407 is the largest id);
+- newer configs pool at the first ``eos_token_id`` (49407).
+
+For CLIP-BPE ids (vlprompt's tokenizer, :mod:`vlprompt.backbones.clip_bpe`) both select the EOT position.
+
+Version notes (checked against transformers 4.x and 5.x sources):
+
+- ``model.text_model`` is a ``CLIPTextTransformer`` in 4.x and a ``CLIPTextModel`` in 5.x; both hold
+  ``embeddings`` / ``encoder`` / ``final_layer_norm`` / ``eos_token_id``.
+- Before ~4.48 the encoder takes the causal mask as a separate ``causal_attention_mask``; later versions take one
+  ``attention_mask`` (and build it with ``create_causal_mask``, whose signature changed again in 5.x). vlprompt
+  passes its own additive ``[N, 1, L, L]`` causal mask through whichever argument the installed encoder has, which
+  the ``eager`` and ``sdpa`` attention implementations both apply; other implementations are refused.
+- ``get_text_features`` / ``get_image_features`` return a tensor in 4.x and a model output (``pooler_output``)
+  in 5.x; :func:`features_tensor` accepts both.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+
+import torch
+from torch import nn
+
+from vlprompt.backbones.base import Backbone, PreprocessCfg, weights_fingerprint
+from vlprompt.backbones.clip_bpe import CLIP_VOCAB_SIZE, EOT_ID, SOT_ID, ClipBpeTextMixin, clip_bpe_tokenizer
+from vlprompt.errors import BackboneError
+
+_logger = logging.getLogger(__name__)
+
+#: Attention implementations that apply an explicit additive attention mask.
+_MASKED_ATTENTION = ("eager", "sdpa")
+#: ``eos_token_id`` of configs from before transformers PR #24773 (they pool with argmax).
+LEGACY_EOS_ID = 2
+
+
+def features_tensor(out: torch.Tensor | object) -> torch.Tensor:
+    """The ``[N, E]`` features of ``get_text_features``/``get_image_features`` (a tensor in 4.x, an output in 5.x)."""
+    return out if isinstance(out, torch.Tensor) else out.pooler_output
+
+
+def causal_mask(n: int, length: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Additive causal mask ``[N, 1, L, L]``: 0 on and below the diagonal, the dtype's minimum above (as HF's)."""
+    mask = torch.full((length, length), torch.finfo(dtype).min, dtype=dtype, device=device).triu(1)  # (L, L)
+    return mask[None, None].expand(n, 1, length, length)
+
+
+class HFClipBackbone(ClipBpeTextMixin, Backbone):
+    """A frozen transformers ``CLIPModel`` behind the backbone protocol.
+
+    Args:
+        model: a ``transformers.CLIPModel`` with CLIP's 49408-token BPE vocabulary.
+        name: registry name (``"hf:ORG/NAME"`` or ``"hf:DIR"``, recorded in artifacts).
+        pretrained: where the files were read from when it differs from the name (``--pretrained DIR``), else ``None``.
+        preprocess: image preprocessing; CLIP's defaults at the model's image size when omitted.
+
+    Raises:
+        BackboneError: another vocabulary, an EOS id that is neither 2 nor CLIP's EOT, or an attention
+            implementation that ignores explicit masks (e.g. flash attention).
+    """
+
+    def __init__(
+        self, model: nn.Module, name: str, pretrained: str | None = None, preprocess: PreprocessCfg | None = None
+    ):
+        super().__init__()
+        text_cfg = model.config.text_config
+        if text_cfg.vocab_size != CLIP_VOCAB_SIZE:
+            raise BackboneError(
+                f"backbone '{name}': its text vocabulary has {text_cfg.vocab_size} tokens, not CLIP's {CLIP_VOCAB_SIZE}"
+                "-token BPE vocabulary that vlprompt tokenises with (SOT 49406, EOT 49407); models with another or an "
+                "extended tokenizer are not supported."
+            )
+        eos_id = getattr(model.text_model, "eos_token_id", text_cfg.eos_token_id)
+        if eos_id not in (LEGACY_EOS_ID, EOT_ID):
+            raise BackboneError(
+                f"backbone '{name}': text config eos_token_id={eos_id}; the model pools at the first token {eos_id}, "
+                f"which CLIP's BPE never produces. Expected {EOT_ID} (CLIP's end of text) or {LEGACY_EOS_ID} (old "
+                "configs, which pool at the highest token id)."
+            )
+        attn = getattr(text_cfg, "_attn_implementation", None) or "eager"
+        if attn not in _MASKED_ATTENTION:
+            raise BackboneError(
+                f"backbone '{name}': its text tower uses attention implementation '{attn}', which does not apply the "
+                "explicit causal mask vlprompt passes; load the model with attn_implementation='sdpa' (or 'eager')."
+            )
+        self.model = model.eval().requires_grad_(False)
+        self.eos_token_id = int(eos_id)
+        # transformers < ~4.48: encoder(inputs_embeds, attention_mask, causal_attention_mask, ...).
+        self._separate_causal_mask = "causal_attention_mask" in inspect.signature(
+            model.text_model.encoder.forward
+        ).parameters
+        self.tokenizer = clip_bpe_tokenizer()
+        if (self.tokenizer.sot_token_id, self.tokenizer.eot_token_id) != (SOT_ID, EOT_ID):
+            raise BackboneError("open_clip's SimpleTokenizer no longer has CLIP's SOT/EOT ids; upgrade vlprompt.")
+        self.name = name
+        self.pretrained = pretrained
+        self.context_length = int(text_cfg.max_position_embeddings)
+        self.token_dim = int(text_cfg.hidden_size)
+        self.embed_dim = int(model.text_projection.out_features)
+        self.causal = True
+        self.preprocess = preprocess or PreprocessCfg(image_size=int(model.config.vision_config.image_size))
+        self.fingerprint = weights_fingerprint(model)
+
+    # --- text ----------------------------------------------------------------------------------------------
+    @property
+    def token_embedding_weight(self) -> torch.Tensor:  # noqa: D102
+        return self.model.text_model.embeddings.token_embedding.weight
+
+    @property
+    def dtype(self) -> torch.dtype:  # noqa: D102
+        return self.model.text_projection.weight.dtype
+
+    def eos_positions(self, ids: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        if self.eos_token_id == LEGACY_EOS_ID:
+            return ids.argmax(dim=-1)  # EOT has the largest id in CLIP's vocabulary
+        return (ids == self.eos_token_id).int().argmax(dim=-1)  # the first EOS
+
+    def encode_text_embeddings(  # noqa: D102
+        self, embeds: torch.Tensor, ids: torch.Tensor, truncate: bool = True
+    ) -> torch.Tensor:
+        embeds, eos = self._pool_and_cut(embeds, ids, truncate)  # (N, L, D), (N,)
+        n, length = embeds.shape[:2]
+        text = self.model.text_model
+        x = text.embeddings(inputs_embeds=embeds.to(self.dtype))  # (N, L, D): + position embeddings 0…L-1
+        mask = causal_mask(n, length, x.dtype, x.device)  # (N, 1, L, L)
+        if self._separate_causal_mask:
+            out = text.encoder(inputs_embeds=x, attention_mask=None, causal_attention_mask=mask)
+        else:
+            out = text.encoder(inputs_embeds=x, attention_mask=mask)
+        x = out if isinstance(out, torch.Tensor) else out[0]  # (N, L, D) last hidden state
+        return self._pool_project(x, eos)
+
+    def _pool_project(self, x: torch.Tensor, eos: torch.Tensor) -> torch.Tensor:
+        """Final LayerNorm, EOS pooling and text projection: ``[N, L, D]`` hidden states → ``[N, E]``."""
+        x = self.model.text_model.final_layer_norm(x)
+        x = x[torch.arange(x.shape[0], device=x.device), eos]  # (N, D) EOS pooling
+        return self.model.text_projection(x)  # (N, E)
+
+    @property
+    def shared_prefix_unsupported(self) -> str | None:
+        """Why the exact shared-prefix path cannot drive this text tower (always, for now): the plain path is used."""
+        return "the shared-prefix path is implemented for open_clip text towers only"
+
+    # --- image ---------------------------------------------------------------------------------------------
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        pixels = images.to(device=self.device, dtype=self.dtype)  # (B, 3, H, W)
+        return features_tensor(self.model.get_image_features(pixel_values=pixels))  # (B, E)
+
+    @property
+    def logit_scale(self) -> torch.Tensor:  # noqa: D102
+        return self.model.logit_scale.detach().float().exp().reshape(())
+
+
+def create_hf_backbone(name: str, pretrained: str | None = None, precision: str = "fp32") -> HFClipBackbone:
+    """Build an :class:`HFClipBackbone` from ``hf:ORG/NAME`` or ``hf:DIR`` (see :mod:`vlprompt.backbones.hf_loading`).
+
+    Args:
+        name: ``"hf:ORG/NAME"`` (Hub repo, from the local cache) or ``"hf:DIR"`` (a local directory).
+        pretrained: a local directory overriding where the files are, or ``None``.
+        precision: ``"fp32"``/``"amp"`` (fp32 weights) or ``"fp16"`` (every weight in fp16: transformers'
+            LayerNorms, unlike open_clip's, do not accept fp16 inputs with fp32 weights).
+
+    Returns:
+        The frozen backbone on the CPU.
+    """
+    from vlprompt.backbones.hf_loading import canonical_name, check_vocab, load_hf_clip, read_preprocess
+
+    model, src = load_hf_clip(name, pretrained)
+    backbone = HFClipBackbone(model, canonical_name(name, pretrained), pretrained, read_preprocess(src, model))
+    check_vocab(src, backbone.tokenizer.encoder, name)
+    if precision == "fp16":
+        model.to(torch.float16)
+    return backbone
