@@ -133,6 +133,10 @@ def run_spec(args: argparse.Namespace) -> RunSpec:
 
 
 def print_metrics(metrics: dict, out: str) -> None:
-    """One-line summary of a run's metrics on stdout."""
+    """One-line summary of a run's metrics on stdout (once: by rank 0 under torchrun)."""
+    from vlprompt.engine.distributed import is_main
+
+    if not is_main():
+        return
     print(f"accuracy {metrics['accuracy']:.2f}%  macro-F1 {metrics['macro_f1']:.2f}%  "
           f"({metrics['num_test']} test images)  → {out}")

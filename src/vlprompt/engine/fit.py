@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from vlprompt.engine import distributed as D
 from vlprompt.engine.config import TrainConfig
 from vlprompt.engine.model import PromptModel
 from vlprompt.engine.schedule import coop_lr
@@ -110,6 +111,7 @@ def fit(
     if isinstance(scaler, str):
         scaler = make_scaler(cfg, device)
     history = []
+    shard = D.BatchShard() if D.active() else None  # under torchrun: batch rows split over ranks (distributed.py)
     model.learner.train()
     bar = tqdm(range(start_epoch, epochs + 1), desc="train", unit="epoch", disable=not progress, leave=False)
     try:
@@ -120,6 +122,8 @@ def fit(
                 group["lr"] = lr
             total_loss, correct, seen = 0.0, 0, 0
             for step, (x, y) in enumerate(batches, start=1):
+                if shard is not None:
+                    x, y = shard.split(x, y)  # this rank's rows of the global batch: (B_r, ...), (B_r,)
                 y = y.to(device)
                 if images_are_features:
                     img = x.to(device)
@@ -129,19 +133,25 @@ def fit(
                 with autocast_context(device, cfg.precision):
                     logits = model.logits(img)  # (B, C)
                     loss = F.cross_entropy(logits.float(), y)
-                if not torch.isfinite(loss):
-                    raise TrainingDivergedError(divergence_message(loss.item(), epoch, step, cfg))
+                if shard is None:
+                    step_loss, step_correct, rows = loss.item(), (logits.argmax(-1) == y).sum().item(), y.numel()
+                else:  # this rank's share of the global loss; loss, correct count and rows summed over ranks
+                    loss = loss * shard.share
+                    step_loss, step_correct, rows = shard.stats(loss, (logits.argmax(-1) == y).sum(), y.numel())
+                if not math.isfinite(step_loss):
+                    raise TrainingDivergedError(divergence_message(step_loss, epoch, step, cfg))
                 optimizer.zero_grad(set_to_none=True)
+                (scaler.scale(loss) if scaler is not None else loss).backward()
+                if shard is not None:
+                    shard.reduce_grads(optimizer)  # Σ over ranks: every rank holds the global gradient
                 if scaler is not None:
-                    scaler.scale(loss).backward()
                     scaler.step(optimizer)
                     scaler.update()
                 else:
-                    loss.backward()
                     optimizer.step()
-                total_loss += loss.item() * y.numel()
-                correct += (logits.argmax(-1) == y).sum().item()
-                seen += y.numel()
+                total_loss += step_loss * rows
+                correct += step_correct
+                seen += rows
             record = {
                 "epoch": epoch,
                 "lr": lr,

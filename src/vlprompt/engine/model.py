@@ -8,7 +8,9 @@ Text features go through the fastest exact path the backbone and learner allow (
   and every class attends to its keys/values (backbones that expose ``encode_text_prefix``);
 - class chunking (``text_chunk``): prompts are encoded ``text_chunk`` classes at a time; with autograd each chunk is
   activation-checkpointed (recomputed during backward), so the text encoder's activation memory is that of one
-  chunk, not of all classes.
+  chunk, not of all classes;
+- class sharding: launched with torchrun, each rank encodes its slice of the classes and the features are gathered
+  with gradient support (:mod:`vlprompt.engine.distributed`).
 
 Every path gives the same features as the plain full-length computation, to float tolerance (tests/speed/).
 """
@@ -23,6 +25,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from vlprompt.backbones.base import Backbone
+from vlprompt.engine import distributed as D
 from vlprompt.errors import ConfigError
 from vlprompt.prompts.base import PromptLearner
 
@@ -135,11 +138,16 @@ class PromptModel(nn.Module):
 
     def _chunked(
         self, fn: Callable[..., torch.Tensor], per_class: torch.Tensor, ids: torch.Tensor, shared: list[torch.Tensor],
-        *, buckets: bool, offset: int = 0,
+        *, buckets: bool, offset: int = 0, shard: bool = True,
     ) -> torch.Tensor:
         """``fn(per_class, ids, *shared)`` per length bucket and per chunk of ``text_chunk`` classes: ``[C, E]`` in
-        class order. ``offset``: positions before ``per_class`` (the shared prefix), not counted in lengths."""
+        class order. ``offset``: positions before ``per_class`` (the shared prefix), not counted in lengths.
+        Under torchrun (``shard``), each rank encodes its slice of the classes (:mod:`vlprompt.engine.distributed`)."""
         n = per_class.shape[0]
+        if shard and D.active() and not self.learner.conditional and n >= D.world_size():
+            lo, hi = D.shard_range(n)  # this rank's classes; the gather carries gradients back to their prompts
+            mine = self._chunked(fn, per_class[lo:hi], ids[lo:hi], shared, buckets=buckets, offset=offset, shard=False)
+            return D.all_gather_rows(mine, n)  # (C_r, E) per rank → (C, E) on every rank
         groups = [None]  # None: all classes, in order
         if buckets:
             lengths = self.backbone.eos_positions(ids) + 1 - offset  # (C,) positions each class really needs

@@ -14,10 +14,11 @@ import torch.nn.functional as F
 
 from vlprompt.backbones.base import Backbone
 from vlprompt.data.records import DatasetSplits, Sample
+from vlprompt.engine import distributed as D
 from vlprompt.errors import ConfigError
 from vlprompt.eval.metrics import classification_metrics
 from vlprompt.features.cache import FeatureCache, default_cache_dir, records_digest
-from vlprompt.features.extract import extract_features
+from vlprompt.features.extract import extract_features as _extract_features
 
 _logger = logging.getLogger(__name__)
 
@@ -93,6 +94,25 @@ def relative_paths(records: list[Sample], root: str) -> list[str]:
     return [os.path.relpath(r.path, root) for r in records]
 
 
+def extract_features(
+    backbone: Backbone, records: list[Sample], transform, *, augmented: bool = False, **kwargs
+) -> torch.Tensor:
+    """:func:`vlprompt.features.extract.extract_features` (same ``kwargs``), sharded across ranks under torchrun.
+
+    Each rank encodes its contiguous shard of ``records`` and every rank gets the gathered ``[N, E]`` in record
+    order. ``augmented``: ``transform`` is random, so every rank still applies it to every record (the global RNG
+    then yields exactly the single-process views) and only the encoding is sharded.
+    """
+    if not D.active() or not records:
+        return _extract_features(backbone, records, transform, **kwargs)
+    lo, hi = D.shard_range(len(records))
+    if augmented:
+        local = _extract_features(backbone, records, transform, encode_range=(lo, hi), **kwargs)
+    else:
+        local = _extract_features(backbone, records[lo:hi], transform, **kwargs)
+    return D.gather_rows(local, len(records))  # (N, E)
+
+
 def cached_features(
     backbone: Backbone,
     records: list[Sample],
@@ -130,7 +150,10 @@ def cached_features(
         "num": len(records),
         "transform": transform_fp,
     }
-    return FeatureCache(cache_dir or default_cache_dir()).get_or_compute(key, compute)
+    cache = FeatureCache(cache_dir or default_cache_dir())
+    if D.active():  # rank 0 reads and writes the cache; the others wait for it and receive the tensor
+        return D.cached_on_main(lambda: cache.get(key), compute, lambda t: cache.put(key, t))
+    return cache.get_or_compute(key, compute)
 
 
 def evaluate_features(

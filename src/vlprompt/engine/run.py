@@ -13,6 +13,7 @@ same configuration is kept and its metrics returned, so a grid can simply be res
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import platform
 import time
@@ -24,6 +25,7 @@ import torch
 from vlprompt import __version__
 from vlprompt._io import append_jsonl, atomic_write_json
 from vlprompt.backbones import create_backbone
+from vlprompt.engine import distributed as D
 from vlprompt.engine import pipeline as P
 from vlprompt.engine import train_state as TS
 from vlprompt.engine.checkpoint import LEARNER_JSON, LEARNER_WEIGHTS, save_learner
@@ -137,7 +139,7 @@ def _base_config(spec: RunSpec, data: P.FewShotData, backbone, epochs: int | Non
 
 def _load(spec: RunSpec, backbone=None):
     """Device, data and backbone of a run (``backbone`` reuses an already-built one with the same identity)."""
-    device = P.resolve_device(spec.device)
+    device = D.local_device(P.resolve_device(spec.device))  # under torchrun: cuda:LOCAL_RANK
     P.check_precision(spec.train.precision, device)
     data = P.prepare_data(spec.dataset, spec.root, spec.shots, spec.seed, subsample=spec.subsample,
                           classnames_file=spec.classnames_file, strict=spec.strict,
@@ -182,7 +184,7 @@ def _train_batches(spec: RunSpec, model: PromptModel, data: P.FewShotData, progr
         views = []
         for v in range(k):  # K augmented views, each from the seeded global RNG stream
             f = P.extract_features(backbone, data.train, tf, batch_size=cfg.eval_batch_size, precision=cfg.precision,
-                                   progress=progress, desc=f"view {v + 1}/{k}")
+                                   progress=progress, desc=f"view {v + 1}/{k}", augmented=True)
             views.append(torch.nn.functional.normalize(f, dim=-1))
         return FeatureBankBatches(torch.stack(views).to(backbone.device), labels, cfg.batch_size, gen), True
     loader = DataLoader(ImageDataset(data.train, tf), batch_size=cfg.batch_size, shuffle=True, generator=gen,
@@ -194,7 +196,8 @@ def train_run(spec: RunSpec, progress: bool = False, backbone=None) -> dict:
     """Train a prompt with ``spec`` into ``spec.out`` and return its metrics (``backbone``: reuse a built one).
 
     An unfinished run of the same configuration in ``spec.out`` is resumed (see the module docstring). The folder
-    is locked while training: a second process training into it is refused.
+    is locked while training: a second process training into it is refused. Launched with torchrun, the ranks share
+    the work (:mod:`vlprompt.engine.distributed`) and only rank 0 touches ``spec.out``.
     """
     out = Path(spec.out)
     if spec.resume and spec.overwrite:
@@ -204,30 +207,34 @@ def train_run(spec: RunSpec, progress: bool = False, backbone=None) -> dict:
         raise ConfigError(f"--out '{out}' is a file, not a folder; choose a folder for the run.")
     if not spec.resume:
         _refuse_finished(spec)
-    loaded = _load(spec, backbone)  # inputs are validated before the folder is created or touched
-    if not loaded[1].train:
-        raise ConfigError(f"dataset '{spec.dataset}' has no training images.")
+    with D.process_group(P.resolve_device(spec.device)):
+        loaded = _load(spec, backbone)  # inputs are validated before the folder is created or touched
+        if not loaded[1].train:
+            raise ConfigError(f"dataset '{spec.dataset}' has no training images.")
+        with contextlib.ExitStack() as lock:  # only rank 0 creates, locks and writes the folder
+            D.on_main(_lock_folder, out, lock)
+            return _train_locked(spec, out, progress and D.is_main(), *loaded)
+
+
+def _lock_folder(out: Path, stack: contextlib.ExitStack) -> None:
+    """Create ``out`` and hold its run lock until ``stack`` closes."""
     out.mkdir(parents=True, exist_ok=True)
-    with TS.run_lock(out):
-        return _train_locked(spec, out, progress, *loaded)
+    stack.enter_context(TS.run_lock(out))
 
 
-def _train_locked(spec: RunSpec, out: Path, progress: bool, device, data, backbone) -> dict:
+def _open_folder(spec: RunSpec, out: Path, config: dict, epochs: int) -> tuple[dict | None, int, list[dict], dict]:
+    """Prepare the locked run folder for ``config``: ``(metrics of a finished run kept by --resume, else None,
+    epoch to resume after, history of the epochs before it, the config as written)``."""
     finished = (out / "metrics.json").exists() and not spec.overwrite
     if finished and not spec.resume:
         prepare_out(out, False)  # raises (another process finished it meanwhile)
     if spec.overwrite:
         prepare_out(out, True)
     TS.remove_stale_temporaries(out)
-    P.seed_everything(spec.seed)
-    learner = create_prompt_learner(spec.method, backbone, data.splits.classnames, spec.learner).to(device)
-    spec.learner = learner.config_dict()
-    epochs = spec.train.epochs or default_epochs(spec.shots, data.splits.name)
-    config = _base_config(spec, data, backbone, epochs, spec.label or default_label(spec.method, spec.learner))
     if finished:  # --resume on a finished run: keep it if it is this run
         TS.check_same_config(out, "a finished run", TS.read_json(out / "config.json"), config)
         _logger.warning("%s already holds this finished run; keeping it (--resume)", out)
-        return TS.read_json(out / "metrics.json")
+        return TS.read_json(out / "metrics.json"), 0, [], config
     start = TS.resume_point(out, config)
     if start:
         old = TS.read_json(out / "config.json")
@@ -239,6 +246,18 @@ def _train_locked(spec: RunSpec, out: Path, progress: bool, device, data, backbo
         prepare_out(out, True)  # stale files of an unfinished run that never completed an epoch, or of another run
         prior = []
     atomic_write_json(out / "config.json", config)
+    return None, start, prior, config
+
+
+def _train_locked(spec: RunSpec, out: Path, progress: bool, device, data, backbone) -> dict:
+    P.seed_everything(spec.seed)
+    learner = create_prompt_learner(spec.method, backbone, data.splits.classnames, spec.learner).to(device)
+    spec.learner = learner.config_dict()
+    epochs = spec.train.epochs or default_epochs(spec.shots, data.splits.name)
+    config = _base_config(spec, data, backbone, epochs, spec.label or default_label(spec.method, spec.learner))
+    kept, start, prior, config = D.on_main(_open_folder, spec, out, config, epochs)
+    if kept is not None:
+        return kept
     model = PromptModel(backbone, learner, text_chunk=spec.train.text_chunk)
 
     t0 = time.perf_counter()
@@ -247,8 +266,9 @@ def _train_locked(spec: RunSpec, out: Path, progress: bool, device, data, backbo
     generator = getattr(batches, "generator", None)
     digest = TS.config_digest(config)
     if start:
-        TS.load_train_state(out, learner=learner, optimizer=optimizer, generator=generator, scaler=scaler,
-                            digest=digest)
+        D.on_main(TS.load_train_state, out, learner=learner, optimizer=optimizer, generator=generator, scaler=scaler,
+                  digest=digest)
+    D.sync_train_state(learner, optimizer, generator, scaler)  # torchrun: every rank from rank 0's state
 
     last_save = [time.perf_counter()]
 
@@ -261,10 +281,10 @@ def _train_locked(spec: RunSpec, out: Path, progress: bool, device, data, backbo
                                 generator=generator, scaler=scaler, digest=digest)
             last_save[0] = time.perf_counter()
 
-    fit(model, batches, spec.train, epochs, images_are_features=are_feats, progress=progress, on_epoch=on_epoch,
-        start_epoch=start + 1, optimizer=optimizer, scaler=scaler)
+    fit(model, batches, spec.train, epochs, images_are_features=are_feats, progress=progress,
+        on_epoch=on_epoch if D.is_main() else None, start_epoch=start + 1, optimizer=optimizer, scaler=scaler)
     train_seconds = time.perf_counter() - t0 + sum(float(r.get("seconds", 0.0)) for r in prior)
-    save_learner(out, learner, backbone)
+    D.on_main(save_learner, out, learner, backbone)
 
     t1 = time.perf_counter()
     with torch.no_grad():
@@ -278,9 +298,14 @@ def _train_locked(spec: RunSpec, out: Path, progress: bool, device, data, backbo
             metrics["val_accuracy"] = val_metrics["accuracy"]
     metrics.update(train_seconds=train_seconds, eval_seconds=time.perf_counter() - t1,
                    peak_memory_mb=P.peak_memory_mb(device), epochs=epochs)
+    D.on_main(_finish, out, metrics)
+    return metrics
+
+
+def _finish(out: Path, metrics: dict) -> None:
+    """Mark the run finished: ``metrics.json`` written, the resumable state removed."""
     atomic_write_json(out / "metrics.json", metrics)
     TS.remove_train_state(out)
-    return metrics
 
 
 def zeroshot_run(spec: RunSpec, templates: list[str], progress: bool = False, backbone=None) -> dict:
@@ -308,28 +333,36 @@ def zeroshot_run(spec: RunSpec, templates: list[str], progress: bool = False, ba
 
 
 def eval_run(run_dir: str, spec: RunSpec, progress: bool = False) -> dict:
-    """Evaluate the prompt saved in ``run_dir`` on the test split of ``spec.dataset``; writes ``spec.out``."""
+    """Evaluate the prompt saved in ``run_dir`` on the test split of ``spec.dataset``; writes ``spec.out``.
+
+    Launched with torchrun, the ranks share the feature extraction and only rank 0 writes ``spec.out``.
+    """
+    with D.process_group(P.resolve_device(spec.device)):
+        return _eval(run_dir, spec, progress and D.is_main())
+
+
+def _eval(run_dir: str, spec: RunSpec, progress: bool) -> dict:
     from vlprompt.api import PromptClassifier
 
     src = TS.read_json(Path(run_dir) / "config.json") if (Path(run_dir) / "config.json").exists() else {}
     _refuse_finished(spec)
-    device = P.resolve_device(spec.device)
+    device = D.local_device(P.resolve_device(spec.device))
     data = P.prepare_data(spec.dataset, spec.root, None, spec.seed, subsample=spec.subsample,
                           classnames_file=spec.classnames_file, strict=spec.strict,
                           allow_outside_root=spec.allow_outside_root)
     clf = PromptClassifier.load(run_dir, device=device, classnames=data.splits.classnames,
                                 pretrained=spec.pretrained)
     spec.method, spec.backbone = clf.method, clf.backbone.name
-    out = prepare_out(spec.out, spec.overwrite)  # after the inputs are validated: a failed call leaves no folder
+    out = D.on_main(prepare_out, spec.out, spec.overwrite)  # after the inputs are validated: no folder on failure
     config = {**_base_config(spec, data, clf.backbone, None, src.get("label", clf.method)),
               "shots": src.get("shots"), "seed": src.get("seed", spec.seed), "learner": clf.learner_config,
               "evaluated_from": str(Path(run_dir).resolve()), "source_dataset": src.get("dataset", {}).get("name")}
-    atomic_write_json(out / "config.json", config)
+    D.on_main(atomic_write_json, out / "config.json", config)
     t1 = time.perf_counter()
     metrics, _ = P.evaluate_features(clf.text_features(), _test_features(spec, clf.backbone, data, "test",
                                      data.splits.test, progress), P.labels_of(data.splits.test), clf.logit_scale)
     metrics.update(train_seconds=0.0, eval_seconds=time.perf_counter() - t1, peak_memory_mb=P.peak_memory_mb(device))
-    atomic_write_json(out / "metrics.json", metrics)
+    D.on_main(atomic_write_json, out / "metrics.json", metrics)
     return metrics
 
 
