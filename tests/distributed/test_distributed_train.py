@@ -59,7 +59,7 @@ def test_two_process_train_and_eval_equal_one_process(five_class_folder, tmp_pat
 
     ctx1 = load_file(str(one / "run" / "learner.safetensors"))["ctx"]
     ctx2 = load_file(str(two / "run" / "learner.safetensors"))["ctx"]
-    assert not torch.allclose(ctx1, ctx2.new_zeros(())) and (ctx1 - ctx2).abs().max() < 1e-5
+    torch.testing.assert_close(ctx2, ctx1, atol=1e-5, rtol=0)
     m1, m2 = (json.loads((d / "run" / "metrics.json").read_text()) for d in (one, two))
     assert m2["accuracy"] == m1["accuracy"] and m2["per_class_accuracy"] == m1["per_class_accuracy"]
     h1, h2 = ([json.loads(x) for x in (d / "run" / "history.jsonl").read_text().splitlines()] for d in (one, two))
@@ -74,3 +74,33 @@ def test_two_process_train_and_eval_equal_one_process(five_class_folder, tmp_pat
     assert sorted(p.name for p in (two / "cache").rglob("*")) == sorted(p.name for p in (one / "cache").rglob("*"))
     cfg1, cfg2 = (json.loads((d / "run" / "config.json").read_text()) for d in (one, two))
     assert cfg2["fewshot"] == cfg1["fewshot"]
+
+
+def _resume_worker(rank: int, ports: list[int], folder: str, out: str) -> None:
+    assert _train(folder, out, "", "--augment", "online", "--epochs", "3") == 0
+
+
+def test_two_processes_resume_a_run_interrupted_after_epoch_one(five_class_folder, tmp_path, monkeypatch):
+    from vlprompt.engine import train_state as TS
+
+    full, resumed = tmp_path / "full", tmp_path / "resumed"
+    assert _train(five_class_folder, full, "", "--augment", "online", "--epochs", "3") == 0
+    save = TS.save_train_state
+
+    def save_then_stop(run_dir, **kw):  # the state of epoch 1 is complete, then the process "dies"
+        save(run_dir, **kw)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(TS, "save_train_state", save_then_stop)
+    assert _train(five_class_folder, resumed, "", "--augment", "online", "--epochs", "3") == 130
+    monkeypatch.setattr(TS, "save_train_state", save)
+    assert TS.read_train_state_json(resumed)["epoch"] == 1
+
+    # rank 0 reads the saved state and hands learner, momentum and RNG states to rank 1
+    run_ranks(_resume_worker, str(five_class_folder), str(resumed))
+    cfg = json.loads((resumed / "config.json").read_text())
+    assert [r["after_epoch"] for r in cfg["resumes"]] == [1]
+    ctx_full = load_file(str(full / "learner.safetensors"))["ctx"]
+    ctx_resumed = load_file(str(resumed / "learner.safetensors"))["ctx"]
+    assert (ctx_full - ctx_resumed).abs().max() < 1e-5
+    assert [json.loads(x)["epoch"] for x in (resumed / "history.jsonl").read_text().splitlines()] == [1, 2, 3]

@@ -170,6 +170,9 @@ def _gather(local: torch.Tensor, n: int) -> torch.Tensor:
     """Concatenate every rank's shard ``[n_r, *]`` (as :func:`shard_range`) into ``[n, *]`` on ``local``'s device."""
     w = world_size()
     sizes = [shard_range(n, r, w) for r in range(w)]
+    lo, hi = sizes[rank()]
+    if local.shape[0] != hi - lo:
+        raise DistributedError(f"rank {rank()} holds {local.shape[0]} rows but its shard of {n} is rows {lo}:{hi}.")
     width = max(hi - lo for lo, hi in sizes)  # all_gather needs equal shapes: pad every shard to the largest
     padded = local.new_zeros((width, *local.shape[1:]), device=_comm_device())
     padded[: local.shape[0]] = local.detach()
