@@ -12,6 +12,7 @@ from dist_ranks import run_ranks
 from safetensors.torch import load_file, save_file
 
 from vlprompt.engine import distributed as D
+from vlprompt.errors import ConfigError
 
 pytestmark = pytest.mark.skipif(not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
                                 reason="torch.distributed with gloo is not available")
@@ -41,6 +42,18 @@ def _gather_worker(rank: int, ports: list[int], out: str) -> None:
         shard.reduce_grads(torch.optim.SGD([w], lr=0.1))
         save_file({"grad": w.grad.contiguous(), "text": text.detach().contiguous()}, f"{out}/rank{rank}.safetensors")
 
+        def refuse() -> None:
+            raise ConfigError("--out is taken")
+
+        errors = []
+        for call in (lambda: D.on_main(refuse), lambda: shard.split(img[:1], y[:1])):
+            try:
+                call()
+            except ConfigError as e:  # every rank raises rank 0's error (no rank left waiting)
+                errors.append(str(e))
+        assert D.on_main(lambda: D.rank() + 10) == 10  # rank 0's result on every rank
+        Path(out, f"errors{rank}.json").write_text(json.dumps(errors))
+
 
 def test_gather_with_gradient_equals_single_process(tmp_path):
     run_ranks(_gather_worker, str(tmp_path))
@@ -52,6 +65,8 @@ def test_gather_with_gradient_equals_single_process(tmp_path):
         got = load_file(str(tmp_path / f"rank{rank}.safetensors"))
         torch.testing.assert_close(got["text"], text.detach(), atol=1e-6, rtol=0)
         torch.testing.assert_close(got["grad"], w.grad, atol=1e-6, rtol=1e-5)
+        errors = json.loads((tmp_path / f"errors{rank}.json").read_text())
+        assert errors[0] == "--out is taken" and "a training batch holds 1 images but 2 processes" in errors[1]
 
 
 def test_shard_range_covers_rows_in_order():

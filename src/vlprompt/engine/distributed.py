@@ -14,25 +14,34 @@ equals the single-process run up to float rounding:
   for it, then receive its result.
 - **Text encoding** (training and evaluation): the ``C`` class prompts are split the same way; rank ``r`` encodes
   ``[C_r, L, D] → [C_r, E]`` and :func:`all_gather_rows` gives every rank the full ``[C, E]`` *with gradient
-  support*: its backward sums the ``[C, E]`` gradient over ranks (all-reduce) and returns rank ``r``'s rows.
-  Conditional learners (CoCoOp) are not class-sharded: their prompts depend on the rank's own images.
+  support*: its backward sums the ``[C, E]`` gradient over ranks (an all-reduce, which gloo also supports for
+  uneven shards, where a reduce-scatter would not) and returns rank ``r``'s rows ``[C_r, E]``. Conditional
+  learners (CoCoOp) are not class-sharded (their prompts depend on the rank's own images), nor are fewer classes
+  than ranks; the gradient all-reduce below keeps those exact too.
 - **The image batch**: every rank draws the same global batch ``[B, ...]`` and keeps its rows ``[B_r, ...]``
   (:class:`BatchShard`). Its loss is its own training loss (mean cross-entropy over its ``B_r`` rows, plus any
-  regularizer of the gathered text features) times ``B_r / B``; these shares sum to 1, so the ranks' losses sum to
-  the single-process loss (the global mean, plus the regularizer once). Backward on rank ``r`` gives the gradient of its
-  own loss through the full ``[B_r, C]`` logits; the gather's backward adds the other ranks' contributions to its
-  classes' text features, and :meth:`BatchShard.reduce_grads` sums the learner's gradients over ranks, so every
-  rank holds ``dL/dθ`` of the global loss and takes the same SGD step (``θ`` stays identical on every rank).
+  regularizer of the gathered text features) times ``B_r / B``; these shares sum to 1, so the ranks' losses sum
+  to the single-process loss (the global mean, plus the regularizer once). Backward on rank ``r`` gives the
+  gradient of its own loss through its ``[B_r, C]`` logits; the gather's backward adds the other ranks'
+  contributions to its classes' text features, and :meth:`BatchShard.reduce_grads` sums the learner's gradients
+  over ranks, so every rank holds ``dL/dθ`` of the global loss and takes the same SGD step (``θ`` stays identical
+  on every rank). The logged loss and accuracy are summed over ranks, so a NaN stops every rank at once.
 
-Shapes per step, rank ``r`` (``B`` global batch, ``C`` classes, ``E`` embedding):
+Shapes per step on rank ``r`` (``B`` global batch, ``C`` classes, ``E`` embedding, ``L`` tokens, ``D`` width):
 ``images [B_r, 3, H, W] → img [B_r, E]``; ``prompts [C_r, L, D] → text_r [C_r, E] → (gather) text [C, E]``;
-``logits [B_r, C] = s · img @ text.T``; loss ``()``; gradients of the learner all-reduced (a few KB for CoOp).
+``logits [B_r, C] = s · img @ text.T``; loss ``()``; learner gradients all-reduced (``M × D`` floats for CoOp).
 
 Design choice: logits stay sharded by image rows (rather than gathering all images and computing the full
-``[B, C]`` on every rank), so no rank repeats another's work and the text encoder's memory is that of ``C / W``
-classes. Under torchrun the image loader still decodes and augments the whole global batch on every rank (for
-``--augment online``): that keeps the augmentation RNG stream identical to the single-process run; only the image
-encoder is sharded. Outside torchrun nothing here runs: :func:`active` is ``False`` and every hook is skipped.
+``[B, C]`` on every rank), so no rank repeats another's work and the text encoder's activations are those of
+``C / W`` classes. Under torchrun the image loader still decodes and augments the whole global batch on every rank
+(``--augment online``): that keeps the augmentation RNG stream identical to the single-process run; only the
+image encoder is sharded.
+
+Resuming: rank 0 reads the saved state and :func:`sync_train_state` hands learner, optimizer and RNG states to the
+others. Only rank 0 needs the run folder; every node needs the dataset (``eval``: also the ``--run`` folder) at the
+same path. Hooks: ``engine/fit.py`` (batch rows, loss share, gradient all-reduce), ``engine/model.py`` (class
+sharding), ``engine/pipeline.py`` and ``features/extract.py`` (sharded extraction, rank-0 cache), ``engine/run.py``
+(process group, rank-0 files). Outside torchrun :func:`active` is ``False`` and every hook is skipped.
 """
 
 from __future__ import annotations
