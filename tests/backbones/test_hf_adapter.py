@@ -210,3 +210,36 @@ def test_vocab_json_must_be_clips(saved, tmp_path):
     (tmp_path / "vocab.json").write_text(json.dumps(vocab))
     with pytest.raises(BackboneError, match="is not CLIP's BPE vocabulary"):
         create_backbone(f"hf:{tmp_path}")
+
+
+@pytest.mark.parametrize("eos", [LEGACY_EOS, EOT])
+def test_shared_prefix_path_matches_plain_full_length(saved, eos):
+    """The exact speed paths (shared prefix, truncation, chunks) give the plain 77-token logits and gradients."""
+    import torch.nn.functional as F
+
+    from vlprompt.engine.model import PromptModel
+
+    bb = create_backbone(f"hf:{saved[eos][1]}")
+    assert bb.shared_prefix_unsupported is None
+    names = [*NAMES, "a very long class name indeed"]
+    img = F.normalize(torch.randn(6, bb.embed_dim, generator=torch.Generator().manual_seed(1)), dim=-1)
+    labels = torch.arange(6) % len(names)
+
+    def run(truncate: bool, ctx: torch.Tensor | None = None, **kw):
+        torch.manual_seed(0)
+        learner = CoOp(bb, names, CoOpConfig(n_ctx=4, truncate=truncate))
+        if ctx is not None:
+            with torch.no_grad():
+                learner.ctx.copy_(ctx)
+        model = PromptModel(bb, learner, **kw)
+        logits = model.logits(img)
+        F.cross_entropy(logits, labels).backward()
+        return logits.detach(), learner.ctx.grad.clone(), learner.ctx.detach().clone(), model.text_path()
+
+    ref_logits, ref_grad, ctx, path = run(False, shared_prefix=False)
+    assert path == "plain" and ref_grad.abs().max() > 1e-3
+    for kw in ({}, {"text_chunk": 2}, {"text_chunk": 2, "text_checkpoint": False}):
+        logits, grad, _, path = run(True, ctx, **kw)
+        assert path == "shared-prefix", kw
+        torch.testing.assert_close(logits, ref_logits, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(grad, ref_grad, atol=1e-5, rtol=1e-4)

@@ -20,6 +20,9 @@ Version notes (checked against transformers 4.x and 5.x sources):
   the ``eager`` and ``sdpa`` attention implementations both apply; other implementations are refused.
 - ``get_text_features`` / ``get_image_features`` return a tensor in 4.x and a model output (``pooler_output``)
   in 5.x; :func:`features_tensor` accepts both.
+
+The exact shared-prefix path (:mod:`vlprompt.backbones.shared_prefix`) writes ``CLIPEncoderLayer`` out with its own
+weights (:func:`hf_clip_block`); other layer types fall back to the plain path.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from torch import nn
 
 from vlprompt.backbones.base import Backbone, PreprocessCfg, weights_fingerprint
 from vlprompt.backbones.clip_bpe import CLIP_VOCAB_SIZE, EOT_ID, SOT_ID, ClipBpeTextMixin, clip_bpe_tokenizer
+from vlprompt.backbones.shared_prefix import SharedPrefixMixin, attend, split_heads
 from vlprompt.errors import BackboneError
 
 _logger = logging.getLogger(__name__)
@@ -53,7 +57,22 @@ def causal_mask(n: int, length: int, dtype: torch.dtype, device: torch.device) -
     return mask[None, None].expand(n, 1, length, length)
 
 
-class HFClipBackbone(ClipBpeTextMixin, Backbone):
+def hf_clip_block(
+    layer: nn.Module, x: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor] | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One transformers ``CLIPEncoderLayer`` on ``x`` ``[N, S, D]`` as a shared-prefix block function: pre-norm
+    attention (separate q/k/v projections, scale ``hd ** -0.5``) over ``past`` + causal own positions, then the MLP.
+    Returns ``(x_out, k, v)``, ``k``/``v`` ``[N, H, S, hd]``."""
+    attn = layer.self_attn
+    n, s, d = x.shape
+    h = layer.layer_norm1(x)  # (N, S, D)
+    q, k, v = (split_heads(proj(h), attn.num_heads) for proj in (attn.q_proj, attn.k_proj, attn.v_proj))  # (N, H, S, hd)
+    x = x + attn.out_proj(attend(q, k, v, past).transpose(1, 2).reshape(n, s, d))  # (N, S, D)
+    x = x + layer.mlp(layer.layer_norm2(x))
+    return x, k, v
+
+
+class HFClipBackbone(ClipBpeTextMixin, SharedPrefixMixin, Backbone):
     """A frozen transformers ``CLIPModel`` behind the backbone protocol.
 
     Args:
@@ -129,7 +148,7 @@ class HFClipBackbone(ClipBpeTextMixin, Backbone):
         embeds, eos = self._pool_and_cut(embeds, ids, truncate)  # (N, L, D), (N,)
         n, length = embeds.shape[:2]
         text = self.model.text_model
-        x = text.embeddings(inputs_embeds=embeds.to(self.dtype))  # (N, L, D): + position embeddings 0…L-1
+        x = self._add_positions(embeds.to(self.dtype), 0)  # (N, L, D)
         mask = causal_mask(n, length, x.dtype, x.device)  # (N, 1, L, L)
         if self._separate_causal_mask:
             out = text.encoder(inputs_embeds=x, attention_mask=None, causal_attention_mask=mask)
@@ -144,10 +163,28 @@ class HFClipBackbone(ClipBpeTextMixin, Backbone):
         x = x[torch.arange(x.shape[0], device=x.device), eos]  # (N, D) EOS pooling
         return self.model.text_projection(x)  # (N, E)
 
-    @property
-    def shared_prefix_unsupported(self) -> str | None:
-        """Why the exact shared-prefix path cannot drive this text tower (always, for now): the plain path is used."""
-        return "the shared-prefix path is implemented for open_clip text towers only"
+    def _add_positions(self, x: torch.Tensor, offset: int) -> torch.Tensor:
+        """The model's own embeddings module: ``x`` ``[N, S, D]`` + position embeddings ``offset…offset+S-1``."""
+        positions = torch.arange(offset, offset + x.shape[1], device=x.device).unsqueeze(0)  # (1, S)
+        return self.model.text_model.embeddings(inputs_embeds=x, position_ids=positions)
+
+    # --- shared prefix (exact; hooks of SharedPrefixMixin, see backbones/shared_prefix.py) -----------------
+    def _prefix_unsupported_reason(self) -> str | None:
+        from transformers.models.clip.modeling_clip import CLIPAttention, CLIPEncoderLayer
+
+        for i, layer in enumerate(self._prefix_blocks()):
+            if type(layer) is not CLIPEncoderLayer:
+                return f"text layer {i} is {type(layer).__name__}, not transformers' CLIPEncoderLayer"
+            attn = layer.self_attn
+            if not isinstance(attn, CLIPAttention) or abs(attn.scale - attn.head_dim**-0.5) > 1e-12:
+                return f"text layer {i}'s attention is {type(attn).__name__} (not CLIPAttention with scale hd^-0.5)"
+        return None
+
+    def _prefix_blocks(self) -> nn.ModuleList:
+        return self.model.text_model.encoder.layers
+
+    def _prefix_block(self, blk, x, past):
+        return hf_clip_block(blk, x, past)
 
     # --- image ---------------------------------------------------------------------------------------------
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:  # noqa: D102

@@ -16,6 +16,7 @@ from torch import nn
 
 from vlprompt.backbones.base import OPENAI_MEAN, OPENAI_STD, Backbone, PreprocessCfg, weights_fingerprint
 from vlprompt.backbones.clip_bpe import ClipBpeTextMixin
+from vlprompt.backbones.shared_prefix import SharedPrefixMixin, open_clip_block
 from vlprompt.errors import BackboneError
 
 _logger = logging.getLogger(__name__)
@@ -73,7 +74,7 @@ class _TextTower:
             )
 
 
-class OpenClipBackbone(ClipBpeTextMixin, Backbone):
+class OpenClipBackbone(ClipBpeTextMixin, SharedPrefixMixin, Backbone):
     """A frozen open_clip model behind the backbone protocol.
 
     Args:
@@ -167,68 +168,20 @@ class OpenClipBackbone(ClipBpeTextMixin, Backbone):
             x = proj(x) if isinstance(proj, nn.Linear) else x @ proj  # (N, E)
         return x
 
-    # --- shared prefix (exact; see backbones/shared_prefix.py) ----------------------------------------------
-    @property
-    def shared_prefix_unsupported(self) -> str | None:
-        """Why the exact shared-prefix path cannot drive this text tower, or ``None`` when it can."""
-        if not hasattr(self, "_prefix_reason"):
-            from vlprompt.backbones.shared_prefix import unsupported_reason
+    # --- shared prefix (exact; hooks of SharedPrefixMixin, see backbones/shared_prefix.py) -----------------
+    def _prefix_unsupported_reason(self) -> str | None:
+        from vlprompt.backbones.shared_prefix import unsupported_reason
 
-            self._prefix_reason = unsupported_reason(self.text.transformer, self.text.attn_mask)
-            if self._prefix_reason:
-                _logger.info("backbone '%s': shared-prefix text encoding off (%s)", self.name, self._prefix_reason)
-        return self._prefix_reason
+        return unsupported_reason(self.text.transformer, self.text.attn_mask)
 
-    def encode_text_prefix(self, prefix: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Run a prefix shared by every prompt through the text tower once.
+    def _prefix_blocks(self) -> nn.ModuleList:
+        return self.text.transformer.resblocks
 
-        Args:
-            prefix: ``[P, D]`` token embeddings of positions ``0…P-1`` (no positional embedding).
+    def _prefix_block(self, blk, x, past):
+        return open_clip_block(blk, x, past)
 
-        Returns:
-            Per layer, the prefix keys and values (``[H, P, hd]`` each), for :meth:`encode_text_suffix`.
-        """
-        from vlprompt.backbones.shared_prefix import prefix_kv
-
-        if self.shared_prefix_unsupported:
-            raise BackboneError(f"backbone '{self.name}': shared-prefix encoding unsupported: {self._prefix_reason}.")
-        dtype = self.dtype
-        x = prefix.to(dtype) + self.text.positional_embedding[: prefix.shape[0]].to(dtype)  # (P, D)
-        return prefix_kv(self.text.transformer, x)
-
-    def encode_text_suffix(
-        self,
-        kv: list[tuple[torch.Tensor, torch.Tensor]],
-        suffix: torch.Tensor,
-        ids: torch.Tensor,
-        truncate: bool = True,
-    ) -> torch.Tensor:
-        """Encode prompts ``[prefix; suffix_i]`` given the prefix's keys/values from :meth:`encode_text_prefix`.
-
-        Equal (to float tolerance) to ``encode_text_embeddings(cat(prefix, suffix_i), ids)``, at the cost of the
-        suffix positions only.
-
-        Args:
-            kv: the shared prefix's per-layer keys/values (prefix length ``P``).
-            suffix: ``[C, S, D]`` token embeddings of positions ``P…P+S-1`` (no positional embedding).
-            ids: ``[C, P + S']`` token ids of the whole prompts, ``S' ≥`` the EOS positions (drive pooling).
-            truncate: cut the suffixes after the longest EOS.
-
-        Returns:
-            ``[C, E]`` unnormalised text features.
-        """
-        from vlprompt.backbones.shared_prefix import suffix_forward
-
-        p = kv[0][0].shape[1]
-        eos = self.eos_positions(ids) - p  # (C,) EOS index within the suffix
-        if bool((eos < 0).any()):
-            raise BackboneError(f"a prompt's EOS lies inside the shared prefix of {p} positions; use the plain path.")
-        length = suffix.shape[1]
-        if truncate:
-            length = min(length, int(eos.max().item()) + 1)
-        dtype = self.dtype
-        x = suffix[:, :length].to(dtype) + self.text.positional_embedding[p : p + length].to(dtype)  # (C, S, D)
-        return self._pool_project(suffix_forward(self.text.transformer, kv, x), eos)
+    def _add_positions(self, x: torch.Tensor, offset: int) -> torch.Tensor:
+        return x + self.text.positional_embedding[offset : offset + x.shape[1]].to(x.dtype)  # (N, S, D)
 
     # --- image ---------------------------------------------------------------------------------------------
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:  # noqa: D102
