@@ -145,7 +145,7 @@ def test_train_end_to_end_through_cli(saved, image_folder, tmp_path):
     assert ev["accuracy"] == pytest.approx(metrics["accuracy"])
 
 
-def test_offline_hub_repo_explains_cache_and_local_directory(tmp_path, monkeypatch, capsys):
+def test_offline_hub_repo_explains_cache_and_local_directory(image_folder, tmp_path, monkeypatch, capsys):
     pytest.importorskip("transformers")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
@@ -158,10 +158,10 @@ def test_offline_hub_repo_explains_cache_and_local_directory(tmp_path, monkeypat
     from vlprompt.cli.main import main
 
     capsys.readouterr()
-    assert main(["train", "--dataset", f"folder:{tmp_path}", "--out", str(tmp_path / "o"),
+    assert main(["train", "--dataset", f"folder:{image_folder}", "--out", str(tmp_path / "o"), "--cache-dir", "",
                  "--backbone", "hf:openai/clip-vit-base-patch16", "--device", "cpu"]) == 2
     err = capsys.readouterr().err.strip()
-    assert "Traceback" not in err and len(err.splitlines()) == 1
+    assert "Traceback" not in err and len(err.splitlines()) == 1 and "hf download openai/clip" in err
 
 
 def test_hub_download_failure_is_explained(tmp_path, monkeypatch):
