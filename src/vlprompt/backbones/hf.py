@@ -14,10 +14,11 @@ Version notes (checked against transformers 4.x and 5.x sources):
 
 - ``model.text_model`` is a ``CLIPTextTransformer`` in 4.x and a ``CLIPTextModel`` in 5.x; both hold
   ``embeddings`` / ``encoder`` / ``final_layer_norm`` / ``eos_token_id``.
-- Before ~4.48 the encoder takes the causal mask as a separate ``causal_attention_mask``; later versions take one
-  ``attention_mask`` (and build it with ``create_causal_mask``, whose signature changed again in 5.x). vlprompt
-  passes its own additive ``[N, 1, L, L]`` causal mask through whichever argument the installed encoder has, which
-  the ``eager`` and ``sdpa`` attention implementations both apply; other implementations are refused.
+- In 4.x (tested: 4.40, 4.46, 4.57) the encoder takes the causal mask as a separate ``causal_attention_mask``;
+  5.x takes one ``attention_mask`` (built by ``create_causal_mask``, whose signature differs between late 4.x and
+  5.x dev versions). vlprompt passes its own additive ``[N, 1, L, L]`` causal mask through whichever argument the
+  installed encoder has, which the ``eager`` and ``sdpa`` attention implementations both apply; other
+  implementations (flash, flex) are refused.
 - ``get_text_features`` / ``get_image_features`` return a tensor in 4.x and a model output (``pooler_output``)
   in 5.x; :func:`features_tensor` accepts both.
 
@@ -112,7 +113,7 @@ class HFClipBackbone(ClipBpeTextMixin, SharedPrefixMixin, Backbone):
             )
         self.model = model.eval().requires_grad_(False)
         self.eos_token_id = int(eos_id)
-        # transformers < ~4.48: encoder(inputs_embeds, attention_mask, causal_attention_mask, ...).
+        # transformers 4.x: encoder(inputs_embeds, attention_mask, causal_attention_mask, ...); 5.x: one mask.
         self._separate_causal_mask = "causal_attention_mask" in inspect.signature(
             model.text_model.encoder.forward
         ).parameters
