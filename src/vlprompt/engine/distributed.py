@@ -79,9 +79,14 @@ def launched() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1") or 1) > 1
 
 
+_inside = 0  # how many process_group() blocks are open: vlprompt shares work only inside one
+
+
 def active() -> bool:
-    """Whether a process group of more than one process is initialised (every hook checks this first)."""
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    """Whether work is shared over ranks: inside :func:`process_group` with more than one process (every hook
+    checks this first). A process group the caller opened elsewhere (say, a DDP script calling the library on rank 0
+    only) is not used outside such a block, so no rank waits in a collective the others never enter."""
+    return _inside > 0 and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 def rank() -> int:
@@ -116,14 +121,19 @@ def process_group(device: torch.device) -> Iterator[None]:
     """Initialise the process group for a torchrun launch for the duration of the block (a no-op otherwise).
 
     NCCL is used for CUDA devices (each rank on ``cuda:$LOCAL_RANK``), gloo for the CPU. A group that the caller
-    already initialised is used as it is and left open. While the group is open, ranks other than 0 log errors
+    already initialised is used as it is and left open (inside the block only: see :func:`active`). While the group is open, ranks other than 0 log errors
     only (the root and ``vlprompt`` loggers), so each message appears once.
 
     Raises:
         DistributedError: ``WORLD_SIZE`` > 1 but the rendezvous fails (names ``MASTER_ADDR``/``MASTER_PORT``).
     """
+    global _inside
     if not launched() or dist.is_initialized():
-        yield
+        _inside += 1
+        try:
+            yield
+        finally:
+            _inside -= 1
         return
     if not dist.is_available():
         raise DistributedError("WORLD_SIZE > 1 (a torchrun launch) but this PyTorch build has no torch.distributed.")
@@ -149,9 +159,11 @@ def process_group(device: torch.device) -> Iterator[None]:
         for lg in loggers:
             lg.setLevel(logging.ERROR)
     _logger.info("process group: %s, %d processes", backend, dist.get_world_size())
+    _inside += 1
     try:
         yield
     finally:
+        _inside -= 1
         for lg, level in zip(loggers, old_levels, strict=True):
             lg.setLevel(level)
         dist.destroy_process_group()
