@@ -31,7 +31,10 @@ def _loss(img: torch.Tensor, y: torch.Tensor, text: torch.Tensor) -> torch.Tenso
 
 
 def _gather_worker(rank: int, ports: list[int], out: str) -> None:
+    torch.distributed.init_process_group("gloo")  # a group the caller opened: used only inside process_group()
+    assert not D.active() and D.world_size() == 1
     with D.process_group(torch.device("cpu")):
+        assert D.active() and D.world_size() == 2
         w0, img, y = _problem()
         w = w0.clone().requires_grad_(True)
         lo, hi = D.shard_range(C)
@@ -53,6 +56,8 @@ def _gather_worker(rank: int, ports: list[int], out: str) -> None:
                 errors.append(str(e))
         assert D.on_main(lambda: D.rank() + 10) == 10  # rank 0's result on every rank
         Path(out, f"errors{rank}.json").write_text(json.dumps(errors))
+    assert torch.distributed.is_initialized()  # left open for its owner
+    torch.distributed.destroy_process_group()
 
 
 def test_gather_with_gradient_equals_single_process(tmp_path):
