@@ -46,7 +46,8 @@ class PromptClassifier:
     """A trained prompt baked into class weights: inference costs the same as zero-shot CLIP.
 
     Build it with :meth:`load`. The class text features are computed once (``text_features()``); ``predict`` only
-    runs the image encoder.
+    runs the image encoder. A conditional prompt (CoCoOp) cannot be baked: its text features depend on the image,
+    so ``predict`` also runs the text encoder, for every image and class (``conditional`` is then ``True``).
     """
 
     def __init__(self, backbone: Backbone, model: PromptModel, meta: dict):
@@ -55,7 +56,7 @@ class PromptClassifier:
         self.method = meta["method"]
         self.learner_config = meta["config"]
         with torch.no_grad():
-            self._text = model.text_features()  # (C, E), normalised
+            self._text = model.class_text_features()  # (C, E), normalised; None for a conditional prompt
 
     @classmethod
     def load(
@@ -94,8 +95,23 @@ class PromptClassifier:
         """``exp(logit_scale)`` of the backbone."""
         return self.backbone.logit_scale
 
+    @property
+    def conditional(self) -> bool:
+        """Whether the prompt depends on the image (CoCoOp): no baked class weights then."""
+        return self._text is None
+
+    @property
+    def baked_text_features(self) -> torch.Tensor | None:
+        """The baked class weights ``[C, E]``, or ``None`` for a conditional prompt."""
+        return self._text
+
     def text_features(self) -> torch.Tensor:
-        """The baked, L2-normalised class weights ``[C, E]``."""
+        """The baked, L2-normalised class weights ``[C, E]`` (not available for a conditional prompt)."""
+        if self._text is None:
+            raise ConfigError(
+                f"the {self.method} prompt is conditional: its class text features depend on each image, so there "
+                "are no fixed class weights; use logits() or predict() on images instead."
+            )
         return self._text
 
     def _to_batch(self, images: Sequence[str | os.PathLike | Image.Image] | torch.Tensor) -> torch.Tensor:
@@ -124,7 +140,7 @@ class PromptClassifier:
     def logits(self, images: Sequence[str | os.PathLike | Image.Image] | torch.Tensor) -> torch.Tensor:
         """``[B, C]`` logits for images (paths, PIL images, or a preprocessed ``[B, 3, H, W]`` tensor)."""
         feats = self.model.image_features(self._to_batch(images).to(self.backbone.device))
-        return self.model.logits(feats, self._text)
+        return self.model.predict_logits(feats, self._text)
 
     def predict(self, images: Sequence[str | os.PathLike | Image.Image] | torch.Tensor, batch_size: int = 64) -> Prediction:
         """Classify images; returns labels, indices and probabilities."""

@@ -166,7 +166,7 @@ BAD = [
     (["--augment", "sometimes"], "--augment 'sometimes' is invalid"),
     (["--n-ctx", "0"], "--n-ctx must be ≥ 1"),
     (["--ctx-init", ""], "--ctx-init is empty"),
-    (["--method", "cocop"], "Did you mean coop"),
+    (["--method", "cocop"], "Did you mean cocoop, coop"),
     (["--device", "banana"], "--device 'banana' is not a valid device"),
     (["--classnames", "{tmp}/missing.txt"], "missing.txt' does not exist"),
     (["--pretrained", "{tmp}/missing.pt"], "missing.pt': no such file"),

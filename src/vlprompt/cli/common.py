@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from vlprompt.engine.config import AUGMENT_HELP, TrainConfig
+from vlprompt.errors import ConfigError
 
 if TYPE_CHECKING:  # importing the engine pulls in torch: only when a command runs, not for --help or usage errors
     from vlprompt.engine.run import RunSpec
@@ -48,24 +50,112 @@ def add_backbone_args(p: argparse.ArgumentParser, default: str | None = "RN50") 
                    help="fp32 (default); amp: bf16/fp16 autocast on GPU; fp16: the official fp16 weights and context")
 
 
+class _MethodChoices(Sequence):
+    """The registered prompt-learning methods, looked up only when needed (``--help`` or a check of ``--method``):
+    the registry imports torch, which a plain ``vlprompt --help`` should not."""
+
+    def _names(self) -> list[str]:
+        from vlprompt.prompts import list_prompt_learners
+
+        return list_prompt_learners()
+
+    def __getitem__(self, i):  # noqa: D105
+        return self._names()[i]
+
+    def __len__(self) -> int:
+        return len(self._names())
+
+    def __contains__(self, value: object) -> bool:
+        return value in self._names()
+
+
+def _method_name(value: str) -> str:
+    """``--method`` checked against the registry (its error suggests close names)."""
+    from vlprompt.prompts import get_prompt_learner_class
+
+    try:
+        get_prompt_learner_class(value)
+    except ConfigError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return value
+
+
 def add_learner_args(p: argparse.ArgumentParser) -> None:
-    """CoOp options."""
-    g = p.add_argument_group("prompt learner (CoOp)")
-    g.add_argument("--method", default="coop", help="prompt-learning method (default coop)")
-    g.add_argument("--n-ctx", type=int, default=16, help="number of context vectors M (default 16)")
+    """Prompt-learner options: the method and CoOp's options (``None``: the method's own default)."""
+    g = p.add_argument_group(
+        "prompt learner",
+        "Options left out take the method's own defaults: coop M=16 random init; cocoop and kgcoop M=4 from "
+        "'a photo of a' (as officially). --n-ctx without --ctx-init means random initialisation.")
+    g.add_argument("--method", default="coop", type=_method_name, choices=_MethodChoices(), metavar="METHOD",
+                   help="prompt-learning method: %(choices)s (default coop). cocoop also defaults to its own recipe: "
+                        "batch 1, 10 epochs")
+    g.add_argument("--n-ctx", type=int, default=None, help="number of context vectors M (coop default 16)")
     g.add_argument("--ctx-init", default=None,
                    help="initialise the context from these words, e.g. 'a photo of a' (sets M to the word count)")
-    g.add_argument("--csc", action="store_true", help="class-specific context (one context per class)")
-    g.add_argument("--class-token-position", choices=["end", "middle", "front"], default="end",
-                   help="where the class name goes in the prompt (default end)")
+    g.add_argument("--csc", action="store_true", default=None,
+                   help="class-specific context (one context per class; coop and kgcoop)")
+    g.add_argument("--class-token-position", choices=["end", "middle", "front"], default=None,
+                   help="where the class name goes in the prompt (default end; coop and kgcoop)")
+    g.add_argument("--learner-opt", action="append", default=[], metavar="KEY=VALUE",
+                   help="any other option of the method's config, repeatable, e.g. kg_weight=4 (kgcoop's λ, default "
+                        "8), template='a photo of a {}.' (kgcoop; default: the dataset's), meta_reduction=16 (cocoop)")
+
+
+def _coerce(key: str, value: str, default: object) -> object:
+    """``value`` as the type of the config field's ``default`` (``none`` → ``None``)."""
+    if value.lower() in ("none", "null"):
+        return None
+    try:
+        if isinstance(default, bool):
+            if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(value)
+            return value.lower() in ("true", "1", "yes")
+        if isinstance(default, int):
+            return int(value)
+        if isinstance(default, float):
+            return float(value)
+    except ValueError:
+        raise ConfigError(f"--learner-opt {key}={value}: expected a {type(default).__name__} for '{key}'.") from None
+    return value
+
+
+def learner_options(args: argparse.Namespace) -> dict:
+    """The learner config entries the user chose (the method's own defaults fill the rest)."""
+    from vlprompt.prompts import get_prompt_learner_class
+
+    if not hasattr(args, "n_ctx"):
+        return {}
+    opts: dict = {}
+    if args.n_ctx is not None:
+        opts["n_ctx"] = args.n_ctx
+        opts["ctx_init"] = None  # M vectors, randomly initialised (a method's default words would override M)
+    if args.ctx_init is not None:
+        opts["ctx_init"] = args.ctx_init
+    if args.csc:
+        opts["csc"] = True
+    if args.class_token_position is not None:
+        opts["class_token_position"] = args.class_token_position
+    fields = get_prompt_learner_class(args.method).config_class.__dataclass_fields__
+    for item in getattr(args, "learner_opt", None) or []:
+        key, sep, value = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key:
+            raise ConfigError(f"--learner-opt '{item}' is not KEY=VALUE, e.g. --learner-opt kg_weight=4.")
+        if key not in fields:
+            raise ConfigError(f"--learner-opt {key}: not an option of method '{args.method}'; valid: "
+                              f"{', '.join(sorted(fields))}.")
+        opts[key] = _coerce(key, value, fields[key].default)
+    return opts
 
 
 def add_train_args(p: argparse.ArgumentParser) -> None:
     """Optimisation options."""
     g = p.add_argument_group("training", RECIPE_NOTE)
     g.add_argument("--epochs", type=int, default=None,
-                   help="MAX_EPOCH; default: official 50/100/100/200/200 for 1/2/4/8/16 shots (50 for ImageNet)")
-    g.add_argument("--batch-size", type=int, default=32, help="train batch size (default 32)")
+                   help="MAX_EPOCH; default: official 50/100/100/200/200 for 1/2/4/8/16 shots (50 for ImageNet); "
+                        "the method's own where it has one (10 for cocoop)")
+    g.add_argument("--batch-size", type=int, default=None,
+                   help="train batch size (default 32; the method's own where it has one: 1 for cocoop)")
     g.add_argument("--lr", type=float, default=0.002, help="SGD learning rate (default 0.002)")
     g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9)")
     g.add_argument("--weight-decay", type=float, default=5e-4, help="SGD weight decay (default 5e-4)")
@@ -95,10 +185,21 @@ def add_output_args(p: argparse.ArgumentParser) -> None:
 
 
 def train_config(args: argparse.Namespace) -> TrainConfig:
-    """TrainConfig from parsed arguments (fields absent from ``args`` keep their defaults)."""
+    """TrainConfig from parsed arguments: what the user passed, else the method's own recipe (e.g. CoCoOp's batch 1
+    and 10 epochs), else the defaults (fields absent from ``args`` keep their defaults)."""
+    recipe: dict = {}
+    if hasattr(args, "method"):
+        from vlprompt.prompts import get_prompt_learner_class
+
+        recipe = get_prompt_learner_class(args.method).recipe
+
+    def pick(name: str, attr: str, default: object) -> object:
+        value = getattr(args, attr, None)
+        return value if value is not None else recipe.get(name, default)
+
     kw = {
-        "epochs": getattr(args, "epochs", None),
-        "batch_size": getattr(args, "batch_size", 32),
+        "epochs": pick("epochs", "epochs", None),
+        "batch_size": pick("batch_size", "batch_size", 32),
         "lr": getattr(args, "lr", 0.002),
         "momentum": getattr(args, "momentum", 0.9),
         "weight_decay": getattr(args, "weight_decay", 5e-4),
@@ -118,10 +219,7 @@ def run_spec(args: argparse.Namespace) -> RunSpec:
     """RunSpec from parsed arguments."""
     from vlprompt.engine.run import RunSpec
 
-    learner = {}
-    if hasattr(args, "n_ctx"):
-        learner = {"n_ctx": args.n_ctx, "ctx_init": args.ctx_init, "csc": args.csc,
-                   "class_token_position": args.class_token_position}
+    learner = learner_options(args)
     return RunSpec(
         dataset=args.dataset, out=args.out, root=args.root, shots=getattr(args, "shots", None) or None,
         seed=args.seed, subsample=args.subsample, backbone=getattr(args, "backbone", None) or "RN50",

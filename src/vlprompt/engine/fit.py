@@ -8,7 +8,6 @@ import time
 from collections.abc import Callable, Iterator
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from vlprompt.engine import distributed as D
@@ -131,8 +130,8 @@ def fit(
                     with torch.no_grad(), autocast_context(device, cfg.precision):
                         img = model.image_features(x.to(device))
                 with autocast_context(device, cfg.precision):
-                    logits = model.logits(img)  # (B, C)
-                    loss = F.cross_entropy(logits.float(), y)
+                    # cross-entropy plus the learner's own regularizer, if it has one (KgCoOp)
+                    loss, logits = model.training_loss(img, y)  # (), (B, C)
                 if shard is None:
                     step_loss, step_correct, rows = loss.item(), (logits.argmax(-1) == y).sum().item(), y.numel()
                 else:  # this rank's share of the global loss; loss, correct count and rows summed over ranks

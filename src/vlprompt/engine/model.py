@@ -32,6 +32,8 @@ from vlprompt.prompts.base import PromptLearner
 #: The cost of one more text-encoder pass, in token positions: length buckets are merged unless splitting saves
 #: more than this (per-call overhead is small next to per-token cost on a CPU, larger on a GPU).
 BUCKET_OVERHEAD_TOKENS = {"cpu": 32, "cuda": 1024}
+#: Evaluating a conditional learner (CoCoOp), images are taken this many prompts (images × classes) at a time.
+CONDITIONAL_PROMPTS_PER_CALL = 4096
 
 
 def length_buckets(lengths: torch.Tensor, overhead: int) -> list[torch.Tensor]:
@@ -114,7 +116,12 @@ class PromptModel(nn.Module):
         return get_parts()
 
     def encode_prompts(self, image_features: torch.Tensor | None = None) -> torch.Tensor:
-        """Unnormalised class text features ``[C, E]`` (backbone dtype), through the fastest exact path."""
+        """Unnormalised class text features ``[C, E]`` (backbone dtype), through the fastest exact path.
+
+        A conditional learner (CoCoOp) gives ``[B, C, E]`` for L2-normalised ``image_features`` ``[B, E]``: its
+        ``B × C`` prompts are encoded together (length buckets and ``text_chunk`` apply to prompts, not classes),
+        instead of once per image as in the official code.
+        """
         # Truncation (and per-length buckets) is exact only under a causal mask.
         truncate = bool(getattr(self.learner.config, "truncate", True)) and bool(getattr(self.backbone, "causal", False))
         parts = self._shared_parts()
@@ -129,11 +136,16 @@ class PromptModel(nn.Module):
 
             return self._chunked(run_suffix, suffix, ids, flat, buckets=truncate and self.length_buckets,
                                  offset=prefix.shape[0])
-        embeds, ids = self.learner(image_features)  # (C, L, D), (C, L)
+        embeds, ids = self.learner(image_features)  # (C, L, D) or, conditional, (B, C, L, D); ids (C, L)
 
         def run_plain(embeds_c: torch.Tensor, ids_c: torch.Tensor) -> torch.Tensor:
             return self.backbone.encode_text_embeddings(embeds_c, ids_c, truncate=truncate)
 
+        if embeds.dim() == 4:  # one prompt per (image, class): encode all B·C of them together
+            b, c = embeds.shape[:2]
+            flat = self._chunked(run_plain, embeds.flatten(0, 1), ids.repeat(b, 1), [],
+                                 buckets=truncate and self.length_buckets)  # (B·C, E), image-major
+            return flat.view(b, c, -1)  # (B, C, E)
         return self._chunked(run_plain, embeds, ids, [], buckets=truncate and self.length_buckets)
 
     def _chunked(
@@ -175,14 +187,56 @@ class PromptModel(nn.Module):
         return out[torch.argsort(perm)]
 
     def text_features(self, image_features: torch.Tensor | None = None) -> torch.Tensor:
-        """L2-normalised class text features ``[C, E]`` (fp32)."""
+        """L2-normalised class text features ``[C, E]`` (fp32); ``[B, C, E]`` for a conditional learner."""
         return F.normalize(self.encode_prompts(image_features).float(), dim=-1)
 
+    def class_text_features(self) -> torch.Tensor | None:
+        """The ``[C, E]`` text features shared by every image (compute once per evaluation), or ``None`` when the
+        prompts depend on the image (a conditional learner: see :meth:`predict_logits`)."""
+        return None if self.learner.conditional else self.text_features()
+
     def logits(self, image_features: torch.Tensor, text_features: torch.Tensor | None = None) -> torch.Tensor:
-        """``[B, C]`` logits from L2-normalised image features ``[B, E]`` (text features computed if not given)."""
+        """``[B, C]`` logits from L2-normalised image features ``[B, E]`` (text features computed if not given).
+
+        ``text_features`` is ``[C, E]``, or ``[B, C, E]`` per image (conditional learners):
+        ``logits[b, c] = scale · img_b · txt_{b, c}``.
+        """
         if text_features is None:
             text_features = self.text_features(image_features)
-        return self.backbone.logit_scale * image_features.float() @ text_features.t()
+        img = image_features.float()
+        if text_features.dim() == 3:
+            return self.backbone.logit_scale * torch.einsum("be,bce->bc", img, text_features)
+        return self.backbone.logit_scale * img @ text_features.t()
+
+    def training_loss(self, image_features: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cross-entropy plus the learner's :meth:`~vlprompt.prompts.base.PromptLearner.regularizer` (if any).
+
+        Args:
+            image_features: ``[B, E]`` L2-normalised image features.
+            labels: ``LongTensor[B]``.
+
+        Returns:
+            ``(loss, logits [B, C])``.
+        """
+        text = self.text_features(image_features)  # (C, E) or (B, C, E)
+        logits = self.logits(image_features, text)  # (B, C)
+        loss = F.cross_entropy(logits.float(), labels)
+        extra = self.learner.regularizer(text)
+        return (loss if extra is None else loss + extra), logits
+
+    @torch.no_grad()
+    def predict_logits(self, image_features: torch.Tensor, text_features: torch.Tensor | None = None) -> torch.Tensor:
+        """``[N, C]`` logits of L2-normalised image features ``[N, E]``, for evaluation.
+
+        Text features are computed once (or taken from ``text_features``); for a conditional learner they are
+        computed per image, ``max(1, CONDITIONAL_PROMPTS_PER_CALL // C)`` images at a time, which bounds memory.
+        """
+        if text_features is None:
+            text_features = self.class_text_features()
+        if text_features is not None:
+            return self.logits(image_features, text_features)
+        step = max(1, CONDITIONAL_PROMPTS_PER_CALL // len(self.learner.classnames))  # images per call
+        return torch.cat([self.logits(image_features[i : i + step]) for i in range(0, image_features.shape[0], step)])
 
     @torch.no_grad()
     def image_features(self, images: torch.Tensor) -> torch.Tensor:

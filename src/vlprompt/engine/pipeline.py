@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from vlprompt.backbones.base import Backbone
 from vlprompt.data.records import DatasetSplits, Sample
 from vlprompt.engine import distributed as D
+from vlprompt.engine.model import PromptModel
 from vlprompt.errors import ConfigError
 from vlprompt.eval.metrics import classification_metrics
 from vlprompt.features.cache import FeatureCache, default_cache_dir, records_digest
@@ -166,6 +167,20 @@ def evaluate_features(
     img = F.normalize(image_features.float(), dim=-1).to(text_features.device)
     logits = logit_scale.to(text_features.device) * img @ text_features.float().t()
     metrics = classification_metrics(logits.argmax(-1).cpu(), labels.cpu(), text_features.shape[0])
+    return metrics, logits
+
+
+def evaluate_model(
+    model: PromptModel, image_features: torch.Tensor, labels: torch.Tensor, text_features: torch.Tensor | None = None
+) -> tuple[dict, torch.Tensor]:
+    """Metrics of a prompt model on unnormalised image features ``[N, E]``; works for every learner.
+
+    ``text_features``: the model's ``[C, E]`` class text features if already computed (``None``: computed here
+    once, or per image for a conditional learner). Returns ``(metrics, logits [N, C])``.
+    """
+    img = F.normalize(image_features.float(), dim=-1).to(model.backbone.device)
+    logits = model.predict_logits(img, text_features)  # (N, C)
+    metrics = classification_metrics(logits.argmax(-1).cpu(), labels.cpu(), logits.shape[1])
     return metrics, logits
 
 

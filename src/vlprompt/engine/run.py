@@ -17,7 +17,7 @@ import contextlib
 import logging
 import platform
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -34,7 +34,7 @@ from vlprompt.engine.fit import FeatureBankBatches, fit, make_optimizer, make_sc
 from vlprompt.engine.model import PromptModel
 from vlprompt.engine.schedule import default_epochs
 from vlprompt.errors import ConfigError
-from vlprompt.prompts import create_prompt_learner
+from vlprompt.prompts import CoOpConfig, create_prompt_learner, get_prompt_learner_class, list_prompt_learners
 
 _logger = logging.getLogger(__name__)
 
@@ -74,15 +74,24 @@ class RunSpec:
 
 
 def default_label(method: str, learner: dict) -> str:
-    """Readable variant name used to group runs in reports, e.g. ``CoOp M=16 end`` or ``CoOp M=4 init CSC``."""
-    if method != "coop":
+    """Readable variant name used to group runs in reports, e.g. ``CoOp M=16 end`` or ``CoOp M=4 init CSC``.
+
+    Options a method adds to CoOp's (e.g. KgCoOp's ``kg_weight``) are appended when they differ from the method's
+    default; unregistered methods are named as they are.
+    """
+    if method not in list_prompt_learners():
         return method
+    cls = get_prompt_learner_class(method)
     m = len(learner["ctx_init"].split()) if learner.get("ctx_init") else learner.get("n_ctx", 16)
-    parts = [f"CoOp M={m}", learner.get("class_token_position", "end")]
+    parts = [f"{cls.display_name or method} M={m}", learner.get("class_token_position", "end")]
     if learner.get("ctx_init"):
         parts.append(f"init '{learner['ctx_init']}'")
     if learner.get("csc"):
         parts.append("CSC")
+    coop_fields = set(CoOpConfig.__dataclass_fields__)
+    for f in fields(cls.config_class):
+        if f.name not in coop_fields and f.default is not None and learner.get(f.name, f.default) != f.default:
+            parts.append(f"{f.name}={learner[f.name]}")
     return " ".join(parts)
 
 
@@ -251,9 +260,11 @@ def _open_folder(spec: RunSpec, out: Path, config: dict, epochs: int) -> tuple[d
 
 def _train_locked(spec: RunSpec, out: Path, progress: bool, device, data, backbone) -> dict:
     P.seed_everything(spec.seed)
-    learner = create_prompt_learner(spec.method, backbone, data.splits.classnames, spec.learner).to(device)
+    learner = create_prompt_learner(spec.method, backbone, data.splits.classnames, spec.learner,
+                                    template=data.splits.template).to(device)
     spec.learner = learner.config_dict()
-    epochs = spec.train.epochs or default_epochs(spec.shots, data.splits.name)
+    # the user's --epochs, else the method's own recipe (CoCoOp: 10), else CoOp's count for the shot number
+    epochs = spec.train.epochs or learner.recipe.get("epochs") or default_epochs(spec.shots, data.splits.name)
     config = _base_config(spec, data, backbone, epochs, spec.label or default_label(spec.method, spec.learner))
     kept, start, prior, config = D.on_main(_open_folder, spec, out, config, epochs)
     if kept is not None:
@@ -288,13 +299,13 @@ def _train_locked(spec: RunSpec, out: Path, progress: bool, device, data, backbo
 
     t1 = time.perf_counter()
     with torch.no_grad():
-        text = model.text_features()  # once per evaluation, not per batch
-        metrics, _ = P.evaluate_features(text, _test_features(spec, backbone, data, "test", data.splits.test, progress),
-                                         P.labels_of(data.splits.test), backbone.logit_scale)
+        text = model.class_text_features()  # once per evaluation, not per batch (None: per-image prompts)
+        metrics, _ = P.evaluate_model(model, _test_features(spec, backbone, data, "test", data.splits.test, progress),
+                                      P.labels_of(data.splits.test), text)
         if data.val and not data.splits.info.get("val_is_test"):
-            val_metrics, _ = P.evaluate_features(
-                text, _test_features(spec, backbone, data, "val-fewshot", data.val, progress),
-                P.labels_of(data.val), backbone.logit_scale)
+            val_metrics, _ = P.evaluate_model(
+                model, _test_features(spec, backbone, data, "val-fewshot", data.val, progress),
+                P.labels_of(data.val), text)
             metrics["val_accuracy"] = val_metrics["accuracy"]
     metrics.update(train_seconds=train_seconds, eval_seconds=time.perf_counter() - t1,
                    peak_memory_mb=P.peak_memory_mb(device), epochs=epochs)
@@ -359,8 +370,8 @@ def _eval(run_dir: str, spec: RunSpec, progress: bool) -> dict:
               "evaluated_from": str(Path(run_dir).resolve()), "source_dataset": src.get("dataset", {}).get("name")}
     D.on_main(atomic_write_json, out / "config.json", config)
     t1 = time.perf_counter()
-    metrics, _ = P.evaluate_features(clf.text_features(), _test_features(spec, clf.backbone, data, "test",
-                                     data.splits.test, progress), P.labels_of(data.splits.test), clf.logit_scale)
+    metrics, _ = P.evaluate_model(clf.model, _test_features(spec, clf.backbone, data, "test", data.splits.test,
+                                  progress), P.labels_of(data.splits.test), clf.baked_text_features)
     metrics.update(train_seconds=0.0, eval_seconds=time.perf_counter() - t1, peak_memory_mb=P.peak_memory_mb(device))
     D.on_main(atomic_write_json, out / "metrics.json", metrics)
     return metrics

@@ -1,6 +1,8 @@
 """Prompt learners: trainable modules that produce prompt embeddings for class names."""
 
+from vlprompt.prompts import cocoop as _cocoop  # noqa: F401  (registers "cocoop")
 from vlprompt.prompts import coop as _coop  # noqa: F401  (registers "coop")
+from vlprompt.prompts import kgcoop as _kgcoop  # noqa: F401  (registers "kgcoop")
 from vlprompt.prompts.base import (
     PromptLearner,
     create_prompt_learner,
@@ -8,12 +10,18 @@ from vlprompt.prompts.base import (
     list_prompt_learners,
     register_prompt_learner,
 )
+from vlprompt.prompts.cocoop import CoCoOp, CoCoOpConfig
 from vlprompt.prompts.coop import CoOp, CoOpConfig
+from vlprompt.prompts.kgcoop import KgCoOp, KgCoOpConfig
 
 __all__ = [
     "PromptLearner",
     "CoOp",
     "CoOpConfig",
+    "CoCoOp",
+    "CoCoOpConfig",
+    "KgCoOp",
+    "KgCoOpConfig",
     "create_prompt_learner",
     "get_prompt_learner_class",
     "list_prompt_learners",

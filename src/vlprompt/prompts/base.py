@@ -2,7 +2,17 @@
 
 A prompt learner is a plain ``nn.Module`` that, given the class names and a frozen backbone, produces the
 prompt *embeddings* fed to the backbone's text tower. The trainer never branches on the method's name: it calls
-``learner(image_features)`` and ``backbone.encode_text_embeddings``.
+``learner(image_features)`` and ``backbone.encode_text_embeddings``, and adds the learner's optional
+:meth:`PromptLearner.regularizer` to the loss. What differs between methods is declared on the class:
+
+- ``conditional``: the prompts depend on the image (CoCoOp); ``forward`` then takes the image features and returns
+  one set of prompts per image, and text features cannot be computed once for all images;
+- ``recipe``: the method's own official training settings where they differ from CoOp's (e.g. CoCoOp's batch 1
+  and 10 epochs), applied where the user did not choose a value;
+- ``display_name``: how reports name the method.
+
+Adding a method is one module: subclass :class:`PromptLearner` (usually :class:`~vlprompt.prompts.coop.CoOp`),
+decorate it with :func:`register_prompt_learner` and import it in ``vlprompt/prompts/__init__.py``.
 """
 
 from __future__ import annotations
@@ -41,15 +51,26 @@ def get_prompt_learner_class(method: str) -> type[PromptLearner]:
 
 
 def create_prompt_learner(
-    method: str, backbone: Backbone, classnames: list[str], config: dict[str, Any] | None = None
+    method: str,
+    backbone: Backbone,
+    classnames: list[str],
+    config: dict[str, Any] | None = None,
+    *,
+    template: str | None = None,
 ) -> PromptLearner:
-    """Build the learner ``method`` for ``classnames`` on ``backbone`` from a config dict (unknown keys refused)."""
+    """Build the learner ``method`` for ``classnames`` on ``backbone`` from a config dict (unknown keys refused).
+
+    ``template``: the dataset's hand-crafted prompt (e.g. ``"a photo of a {}."``), given to methods whose config has
+    a ``template`` option (KgCoOp) when ``config`` does not set it.
+    """
     cls = get_prompt_learner_class(method)
     config = dict(config or {})
     fields = set(cls.config_class.__dataclass_fields__)
     unknown = sorted(set(config) - fields)
     if unknown:
         raise ConfigError(f"unknown option(s) {unknown} for method '{method}'; valid: {sorted(fields)}.")
+    if template is not None and "template" in fields and config.get("template") is None:
+        config["template"] = template
     return cls(backbone, classnames, cls.config_class(**config))
 
 
@@ -65,6 +86,11 @@ class PromptLearner(nn.Module):
     config_class: ClassVar[type]
     #: Whether the produced prompts depend on the image (then ``forward`` needs ``image_features``).
     conditional: ClassVar[bool] = False
+    #: The method's official training settings that differ from CoOp's (``TrainConfig`` field names, e.g.
+    #: ``{"epochs": 10, "batch_size": 1}``); used where the user did not pass a value.
+    recipe: ClassVar[dict[str, Any]] = {}
+    #: The method's name in reports (``CoOp``, ``CoCoOp``, …); defaults to ``method``.
+    display_name: ClassVar[str] = ""
 
     def __init__(self, config: Any):
         super().__init__()
@@ -72,8 +98,18 @@ class PromptLearner(nn.Module):
 
     def forward(self, image_features: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Return ``(embeds, ids)``: ``embeds`` ``[C, L, D]`` prompt embeddings and ``ids`` ``[C, L]`` token ids
-        (these drive EOS pooling)."""
+        (these drive EOS pooling). A ``conditional`` learner takes L2-normalised ``image_features`` ``[B, E]`` and
+        returns ``embeds`` ``[B, C, L, D]`` (one prompt per image and class) with the same ``ids`` ``[C, L]``."""
         raise NotImplementedError
+
+    def regularizer(self, text_features: torch.Tensor) -> torch.Tensor | None:
+        """An extra loss term added to the cross-entropy during training, or ``None`` (the default: none).
+
+        Args:
+            text_features: the learned prompts' L2-normalised text features of this step, ``[C, E]`` (``[B, C, E]``
+                for a conditional learner), with autograd.
+        """
+        return None
 
     def set_classnames(self, backbone: Backbone, classnames: list[str]) -> None:
         """Rebuild the fixed (class-name) parts of the prompts for a new list of class names."""

@@ -98,6 +98,7 @@ class CoOp(PromptLearner):
 
     method = "coop"
     config_class = CoOpConfig
+    display_name = "CoOp"
 
     def __init__(self, backbone: Backbone, classnames: list[str], config: CoOpConfig | None = None):
         super().__init__(config or CoOpConfig())
@@ -174,17 +175,30 @@ class CoOp(PromptLearner):
         self.register_buffer("ctx_slot", slot_t.to(device), persistent=False)
 
     def forward(self, image_features: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: D102
-        fixed = self.fixed_embeds  # (C, L, D)
-        n_cls = fixed.shape[0]
+        n_cls = self.fixed_embeds.shape[0]
         ctx = self.ctx if self.ctx.dim() == 3 else self.ctx.unsqueeze(0).expand(n_cls, -1, -1)  # (C, M, D)
+        return self.assemble(ctx), self.token_ids
+
+    def assemble(self, ctx: torch.Tensor) -> torch.Tensor:
+        """Splice context vectors into the fixed prompt parts.
+
+        Args:
+            ctx: ``(..., C, M, D)`` context per class, with any leading dimensions (e.g. one set per image).
+
+        Returns:
+            ``(..., C, L, D)`` prompt embeddings, in the class-token order of the config.
+        """
+        fixed = self.fixed_embeds  # (C, L, D)
+        lead = ctx.shape[:-3]
         if self.config.class_token_position == "end":
-            m = self.n_ctx
-            embeds = torch.cat([fixed[:, :1], ctx, fixed[:, 1 + m :]], dim=1)  # (C, 1 + M + rest, D)
-        else:
-            slot = self.ctx_slot  # (C, L), -1 where the fixed token stays
-            gathered = ctx.gather(1, slot.clamp(min=0).unsqueeze(-1).expand(-1, -1, ctx.shape[-1]))  # (C, L, D)
-            embeds = torch.where((slot >= 0).unsqueeze(-1), gathered, fixed)
-        return embeds, self.token_ids
+            m, dim = self.n_ctx, fixed.shape[-1]
+            prefix = fixed[:, :1].expand(*lead, -1, 1, dim)  # (..., C, 1, D) SOS
+            suffix = fixed[:, 1 + m :].expand(*lead, -1, -1, dim)  # (..., C, rest, D) class, ".", EOS
+            return torch.cat([prefix, ctx, suffix], dim=-2)  # (..., C, 1 + M + rest, D)
+        slot = self.ctx_slot  # (C, L), -1 where the fixed token stays
+        index = slot.clamp(min=0).unsqueeze(-1).expand(*lead, -1, -1, ctx.shape[-1])  # (..., C, L, D)
+        gathered = ctx.gather(-2, index)  # (..., C, L, D)
+        return torch.where((slot >= 0).unsqueeze(-1), gathered, fixed)
 
     def shared_prefix(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
         """The prompts as a part shared by every class and per-class parts, for exact shared-prefix encoding.
