@@ -104,3 +104,22 @@ def test_two_processes_resume_a_run_interrupted_after_epoch_one(five_class_folde
     ctx_resumed = load_file(str(resumed / "learner.safetensors"))["ctx"]
     assert (ctx_full - ctx_resumed).abs().max() < 1e-5
     assert [json.loads(x)["epoch"] for x in (resumed / "history.jsonl").read_text().splitlines()] == [1, 2, 3]
+
+
+def _method_worker(rank: int, ports: list[int], folder: str, out: str, extra: tuple) -> None:
+    assert _train(folder, out, "", *extra) == 0
+
+
+@pytest.mark.parametrize("method", ["kgcoop", "cocoop"])
+def test_two_process_methods_equal_one_process(five_class_folder, tmp_path, method):
+    # KgCoOp: its regularizer on the gathered class features counts once; CoCoOp: image-conditioned prompts are
+    # encoded per rank for its own images (not class-sharded), the meta-net's gradients summed over ranks
+    extra = ("--method", method, "--augment", "cached:2", "--batch-size", "4", "--epochs", "1")
+    assert _train(five_class_folder, tmp_path / "one", "", *extra) == 0
+    run_ranks(_method_worker, str(five_class_folder), str(tmp_path / "two"), extra)
+    one, two = (load_file(str(tmp_path / d / "learner.safetensors")) for d in ("one", "two"))
+    assert one.keys() == two.keys()
+    for k in one:
+        torch.testing.assert_close(two[k], one[k], atol=1e-5, rtol=0, msg=lambda m, k=k: f"{k}: {m}")
+    m1, m2 = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("one", "two"))
+    assert m2["accuracy"] == m1["accuracy"]
