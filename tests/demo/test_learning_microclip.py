@@ -13,7 +13,7 @@ from vlprompt.microclip.tasks import TASKS, write_task
 
 pytestmark = pytest.mark.skipif(not SHIPPED_WEIGHTS.exists(), reason="micro-CLIP weights not shipped")
 
-TASK = "sketch_shapes"  # sketches classified with the photo prompt "a photo of a {}."
+TASK = "sizes"  # sizes with "a photo of a {} shape.": 83% zero-shot with the shipped checkpoint
 
 
 def test_short_coop_run_beats_zero_shot_by_ten_points(tmp_path):

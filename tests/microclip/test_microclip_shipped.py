@@ -24,9 +24,6 @@ def test_shipped_weights_small_and_rebuilt_exactly(caplog):
     assert int(meta["token_init_seed"]) >= 0 and meta["torch"]
 
 
-# Known gap (issue 4 stays open): the shipped checkpoint misses the photo-shape (66 vs 72) and photo-size (74 vs 95)
-# thresholds. strict=True: this test turns red as soon as a checkpoint that passes is shipped, so the mark is removed.
-@pytest.mark.xfail(strict=True, reason="shipped micro-CLIP misses the photo shape/size zero-shot thresholds")
 def test_shipped_checkpoint_meets_zero_shot_thresholds():
     torch.manual_seed(0)
     model = build_microclip()

@@ -84,12 +84,12 @@ def _spec(attrs: str, styles: str, template: str, character: str, values=None, *
 
 _SHIFT_STYLES = ("sketch", "cartoon", "blurry", "noisy")
 TASKS: dict[str, TaskSpec] = {
-    "sketch_shapes": _spec("shape", "sketch", "a photo of a {}.", "style mismatch in the prompt: CoOp should gain"),
-    "blurry_shapes": _spec("shape", "blurry", "a photo of a {}.", "style mismatch in the prompt: CoOp should gain"),
-    "shapes": _spec("shape", "photo", "a photo of a {}.", "prompt fits, shape is hard: domain-shift source"),
-    "positions": _spec("position", "photo", "a photo of a {}.", "prompt fits: CoOp should tie"),
-    "colours": _spec("colour", "photo", "a photo of a {}.", "prompt fits: CoOp should tie"),
-    "sizes": _spec("size", "photo+cartoon", "a photo of a {} shape.", "prompt nearly fits: small gain at most"),
+    "sketch_shapes": _spec("shape", "sketch", "a photo of a {}.", "style mismatch: the photo prompt on sketches"),
+    "blurry_shapes": _spec("shape", "blurry", "a photo of a {}.", "style mismatch: the photo prompt on blurry images"),
+    "shapes": _spec("shape", "photo", "a photo of a {}.", "the prompt fits; domain-shift source"),
+    "positions": _spec("position", "photo", "a photo of a {}.", "the prompt fits"),
+    "colours": _spec("colour", "photo", "a photo of a {}.", "the prompt fits"),
+    "sizes": _spec("size", "photo+cartoon", "a photo of a {} shape.", "an approximate prompt for sizes"),
     "colour_shapes": _spec(
         "colour+shape", "photo", "a photo of a {}.", "fine-grained combination of two attributes",
         values=(("red", "orange", "pink"), ("circle", "square", "heart")),
