@@ -18,17 +18,17 @@ def test_demo_quick_writes_report_results_and_curves(tmp_path, capsys):
     report = (out / "report.md").read_text()
     results = json.loads((out / "results.json").read_text())
     assert (out / "fewshot_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert results["config"]["tasks"] == ["positions", "shapes"] and results["config"]["seeds"] == [1]
+    assert results["config"]["tasks"] == ["sizes", "shapes"] and results["config"]["seeds"] == [1]
     # every task has zero-shot, three CoOp variants and the linear probe at both shot counts
     labels = {(r["dataset"], r["label"], r["shots"]) for r in results["rows"]}
-    for task in ("positions", "shapes"):
+    for task in ("sizes", "shapes"):
         assert (task, "Zero-shot CLIP", None) in labels
         for k in (1, 4):
             for label in ("CoOp M=16", "CoOp M=4 'a photo of a'", "CoOp CSC M=16", "Linear probe"):
                 assert (task, label, k) in labels
     assert set(results["domain_shift"]) == {"Zero-shot CLIP", "CoOp M=16", "CoOp M=4 'a photo of a'", "CoOp CSC M=16"}
     # the commentary is generated from the numbers it shows
-    zs = results["summary"]["tasks"]["positions"]["zero_shot"]
+    zs = results["summary"]["tasks"]["sizes"]["zero_shot"]
     assert f"zero-shot {zs:.1f}" in report and "## Domain shift" in report
     # re-running resumes: nothing is retrained, the same numbers come out
     assert main(["demo", "--quick", "--out", str(out), "--workers", "0", "--task-dir", str(tmp_path / "tasks")]) == 0

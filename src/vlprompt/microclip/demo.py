@@ -72,7 +72,7 @@ class DemoConfig:
     @classmethod
     def quick(cls, out: str = "demo") -> DemoConfig:
         """One seed, two shot counts, two tasks (one that should gain, one that should tie) + domain shift."""
-        return cls(out=out, tasks=("positions", "shapes"), shots=(1, 4), seeds=(1,))
+        return cls(out=out, tasks=("sizes", "shapes"), shots=(1, 4), seeds=(1,))
 
 
 # --- jobs (run in worker processes) --------------------------------------------------------------------------
