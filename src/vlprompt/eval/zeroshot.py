@@ -8,6 +8,9 @@ import torch.nn.functional as F
 from vlprompt.backbones.base import Backbone
 from vlprompt.errors import ConfigError
 
+#: Prompts per text-encoder call (bounds memory for large label sets; the features do not depend on it).
+TEXT_CHUNK = 256
+
 
 @torch.no_grad()
 def zero_shot_weights(backbone: Backbone, classnames: list[str], templates: list[str]) -> torch.Tensor:
@@ -15,7 +18,7 @@ def zero_shot_weights(backbone: Backbone, classnames: list[str], templates: list
 
     Each template is filled with every class name (``_`` → space); per-template text features are L2-normalised,
     averaged over templates and re-normalised (the official ``ZeroshotCLIP2`` / OpenAI ensembling). With one
-    template this is plain zero-shot CLIP.
+    template this is plain zero-shot CLIP. Prompts are encoded :data:`TEXT_CHUNK` at a time.
     """
     if not templates:
         raise ConfigError("no zero-shot templates given.")
@@ -25,6 +28,8 @@ def zero_shot_weights(backbone: Backbone, classnames: list[str], templates: list
     names = [c.replace("_", " ") for c in classnames]
     acc = None
     for t in templates:
-        feats = F.normalize(backbone.encode_text([t.format(n) for n in names]).float(), dim=-1)  # (C, E)
+        texts = [t.format(n) for n in names]
+        feats = torch.cat([backbone.encode_text(texts[i : i + TEXT_CHUNK]) for i in range(0, len(texts), TEXT_CHUNK)])
+        feats = F.normalize(feats.float(), dim=-1)  # (C, E)
         acc = feats if acc is None else acc + feats
     return F.normalize(acc / len(templates), dim=-1)

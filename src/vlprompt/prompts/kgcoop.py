@@ -23,14 +23,13 @@ import torch.nn.functional as F
 from vlprompt.backbones.base import Backbone
 from vlprompt.data.templates import check_template
 from vlprompt.errors import ConfigError
+from vlprompt.eval.zeroshot import zero_shot_weights
 from vlprompt.prompts.base import register_prompt_learner
 from vlprompt.prompts.coop import CoOp, CoOpConfig
 
 _logger = logging.getLogger(__name__)
 
 DEFAULT_TEMPLATE = "a photo of a {}."
-#: Hand-crafted prompts encoded per text-encoder call (bounds memory for large label sets).
-_HAND_CHUNK = 256
 
 
 @dataclass(frozen=True)
@@ -77,12 +76,8 @@ class KgCoOp(CoOp):
     def set_classnames(self, backbone: Backbone, classnames: list[str]) -> None:  # noqa: D102
         super().set_classnames(backbone, classnames)
         hand = None
-        if self.config.kg_weight > 0:
-            template = self.config.template or DEFAULT_TEMPLATE
-            texts = [template.format(c.replace("_", " ")) for c in classnames]
-            with torch.no_grad():
-                feats = [backbone.encode_text(texts[i : i + _HAND_CHUNK]) for i in range(0, len(texts), _HAND_CHUNK)]
-                hand = F.normalize(torch.cat(feats).float(), dim=-1)  # (C, E)
+        if self.config.kg_weight > 0:  # the zero-shot classifier of the template: (C, E), L2-normalised
+            hand = zero_shot_weights(backbone, classnames, [self.config.template or DEFAULT_TEMPLATE])
         self.register_buffer("hand_features", hand, persistent=False)
 
     def regularizer(self, text_features: torch.Tensor) -> torch.Tensor | None:
