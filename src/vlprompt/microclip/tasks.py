@@ -3,8 +3,8 @@
 Like the paper's 11 datasets, the suite has tasks of different character, each with its own hand-written
 zero-shot template:
 
-- the prompt's style is off (CoOp should gain a lot): ``sketch_shapes``, ``blurry_shapes`` (photo prompt);
-- the prompt already fits (CoOp should tie or gain little): ``positions``, ``colours``, ``sizes``, ``shapes``;
+- the prompt's style is off: ``sketch_shapes``, ``blurry_shapes`` (the photo prompt on other renderings);
+- the prompt fits: ``positions``, ``colours``, ``shapes``; an approximate prompt: ``sizes``;
 - a fine-grained combination: ``colour_shapes`` (3 colours × 3 shapes);
 - a domain-shift pair: train on ``shapes`` (photos), evaluate on ``shapes_sketch``, ``shapes_cartoon``,
   ``shapes_blurry`` and ``shapes_noisy`` (same classes, same photo train/val images, other styles in test).
