@@ -45,7 +45,8 @@ class TrainConfig:
         augment: ``online`` | ``none`` | ``cached:K`` (see ``AUGMENT_HELP``).
         flip: random horizontal flip in the train transform.
         crop_scale_min: lower bound of RandomResizedCrop's area scale (0.08).
-        precision: ``fp32`` | ``amp`` | ``fp16``.
+        precision: ``fp32`` | ``amp`` | ``fp16`` (default ``fp32``: a deliberate deviation from the official ``fp16``,
+            whose fp16 context is updated without master weights; ``docs/recipes.md``).
         eval_batch_size: batch size for feature extraction (100).
         num_workers: data-loading worker processes.
         text_chunk: encode the class prompts this many classes at a time, each chunk activation-checkpointed
