@@ -286,6 +286,19 @@ def test_kgcoop_uses_its_own_templates():
     assert method_template("kgcoop", "dtd", "an image of {}.") == "an image of {}."
 
 
+
+def test_kgcoop_hand_crafted_features_are_the_official_prompts(vit):
+    """``KgCoOp/trainers/kgcoop.py`` l.136–144: ``prompts_ = [temp.format(c.replace("_", " ")) for c in classnames]``
+    with ``temp = CUSTOM_TEMPLATES["DescribableTextures"]``, encoded by CLIP and L2-normalised."""
+    from vlprompt.data.templates import CUSTOM_TEMPLATES
+
+    names = ["banded", "zig_zagged"]
+    learner = create_prompt_learner("kgcoop", vit, names, template=method_template("kgcoop", "dtd",
+                                                                                    CUSTOM_TEMPLATES["dtd"]))
+    with torch.no_grad():
+        official = vit.encode_text([f"a photo of a {n.replace('_', ' ')}, a type of texture." for n in names]).float()
+    torch.testing.assert_close(learner.hand_features.float(), F.normalize(official, dim=-1), rtol=1e-5, atol=1e-6)
+
 def _write_dtd(root) -> None:
     """A tiny DTD in the official layout: ``dtd/images/<class>/*.jpg`` + ``split_zhou_DescribableTextures.json``."""
     import json
