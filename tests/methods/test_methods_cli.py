@@ -71,7 +71,7 @@ def test_kgcoop_trains_with_lambda_and_dataset_template(image_folder, tmp_path, 
     out = tmp_path / "kg"
     assert _train(image_folder, out, "--method", "kgcoop", "--epochs", "2", "--learner-opt", "kg_weight=4") == 0
     cfg, learner = _json(out / "config.json"), _json(out / "learner.json")
-    assert cfg["method"] == "kgcoop" and cfg["train"]["batch_size"] == 32 and cfg["train"]["epochs"] == 2
+    assert cfg["method"] == "kgcoop" and cfg["train"]["batch_size"] == 128 and cfg["train"]["epochs"] == 2  # KgCoOp's own batch
     assert learner["config"]["kg_weight"] == 4.0 and learner["config"]["template"] == "a photo of a {}."
     assert cfg["label"] == "KgCoOp M=4 end init 'a photo of a' kg_weight=4.0"
     assert set(load_file(str(out / "learner.safetensors"))) == {"ctx"}

@@ -12,7 +12,8 @@ from vlprompt.errors import ConfigError
 if TYPE_CHECKING:  # importing the engine pulls in torch: only when a command runs, not for --help or usage errors
     from vlprompt.engine.run import RunSpec
 
-RECIPE_NOTE = "Defaults reproduce the official CoOp recipe (SGD 0.002, momentum 0.9, wd 5e-4, batch 32, cosine)."
+RECIPE_NOTE = ("Defaults reproduce each method's official recipe (SGD 0.002, momentum 0.9, wd 5e-4, one warm-up epoch "
+               "at 1e-5, cosine; batch and epochs per method; see docs/recipes.md).")
 
 
 def add_data_args(p: argparse.ArgumentParser, shots: bool = True) -> None:
@@ -87,8 +88,8 @@ def add_learner_args(p: argparse.ArgumentParser) -> None:
         "Options left out take the method's own defaults: coop M=16 random init; cocoop and kgcoop M=4 from "
         "'a photo of a' (as officially). --n-ctx without --ctx-init means random initialisation.")
     g.add_argument("--method", default="coop", type=_method_name, choices=_MethodChoices(), metavar="METHOD",
-                   help="prompt-learning method: %(choices)s (default coop). cocoop also defaults to its own recipe: "
-                        "batch 1, 10 epochs")
+                   help="prompt-learning method: %(choices)s (default coop). Each trains with its own official "
+                        "recipe where no value is given: cocoop batch 1, 10 epochs; kgcoop batch 128, 100 epochs")
     g.add_argument("--n-ctx", type=int, default=None, help="number of context vectors M (coop default 16)")
     g.add_argument("--ctx-init", default=None,
                    help="initialise the context from these words, e.g. 'a photo of a' (sets M to the word count)")
@@ -149,23 +150,26 @@ def learner_options(args: argparse.Namespace) -> dict:
 
 
 def add_train_args(p: argparse.ArgumentParser) -> None:
-    """Optimisation options."""
+    """Optimisation options. Every default is ``None`` ("not given"): the library resolves it
+    (:func:`vlprompt.engine.recipe.resolve_train_config`, :class:`~vlprompt.engine.config.TrainConfig`), so the
+    Python API and the CLI train with the same recipe; the help texts state the resolved values."""
     g = p.add_argument_group("training", RECIPE_NOTE)
     g.add_argument("--epochs", type=int, default=None,
-                   help="MAX_EPOCH; default: official 50/100/100/200/200 for 1/2/4/8/16 shots (50 for ImageNet); "
-                        "the method's own where it has one (10 for cocoop)")
+                   help="MAX_EPOCH; default: the method's official recipe: coop 50/100/100/200/200 for 1/2/4/8/16 "
+                        "shots (50 for ImageNet), cocoop 10, kgcoop 100")
     g.add_argument("--batch-size", type=int, default=None,
-                   help="train batch size (default 32; the method's own where it has one: 1 for cocoop)")
-    g.add_argument("--lr", type=float, default=0.002, help="SGD learning rate (default 0.002)")
-    g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9)")
-    g.add_argument("--weight-decay", type=float, default=5e-4, help="SGD weight decay (default 5e-4)")
-    g.add_argument("--warmup-epochs", type=int, default=1, help="epochs at constant warm-up lr (default 1)")
-    g.add_argument("--warmup-lr", type=float, default=1e-5, help="warm-up lr (default 1e-5)")
-    g.add_argument("--augment", default="online", help=AUGMENT_HELP)
-    g.add_argument("--no-flip", dest="flip", action="store_false", help="no random horizontal flip in training")
-    g.add_argument("--crop-scale-min", type=float, default=0.08,
+                   help="train batch size; default: the method's official recipe: coop 32, cocoop 1, kgcoop 128")
+    g.add_argument("--lr", type=float, default=None, help="SGD learning rate (default 0.002)")
+    g.add_argument("--momentum", type=float, default=None, help="SGD momentum (default 0.9)")
+    g.add_argument("--weight-decay", type=float, default=None, help="SGD weight decay (default 5e-4)")
+    g.add_argument("--warmup-epochs", type=int, default=None, help="epochs at constant warm-up lr (default 1)")
+    g.add_argument("--warmup-lr", type=float, default=None, help="warm-up lr (default 1e-5)")
+    g.add_argument("--augment", default=None, help=AUGMENT_HELP + " (default online)")
+    g.add_argument("--no-flip", dest="flip", action="store_false", default=None,
+                   help="no random horizontal flip in training")
+    g.add_argument("--crop-scale-min", type=float, default=None,
                    help="RandomResizedCrop minimum area scale (default 0.08)")
-    g.add_argument("--workers", type=int, default=0, help="data-loading worker processes (default 0)")
+    g.add_argument("--workers", type=int, default=None, help="data-loading worker processes (default 0)")
     g.add_argument("--text-chunk", type=int, default=None, metavar="N",
                    help="encode the class prompts N classes at a time with activation checkpointing: text-encoder "
                         "memory no longer grows with the class count (exact; about one extra text forward per step)")
@@ -184,35 +188,19 @@ def add_output_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--label", default=None, help="name of this method variant in reports")
 
 
+#: ``TrainConfig`` field → the ``argparse`` attribute that sets it.
+_TRAIN_ARGS = {"epochs": "epochs", "batch_size": "batch_size", "lr": "lr", "momentum": "momentum",
+               "weight_decay": "weight_decay", "warmup_epochs": "warmup_epochs", "warmup_lr": "warmup_lr",
+               "augment": "augment", "flip": "flip", "crop_scale_min": "crop_scale_min", "precision": "precision",
+               "num_workers": "workers", "text_chunk": "text_chunk"}
+
+
 def train_config(args: argparse.Namespace) -> TrainConfig:
-    """TrainConfig from parsed arguments: what the user passed, else the method's own recipe (e.g. CoCoOp's batch 1
-    and 10 epochs), else the defaults (fields absent from ``args`` keep their defaults)."""
-    recipe: dict = {}
-    if hasattr(args, "method"):
-        from vlprompt.prompts import get_prompt_learner_class
-
-        recipe = get_prompt_learner_class(args.method).recipe
-
-    def pick(name: str, attr: str, default: object) -> object:
-        value = getattr(args, attr, None)
-        return value if value is not None else recipe.get(name, default)
-
-    kw = {
-        "epochs": pick("epochs", "epochs", None),
-        "batch_size": pick("batch_size", "batch_size", 32),
-        "lr": getattr(args, "lr", 0.002),
-        "momentum": getattr(args, "momentum", 0.9),
-        "weight_decay": getattr(args, "weight_decay", 5e-4),
-        "warmup_epochs": getattr(args, "warmup_epochs", 1),
-        "warmup_lr": getattr(args, "warmup_lr", 1e-5),
-        "augment": getattr(args, "augment", "online"),
-        "flip": getattr(args, "flip", True),
-        "crop_scale_min": getattr(args, "crop_scale_min", 0.08),
-        "precision": getattr(args, "precision", "fp32"),
-        "num_workers": getattr(args, "workers", 0),
-        "text_chunk": getattr(args, "text_chunk", None),
-    }
-    return TrainConfig(**kw)
+    """TrainConfig holding exactly what the user passed (absent or ``None`` arguments keep ``TrainConfig``'s
+    defaults; ``epochs``/``batch_size`` stay ``None`` for the library to resolve from the method's recipe when the
+    run starts, see :func:`vlprompt.engine.recipe.resolve_train_config`)."""
+    given = {field: getattr(args, attr) for field, attr in _TRAIN_ARGS.items() if getattr(args, attr, None) is not None}
+    return TrainConfig(**given)
 
 
 def run_spec(args: argparse.Namespace) -> RunSpec:

@@ -26,20 +26,27 @@ def parse_augment(value: str) -> tuple[str, int]:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Optimisation settings; defaults are the official CoOp recipe (reference §2).
+    """Optimisation settings; defaults are the official recipe (``docs/recipes.md``, reference §2).
+
+    ``epochs`` and ``batch_size`` differ between methods: ``None`` means "not chosen by the user", and
+    :func:`vlprompt.engine.recipe.resolve_train_config` fills them with the method's official values (CoOp: batch 32
+    and 50/100/200 epochs by shot count; CoCoOp: batch 1, 10 epochs; KgCoOp: batch 128, 100 epochs). Training
+    (:func:`vlprompt.engine.run.train_run`) always resolves first, and the resolved values are what ``config.json``
+    records. The other defaults are the same for every method.
 
     Attributes:
-        epochs: MAX_EPOCH (``None``: the official count for the shot number, see ``default_epochs``).
-        batch_size: train batch size (32).
-        lr: base learning rate of SGD (0.002).
-        momentum: SGD momentum (0.9, a Dassl default).
-        weight_decay: SGD weight decay (5e-4, a Dassl default, applied to the context).
-        warmup_epochs: epochs at the constant warm-up lr (1).
-        warmup_lr: warm-up lr (1e-5).
+        epochs: MAX_EPOCH (``None``: the method's recipe, see :mod:`vlprompt.engine.recipe`).
+        batch_size: train batch size (``None``: the method's recipe).
+        lr: base learning rate of SGD (0.002, ``OPTIM.LR`` of every official config).
+        momentum: SGD momentum (0.9, ``Dassl:dassl/config/defaults.py`` ``OPTIM.MOMENTUM``).
+        weight_decay: SGD weight decay (5e-4, Dassl's ``OPTIM.WEIGHT_DECAY``, applied to every learned tensor).
+        warmup_epochs: epochs at the constant warm-up lr (1, ``OPTIM.WARMUP_EPOCH``).
+        warmup_lr: warm-up lr (1e-5, ``OPTIM.WARMUP_CONS_LR``).
         augment: ``online`` | ``none`` | ``cached:K`` (see ``AUGMENT_HELP``).
         flip: random horizontal flip in the train transform.
         crop_scale_min: lower bound of RandomResizedCrop's area scale (0.08).
-        precision: ``fp32`` | ``amp`` | ``fp16``.
+        precision: ``fp32`` | ``amp`` | ``fp16`` (default ``fp32``: a deliberate deviation from the official ``fp16``,
+            whose fp16 context is updated without master weights; ``docs/recipes.md``).
         eval_batch_size: batch size for feature extraction (100).
         num_workers: data-loading worker processes.
         text_chunk: encode the class prompts this many classes at a time, each chunk activation-checkpointed
@@ -48,7 +55,7 @@ class TrainConfig:
     """
 
     epochs: int | None = None
-    batch_size: int = 32
+    batch_size: int | None = None
     lr: float = 0.002
     momentum: float = 0.9
     weight_decay: float = 5e-4
@@ -66,7 +73,7 @@ class TrainConfig:
         problems = []
         if self.epochs is not None and self.epochs < 1:
             problems.append(f"--epochs must be ≥ 1, got {self.epochs}")
-        if self.batch_size < 1:
+        if self.batch_size is not None and self.batch_size < 1:
             problems.append(f"--batch-size must be ≥ 1, got {self.batch_size}")
         if self.lr <= 0:
             problems.append(f"--lr must be > 0, got {self.lr}")
@@ -83,6 +90,11 @@ class TrainConfig:
         if problems:
             raise ConfigError("; ".join(problems) + ".")
         parse_augment(self.augment)
+
+    @property
+    def resolved(self) -> bool:
+        """Whether every method-dependent field is set (see :func:`vlprompt.engine.recipe.resolve_train_config`)."""
+        return self.epochs is not None and self.batch_size is not None
 
     def to_dict(self) -> dict:
         """JSON-serialisable form."""

@@ -32,7 +32,7 @@ from vlprompt.engine.checkpoint import LEARNER_JSON, LEARNER_WEIGHTS, save_learn
 from vlprompt.engine.config import TrainConfig, parse_augment
 from vlprompt.engine.fit import FeatureBankBatches, fit, make_optimizer, make_scaler
 from vlprompt.engine.model import PromptModel
-from vlprompt.engine.schedule import default_epochs
+from vlprompt.engine.recipe import method_template, resolve_train_config, train_drop_last
 from vlprompt.errors import ConfigError
 from vlprompt.prompts import CoOpConfig, create_prompt_learner, get_prompt_learner_class, list_prompt_learners
 
@@ -197,7 +197,7 @@ def _train_batches(spec: RunSpec, model: PromptModel, data: P.FewShotData, progr
             views.append(torch.nn.functional.normalize(f, dim=-1))
         return FeatureBankBatches(torch.stack(views).to(backbone.device), labels, cfg.batch_size, gen), True
     loader = DataLoader(ImageDataset(data.train, tf), batch_size=cfg.batch_size, shuffle=True, generator=gen,
-                        drop_last=len(data.train) >= cfg.batch_size, num_workers=cfg.num_workers)
+                        drop_last=train_drop_last(len(data.train), cfg.batch_size), num_workers=cfg.num_workers)
     return loader, False
 
 
@@ -260,11 +260,14 @@ def _open_folder(spec: RunSpec, out: Path, config: dict, epochs: int) -> tuple[d
 
 def _train_locked(spec: RunSpec, out: Path, progress: bool, device, data, backbone) -> dict:
     P.seed_everything(spec.seed)
+    template = method_template(spec.method, data.splits.name, data.splits.template)  # KgCoOp: its own templates
     learner = create_prompt_learner(spec.method, backbone, data.splits.classnames, spec.learner,
-                                    template=data.splits.template).to(device)
+                                    template=template).to(device)
     spec.learner = learner.config_dict()
-    # the user's --epochs, else the method's own recipe (CoCoOp: 10), else CoOp's count for the shot number
-    epochs = spec.train.epochs or learner.recipe.get("epochs") or default_epochs(spec.shots, data.splits.name)
+    # the user's values, else the method's own recipe (CoCoOp: batch 1, 10 epochs; KgCoOp: 128, 100), else CoOp's
+    # (batch 32, epochs by shot count): resolved once here, and recorded resolved in config.json
+    spec.train = resolve_train_config(spec.train, spec.method, spec.shots, data.splits.name)
+    epochs = spec.train.epochs
     config = _base_config(spec, data, backbone, epochs, spec.label or default_label(spec.method, spec.learner))
     kept, start, prior, config = D.on_main(_open_folder, spec, out, config, epochs)
     if kept is not None:

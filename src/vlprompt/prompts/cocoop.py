@@ -13,8 +13,12 @@ Differences from the official code:
   per-length buckets and chunked by ``text_chunk``; the logits equal the loop's to float tolerance
   (``tests/methods/test_cocoop_exactness.py``, ``benchmarks/cocoop_batched.py``). :func:`per_image_logits` is
   the loop, kept for those comparisons.
-- The official recipe (batch 1, 10 epochs, SGD 0.002, M = 4 from "a photo of a") is the default of
-  ``vlprompt train --method cocoop`` where the user passes no value (:attr:`CoCoOp.recipe`, :class:`CoCoOpConfig`).
+
+The official recipe (batch 1, 10 epochs, SGD 0.002, M = 4 from "a photo of a") is the default wherever the user
+passes no value, from the Python API (:func:`vlprompt.engine.run.train_run`) as from ``vlprompt train``
+(:attr:`CoCoOp.recipe`, :class:`CoCoOpConfig`, :func:`vlprompt.engine.recipe.resolve_train_config`). The whole
+learner is optimised: ``ctx`` and the meta-net (``trainers/cocoop.py`` l.217–235: ``build_optimizer`` over
+``prompt_learner``).
 """
 
 from __future__ import annotations
@@ -79,7 +83,8 @@ class CoCoOp(CoOp):
     method = "cocoop"
     config_class = CoCoOpConfig
     conditional = True
-    recipe = {"epochs": 10, "batch_size": 1}  # configs/trainers/CoCoOp/vit_b16_c4_ep10_batch1_ctxv1.yaml
+    #: ``CoOp:configs/trainers/CoCoOp/vit_b16_c4_ep10_batch1_ctxv1.yaml``: BATCH_SIZE 1 (l.3), MAX_EPOCH 10 (l.18).
+    recipe = {"epochs": 10, "batch_size": 1}
     display_name = "CoCoOp"
 
     def __init__(self, backbone: Backbone, classnames: list[str], config: CoCoOpConfig | None = None):

@@ -123,14 +123,15 @@ class CoOp(PromptLearner):
             self.init_text = " ".join(words)
         else:
             self.n_ctx = cfg.n_ctx
-            init = torch.empty(self.n_ctx, dim, dtype=dtype, device=backbone.device)
+            # As officially (CoOp:trainers/coop.py l.84-90): one N(0, 0.02²) draw of shape (C, M, D) for CSC, i.e.
+            # independent vectors per class, or (M, D) for unified context.
+            shape = (len(classnames), self.n_ctx, dim) if cfg.csc else (self.n_ctx, dim)
+            init = torch.empty(shape, dtype=dtype, device=backbone.device)
             nn.init.normal_(init, std=cfg.init_std)
             self.init_text = " ".join(["X"] * self.n_ctx)
         self.set_classnames(backbone, classnames)
-        if cfg.csc:
+        if cfg.csc and cfg.ctx_init:  # deliberate deviation: every class's context starts from the words
             init = init.unsqueeze(0).repeat(len(classnames), 1, 1)  # (C, M, D)
-            if not cfg.ctx_init:  # independent random vectors per class, as the official CSC
-                nn.init.normal_(init, std=cfg.init_std)
         self.ctx = nn.Parameter(init.clone())
 
     def config_dict(self) -> dict:  # noqa: D102

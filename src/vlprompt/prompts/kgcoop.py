@@ -4,12 +4,21 @@ Knowledge-guided Context Optimization", CVPR 2023, arXiv 2303.13283; official co
 
 CoOp plus a term that keeps each class's learned text feature close to its hand-crafted one:
 ``loss = CE + λ · (1 − mean_i cos(w_i, w_i^clip))``, where ``w_i`` is the learned prompt's text feature of class *i*
-and ``w_i^clip`` the frozen text encoder's feature of the hand-crafted prompt (the dataset's template, e.g.
-"a photo of a {}."), computed once. λ = 8 (the official scripts' ``TRAINER.COOP.W``).
+and ``w_i^clip`` the frozen text encoder's feature of the hand-crafted prompt (KgCoOp's template for the dataset, e.g.
+"a photo of a {}."), computed once. λ = 8 (``TRAINER.COOP.W 8.0`` in every official script; ``train.py``'s own
+default 1.0 is never used).
 
-Differences from the official code: the hand-crafted features are computed with the same backbone (the official
-code loads a second copy of CLIP for them); the template is the dataset's own (as officially, where
-``CUSTOM_TEMPLATES`` maps each dataset to the CoOp zero-shot template), or the ``template`` option.
+Official recipe (``KgCoOp:KgCoOp/configs/trainers/KgCoOp/vit_b16_ep100_ctxv1.yaml``, run by every script in
+``KgCoOp/scripts/``): batch 128, 100 epochs for every shot count and dataset, SGD 0.002 with Dassl's momentum 0.9
+and weight decay 5e-4, M = 4 from "a photo of a", λ = 8 (:attr:`KgCoOp.recipe`, :class:`KgCoOpConfig`; resolved by
+:func:`vlprompt.engine.recipe.resolve_train_config`). The hand-crafted prompts are KgCoOp's own ``CUSTOM_TEMPLATES``
+(:data:`vlprompt.data.templates.KGCOOP_TEMPLATES`; DTD "a photo of a {}, a type of texture."), not CoOp's zero-shot
+ones. Only ``ctx`` is trained (the official trainer turns off gradients for every parameter whose name lacks
+"ctx", ``trainers/kgcoop.py`` l.268–273).
+
+Differences from the official code: the hand-crafted features are computed with the run's own backbone, in its
+precision (the official code loads a second, fp16 copy of CLIP for them); a dataset that is not an official
+benchmark uses its own template (or the ``template`` option).
 """
 
 from __future__ import annotations
@@ -21,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from vlprompt.backbones.base import Backbone
-from vlprompt.data.templates import check_template
+from vlprompt.data.templates import KGCOOP_TEMPLATES, check_template
 from vlprompt.errors import ConfigError
 from vlprompt.eval.zeroshot import zero_shot_weights
 from vlprompt.prompts.base import register_prompt_learner
@@ -38,8 +47,9 @@ class KgCoOpConfig(CoOpConfig):
 
     Attributes:
         kg_weight: λ, the weight of ``1 − mean cos(learned, hand-crafted)`` (8, as officially); 0 gives CoOp.
-        template: the hand-crafted prompt with ``{}`` for the class name; ``None``: the dataset's template when
-            trained with ``vlprompt train``, else "a photo of a {}.".
+        template: the hand-crafted prompt with ``{}`` for the class name; ``None``: KgCoOp's template for the
+            dataset when trained with ``train_run``/``vlprompt train`` (``KGCOOP_TEMPLATES`` for the official
+            benchmarks, the dataset's own otherwise), else "a photo of a {}.".
     """
 
     n_ctx: int = 4
@@ -72,6 +82,10 @@ class KgCoOp(CoOp):
     method = "kgcoop"
     config_class = KgCoOpConfig
     display_name = "KgCoOp"
+    #: ``KgCoOp:KgCoOp/configs/trainers/KgCoOp/vit_b16_ep100_ctxv1.yaml``: BATCH_SIZE 128, MAX_EPOCH 100.
+    recipe = {"epochs": 100, "batch_size": 128}
+    #: The official benchmarks' hand-crafted prompts of the guidance term (``trainers/kgcoop.py`` CUSTOM_TEMPLATES).
+    dataset_templates = KGCOOP_TEMPLATES
 
     def set_classnames(self, backbone: Backbone, classnames: list[str]) -> None:  # noqa: D102
         super().set_classnames(backbone, classnames)
