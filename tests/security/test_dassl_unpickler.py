@@ -194,6 +194,15 @@ def test_corrupted_files_give_data_error_or_a_valid_result(marker, pos, byte, ex
 
 
 @FUZZ
+@given(extra=st.binary(min_size=1, max_size=8))
+def test_trailing_bytes_are_refused(extra):
+    """A genuine file ends at its pickle's STOP; anything appended (a second pickle included) is refused."""
+    for blob in (_VALID + extra, _VALID + pickle.dumps(0)):
+        with pytest.raises(DataError, match="bytes after the end of its pickle"):
+            loads_dassl_fewshot(blob, "f.pkl")
+
+
+@FUZZ
 @given(blob=st.binary(max_size=200))
 def test_random_bytes_are_refused(blob):
     with pytest.raises(DataError):
