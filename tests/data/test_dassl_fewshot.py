@@ -197,6 +197,11 @@ def test_cli_train_records_the_file(tmp_path, capsys):
     assert cfg["dataset"]["info"]["fewshot_file_sha256"] == hashlib.sha256(f.read_bytes()).hexdigest()
     assert cfg["fewshot"]["train"] == [os.path.relpath(ds.train[i].path, ds.root) for i in train_pick]
     assert cfg["fewshot"]["val"] == [os.path.relpath(ds.val[i].path, ds.root) for i in val_pick]
+    probe = ["linear-probe", *argv[1:9], "--backbone", "microclip", "--device", "cpu", "--cache-dir", "",
+             "--out", str(tmp_path / "probe")]
+    assert main(probe) == 0  # the linear probe fits on the same official subsets
+    pcfg = json.loads((tmp_path / "probe" / "config.json").read_text())
+    assert pcfg["fewshot"] == cfg["fewshot"] and pcfg["dataset"]["info"]["fewshot_file"] == str(f)
     capsys.readouterr()
     assert main([*argv[:-1], str(tmp_path / "run2"), "--shots", "4"]) == 2  # last --shots wins: 4 ≠ the file's 2
     err = capsys.readouterr().err.strip()

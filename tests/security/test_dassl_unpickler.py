@@ -128,6 +128,14 @@ def test_extension_codes_and_persistent_ids_are_refused(marker):
     assert "persistent id" in _refused_without_running(b"\x80\x02X\x03\x00\x00\x00abcQ.", marker)
 
 
+def test_setstate_planted_by_a_first_build_cannot_call_anything(marker):
+    """BUILD looks ``__setstate__`` up on the instance: a first BUILD can plant one, but the only callable a file can
+    name is the stand-in class itself, which takes no arguments (instances of opcode-built types are not callable)."""
+    raw = (b"\x80\x04\x8c\x20dassl.data.datasets.base_dataset\x8c\x05Datum\x93\x94)\x81"
+           b"}\x8c\x0c__setstate__h\x00sb}b.")
+    assert "TypeError" in _refused_without_running(raw, marker)
+
+
 # --- hypothesis ---------------------------------------------------------------------------------------------------
 
 datums = st.builds(DasslDatum, st.text(), st.integers(0, 2**70), st.integers(-(2**70), 2**70), st.text())
