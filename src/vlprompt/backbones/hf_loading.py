@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pickle
 from pathlib import Path
 
 from torch import nn
@@ -141,7 +142,14 @@ def _from_pretrained(transformers, name: str, src: str, local_files_only: bool) 
             "The hf: adapter drives transformers' CLIPModel (causal text tower pooled at the EOS token), which is "
             "what CoOp needs; SigLIP-style and other towers are not supported."
         )
-    model = transformers.CLIPModel.from_pretrained(src, local_files_only=local_files_only)
+    try:  # transformers reads a pytorch_model.bin with torch.load(weights_only=True): pickled objects are refused
+        model = transformers.CLIPModel.from_pretrained(src, local_files_only=local_files_only)
+    except pickle.UnpicklingError as e:
+        raise BackboneError(
+            f"--backbone {name}: the weights in '{src}' hold pickled objects that torch.load(weights_only=True) "
+            f"refuses ({str(e).strip().splitlines()[-1][:200]}); vlprompt does not unpickle arbitrary objects. Use a "
+            "model.safetensors (CLIPModel.save_pretrained writes one) or a plain state dict."
+        ) from e
     # fp32 whatever dtype the checkpoint was stored in (transformers 5 loads the stored dtype by default).
     return model.float().eval()
 

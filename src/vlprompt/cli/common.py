@@ -34,6 +34,12 @@ def add_data_args(p: argparse.ArgumentParser, shots: bool = True) -> None:
     g.add_argument("--allow-outside-root", action="store_true",
                    help="accept image paths in a CSV or split file that point outside its folder (refused by "
                         "default: only for files you trust)")
+    # --- official few-shot subsets (issue 12 §5) ---
+    if shots:
+        g.add_argument("--fewshot-file", default=None, metavar="PKL",
+                       help="train on exactly the subsets of an official run: Dassl's <dataset>/split_fewshot/"
+                            "shot_K-seed_S.pkl (read by a restricted unpickler; --shots K and --seed S must match)")
+    # --- end official few-shot subsets ---
 
 
 def add_backbone_args(p: argparse.ArgumentParser, default: str | None = "RN50") -> None:
@@ -215,6 +221,7 @@ def run_spec(args: argparse.Namespace) -> RunSpec:
         train=train_config(args), device=args.device, cache_dir=args.cache_dir,
         classnames_file=args.classnames_file, strict=args.strict, label=args.label, overwrite=args.overwrite,
         resume=getattr(args, "resume", False), allow_outside_root=getattr(args, "allow_outside_root", False),
+        fewshot_file=getattr(args, "fewshot_file", None),  # issue 12 §5
     )
 
 

@@ -70,6 +70,7 @@ def prepare_data(
     strict: bool = False,
     split_seed: int = 1,
     allow_outside_root: bool = False,
+    fewshot_file: str | None = None,
 ) -> FewShotData:
     """Load ``spec``, draw the few-shot train/val sets and apply the base/new class split.
 
@@ -78,13 +79,20 @@ def prepare_data(
     of custom data without a test folder depends on ``split_seed`` only (not on ``seed``), so every seed is tested
     on the same images. When val is the test set (ImageNet), val stays whole, as officially.
     ``allow_outside_root`` accepts CSV/split-file paths that escape the dataset folder (``--allow-outside-root``).
+    ``fewshot_file``: take the train/val subsets from Dassl's ``split_fewshot/shot_K-seed_S.pkl`` instead of drawing
+    them (:func:`vlprompt.data.dassl_fewshot.apply_dassl_fewshot`; ``shots`` and ``seed`` must match the file).
     """
     from vlprompt.data import load_dataset
     from vlprompt.data.fewshot import apply_few_shot, subsample_classes
 
     splits = load_dataset(spec, root, classnames_file=classnames_file, split_seed=split_seed, strict=strict,
                           allow_outside_root=allow_outside_root)
-    splits = apply_few_shot(splits, shots if shots and shots > 0 else None, seed, strict=strict)
+    if fewshot_file:
+        from vlprompt.data.dassl_fewshot import apply_dassl_fewshot
+
+        splits = apply_dassl_fewshot(splits, fewshot_file, shots if shots and shots > 0 else None, seed)
+    else:
+        splits = apply_few_shot(splits, shots if shots and shots > 0 else None, seed, strict=strict)
     if subsample != "all":
         splits = subsample_classes(splits, subsample)
     return FewShotData(splits, list(splits.train), list(splits.val))

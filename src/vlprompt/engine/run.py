@@ -62,6 +62,8 @@ class RunSpec:
     overwrite: bool = False
     resume: bool = False
     allow_outside_root: bool = False
+    #: Dassl's ``split_fewshot/shot_K-seed_S.pkl``: train on exactly the official subsets (``--fewshot-file``).
+    fewshot_file: str | None = None
     #: Save the resumable training state at most this often (seconds); 0 = after every epoch. A resumed run ends
     #: identical either way; a larger value only means more epochs are redone after a kill. Not part of the recipe.
     state_every_seconds: float = 0.0
@@ -152,7 +154,7 @@ def _load(spec: RunSpec, backbone=None):
     P.check_precision(spec.train.precision, device)
     data = P.prepare_data(spec.dataset, spec.root, spec.shots, spec.seed, subsample=spec.subsample,
                           classnames_file=spec.classnames_file, strict=spec.strict,
-                          allow_outside_root=spec.allow_outside_root)
+                          allow_outside_root=spec.allow_outside_root, fewshot_file=spec.fewshot_file)
     if not data.splits.test:
         raise ConfigError(f"dataset '{spec.dataset}' has no test images to evaluate on.")
     if backbone is None:
