@@ -21,6 +21,7 @@ _EXPORTS = {
     "list_prompt_learners": "vlprompt.prompts",
     "PromptModel": "vlprompt.engine.model",
     "TrainConfig": "vlprompt.engine.config",
+    "resolve_train_config": "vlprompt.engine.recipe",
     "fit": "vlprompt.engine.fit",
     "RunSpec": "vlprompt.engine.run",
     "train_run": "vlprompt.engine.run",

@@ -123,7 +123,9 @@ def _e2e_check(opts: dict, rows: dict, onetime: list[dict], e2e: dict | None) ->
     row = rows.get((e2e["backbone"], e2e["classes"], "cached"))
     if one is None or row is None or row["step_s"] is None:
         return None
-    spe = e2e["n_train"] // opts["batch"] if e2e["n_train"] >= opts["batch"] else 1  # steps per epoch
+    from vlprompt.engine.recipe import steps_per_epoch
+
+    spe = steps_per_epoch(e2e["n_train"], opts["batch"])  # Dassl's drop_last rule, as the trainer uses
     enc = one["encode_per_image_s"]
     train = e2e["k"] * e2e["n_train"] * (one["load_train_per_image_s"] + enc) + e2e["epochs"] * spe * row["step_s"]
     ev = (e2e["n_test"] + e2e["n_val"]) * (one["load_test_per_image_s"] + enc) + one["text_eval_prefix_s"]
