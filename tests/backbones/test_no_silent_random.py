@@ -49,6 +49,9 @@ def test_random_is_explicit_seeded_warned_and_recorded(caplog):
     assert a.identity()["pretrained"] == "random"
     for (k, x), y in zip(a.model.state_dict().items(), b.model.state_dict().values()):
         assert torch.equal(x, y), k  # seed 0, whatever the global RNG did before
+    mc_random, mc_again = create_backbone("microclip", "random"), create_backbone("microclip", "random")
+    assert mc_random.identity()["pretrained"] == "random"
+    assert mc_random.fingerprint == mc_again.fingerprint != create_backbone("microclip").fingerprint
     # vlprompt 0.1.0 recorded None for random open_clip weights: rebuilt as random, not as the new default
     assert recorded_pretrained({"name": "RN50", "pretrained": None}) == "random"
     assert recorded_pretrained({"name": "microclip", "pretrained": None}) is None

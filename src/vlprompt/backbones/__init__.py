@@ -3,7 +3,7 @@
 ``create_backbone(name, pretrained)`` is the single entry point:
 
 - ``"microclip"``: vlprompt's bundled micro-CLIP (``pretrained`` = ``None``/``"shipped"`` for the shipped weights,
-  or a ``.safetensors`` path);
+  a ``.safetensors`` path, or ``"random"``);
 - any open_clip architecture name (``"RN50"``, ``"ViT-B-16"``, …, and any of them with the ``-quickgelu`` suffix)
   with ``pretrained`` = an open_clip tag (``"openai"``, LAION tags), a local checkpoint path, ``"random"`` (seeded
   random weights, on purpose) or ``None`` (the paper's weights: ``"openai"`` where the architecture has them,
@@ -51,6 +51,13 @@ def _is_checkpoint_path(pretrained: str) -> bool:
     )
 
 
+def _warn_random(name: str) -> None:
+    _logger.warning(
+        "--backbone %s --pretrained random: RANDOM weights (seeded), not pretrained ones; results are near chance "
+        "and the run is marked 'random weights' in config.json and reports.", name,
+    )
+
+
 def _build_model(name: str, pretrained: str | None):
     """``(model, tokenizer, preprocess or None, the pretrained value to record)``."""
     import open_clip
@@ -60,11 +67,17 @@ def _build_model(name: str, pretrained: str | None):
     if name == "microclip":
         from vlprompt.microclip import model as mc
 
-        weights = "shipped" if pretrained in (None, "shipped") else pretrained
         preprocess = PreprocessCfg(
             image_size=mc.MICROCLIP_IMAGE_SIZE, mean=tuple(mc.MICROCLIP_MEAN), std=tuple(mc.MICROCLIP_STD)
         )
-        return mc.build_microclip(weights), open_clip.get_tokenizer("RN50"), preprocess, pretrained
+        if pretrained == RANDOM:
+            _warn_random(name)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0)
+                model = mc.build_microclip(None)
+        else:
+            model = mc.build_microclip("shipped" if pretrained in (None, "shipped") else pretrained)
+        return model, open_clip.get_tokenizer("RN50"), preprocess, pretrained
     if not loading.is_architecture(name):
         close = difflib.get_close_matches(name, list_backbones(), n=5)
         raise BackboneError(
@@ -77,10 +90,7 @@ def _build_model(name: str, pretrained: str | None):
         pretrained = loading.default_tag(name)  # the paper's weights, never silently random (issue 12 §3)
         _logger.info("--backbone %s: no --pretrained given, using the '%s' weights", name, pretrained)
     if pretrained == RANDOM:
-        _logger.warning(
-            "--backbone %s --pretrained random: RANDOM weights (seeded), not pretrained ones; results are near chance "
-            "and the run is marked 'random weights' in config.json and reports.", name,
-        )
+        _warn_random(name)
         return loading.build_random(name), tokenizer, None, pretrained
     if _is_checkpoint_path(pretrained):
         model, overrides = loading.load_checkpoint_file(name, pretrained)
@@ -135,7 +145,7 @@ def create_backbone(
             name always gives the same weights; logged as a warning and recorded), or ``None``: the paper's weights,
             ``"openai"`` where the architecture has them (as the CLI's default), else a :class:`BackboneError`
             listing its tags. QuickGELU is chosen with an architecture name ending in ``-quickgelu``. For
-            microclip: ``None``/``"shipped"`` (its shipped weights) or a ``.safetensors`` path. For ``hf:`` names:
+            microclip: ``None``/``"shipped"`` (its shipped weights), a ``.safetensors`` path or ``"random"``. For ``hf:`` names:
             ``None`` or the local directory the model's files are in now.
         device: where to put it.
         precision: ``"fp32"``; ``"amp"`` (fp32 weights, autocast is applied by the caller on GPU); or ``"fp16"``
