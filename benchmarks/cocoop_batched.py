@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     load_start = _load()
 
     torch.manual_seed(0)
-    backbone = create_backbone(args.backbone)
+    backbone = create_backbone(args.backbone, "random")
     names = CLASSNAMES[: args.classes]
     fast = CoCoOp(backbone, names)  # vlprompt: prompts cut after the longest EOS
     official = CoCoOp(backbone, names, CoCoOpConfig(truncate=False))  # the official 77-token prompts

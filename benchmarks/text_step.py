@@ -33,7 +33,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     a = p.parse_args()
     torch.set_num_threads(a.threads)
-    bb = create_backbone(a.backbone, None)
+    bb = create_backbone(a.backbone, "random")
     names = classnames(a.classes)
     steps = {}
     for name, (truncate, prefix) in CONFIGS.items():

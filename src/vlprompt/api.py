@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from vlprompt.backbones import create_backbone
+from vlprompt.backbones import create_backbone, recorded_pretrained
 from vlprompt.backbones.base import Backbone
 from vlprompt.engine.checkpoint import load_learner, read_learner_json
 from vlprompt.engine.model import PromptModel
@@ -81,7 +81,7 @@ class PromptClassifier:
         meta = read_learner_json(run_dir)
         if backbone is None:
             ident = meta["backbone"]
-            backbone = create_backbone(ident["name"], pretrained or ident.get("pretrained"), device=device)
+            backbone = create_backbone(ident["name"], pretrained or recorded_pretrained(ident), device=device)
         learner = load_learner(run_dir, backbone, classnames).to(backbone.device)
         return cls(backbone, PromptModel(backbone, learner).eval(), meta)
 

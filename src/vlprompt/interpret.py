@@ -148,7 +148,7 @@ def interpret_run(
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from vlprompt.backbones import create_backbone
+    from vlprompt.backbones import create_backbone, recorded_pretrained
     from vlprompt.engine.checkpoint import LEARNER_WEIGHTS, check_backbone, read_learner_json
 
     meta = read_learner_json(run_dir)
@@ -163,7 +163,7 @@ def interpret_run(
     ctx = state["ctx"].float()  # (M, D) unified or (C, M, D) class-specific
     if backbone is None:
         ident = meta["backbone"]
-        backbone = create_backbone(ident["name"], pretrained or ident.get("pretrained"), device=device)
+        backbone = create_backbone(ident["name"], pretrained or recorded_pretrained(ident), device=device)
     check_backbone(meta, backbone, str(run_dir))
     table = backbone.token_embedding_weight  # (V, D)
     if not 1 <= top_k <= table.shape[0]:

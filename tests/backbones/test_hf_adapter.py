@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from vlprompt.backbones import create_backbone
+from vlprompt.backbones.hf import features_tensor
 from vlprompt.errors import BackboneError, WeightsNotFoundError
 from vlprompt.eval.zeroshot import zero_shot_weights
 from vlprompt.prompts import CoOp, CoOpConfig
@@ -22,14 +23,14 @@ PREPROCESSOR = {"image_mean": [0.5, 0.5, 0.5], "image_std": [0.25, 0.25, 0.25], 
                 "size": {"shortest_edge": 32}, "resample": 2}
 
 
-def tiny_clip(eos_token_id: int = EOT, vocab_size: int = 49408, seed: int = 0):
+def tiny_clip(eos_token_id: int = EOT, vocab_size: int = 49408, seed: int = 0, hidden_act: str = "quick_gelu"):
     """A tiny random transformers ``CLIPModel`` (2 layers, width 32/64, CLIP's vocabulary and 77 positions)."""
     transformers = pytest.importorskip("transformers")
     text = {"hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 2, "num_hidden_layers": 2,
             "vocab_size": vocab_size, "max_position_embeddings": 77, "eos_token_id": eos_token_id,
-            "bos_token_id": 49406, "pad_token_id": 1}
+            "bos_token_id": 49406, "pad_token_id": 1, "hidden_act": hidden_act}
     vision = {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 2, "num_hidden_layers": 2,
-              "image_size": 32, "patch_size": 16}
+              "image_size": 32, "patch_size": 16, "hidden_act": hidden_act}
     torch.manual_seed(seed)
     config = transformers.CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)
     return transformers.CLIPModel(config).eval()
@@ -71,6 +72,30 @@ def test_coop_init_equals_get_text_features(saved, eos, position):
     if position == "end":  # hence the same logits as zero-shot CLIP with that template
         zs = zero_shot_weights(bb, NAMES, ["a photo of a {}."])
         torch.testing.assert_close(torch.nn.functional.normalize(ours, dim=-1), zs, atol=1e-5, rtol=0)
+
+
+def test_hidden_act_of_the_config_is_honoured(tmp_path):
+    """OpenAI's HF configs say ``hidden_act: quick_gelu``: the adapter runs transformers' own MLPs, so its features
+    equal ``get_text_features``/``get_image_features`` for either activation (same weights), the two differ, and the
+    activation is recorded."""
+    feats = {}
+    for act in ("quick_gelu", "gelu"):
+        model = tiny_clip(seed=7, hidden_act=act)  # same seed: identical weights, only the activation differs
+        model.save_pretrained(str(tmp_path / act))
+        (tmp_path / act / "preprocessor_config.json").write_text(json.dumps(PREPROCESSOR))
+        bb = create_backbone(f"hf:{tmp_path / act}")
+        assert bb.identity()["activation"] == act
+        texts = ["a photo of a dog.", "itap of a sea lion"]
+        images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            ours = bb.encode_text(texts), bb.encode_image(images)
+            ref = features_tensor(model.get_image_features(pixel_values=images))
+        torch.testing.assert_close(ours[0], text_features(model, bb.tokenize(texts)), atol=1e-5, rtol=0)
+        torch.testing.assert_close(ours[1], ref, atol=1e-5, rtol=0)
+        feats[act] = ours
+    for i in (0, 1):
+        diff = (feats["gelu"][i] - feats["quick_gelu"][i]).norm(dim=-1) / feats["quick_gelu"][i].norm(dim=-1)
+        assert float(diff.max()) > 1e-3
 
 
 def test_pooling_rules_differ_where_they_should(saved):

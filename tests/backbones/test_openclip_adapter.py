@@ -18,7 +18,7 @@ EQUIVALENT_TEXT = {"end": "a photo of a {}.", "middle": "a photo {} of a.", "fro
 @pytest.mark.parametrize("position", ["end", "middle", "front"])
 def test_coop_init_equals_encode_text(arch, position):
     torch.manual_seed(0)
-    bb = create_backbone(arch)
+    bb = create_backbone(arch, "random")
     learner = CoOp(bb, NAMES, CoOpConfig(ctx_init="a photo of a", class_token_position=position))
     embeds, ids = learner()
     ours = bb.encode_text_embeddings(embeds, ids)
@@ -33,7 +33,7 @@ def test_coop_init_equals_encode_text(arch, position):
 @pytest.mark.parametrize("arch", ["vlp-tiny-rn", "vlp-tiny-customtext"])
 def test_truncation_is_exact(arch):
     torch.manual_seed(0)
-    bb = create_backbone(arch)
+    bb = create_backbone(arch, "random")
     ids = bb.tokenize(["a photo of a dog.", "a long photo of a golden retriever on the grass."])
     emb = bb.embed_tokens(ids)
     full = bb.encode_text_embeddings(emb, ids, truncate=False)
@@ -44,7 +44,7 @@ def test_truncation_is_exact(arch):
 @pytest.mark.parametrize(("arch", "why"), [("vlp-tiny-bidir", "no causal mask"), ("vlp-tiny-lastpool", "pools with 'last'")])
 def test_unsupported_text_towers_are_refused(arch, why):
     with pytest.raises(BackboneError, match=f"{arch}.*{why}"):
-        create_backbone(arch)
+        create_backbone(arch, "random")
 
 
 def test_unknown_backbone_suggests_names():
@@ -53,7 +53,7 @@ def test_unknown_backbone_suggests_names():
 
 
 def test_backbone_is_frozen_and_stays_in_eval_mode():
-    bb = create_backbone("vlp-tiny-rn")
+    bb = create_backbone("vlp-tiny-rn", "random")
     bb.train()
     assert not bb.model.training
     assert not any(p.requires_grad for p in bb.parameters())

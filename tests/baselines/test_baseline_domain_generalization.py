@@ -13,7 +13,7 @@ from vlprompt.api import PromptClassifier
 from vlprompt.cli.main import main
 from vlprompt.data import load_dataset
 
-BASE = ["--backbone", "vlp-tiny-rn", "--device", "cpu"]
+BASE = ["--backbone", "vlp-tiny-rn", "--pretrained", "random", "--device", "cpu"]
 NAMES = dict(WNIDS)
 
 

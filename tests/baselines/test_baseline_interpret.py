@@ -15,7 +15,7 @@ from vlprompt.backbones import create_backbone
 from vlprompt.cli.main import main
 from vlprompt.interpret import interpret_run, readable_token
 
-BASE = ["--backbone", "vlp-tiny-rn", "--device", "cpu"]
+BASE = ["--backbone", "vlp-tiny-rn", "--pretrained", "random", "--device", "cpu"]
 INIT = "a photo of a"
 
 
@@ -38,7 +38,7 @@ def runs(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def table():
-    return create_backbone("vlp-tiny-rn").token_embedding_weight.detach().double()  # (V, D)
+    return create_backbone("vlp-tiny-rn", "random").token_embedding_weight.detach().double()  # (V, D)
 
 
 def _brute_force(vec: torch.Tensor, table: torch.Tensor, k: int) -> tuple[list[int], list[int]]:
@@ -92,7 +92,7 @@ def test_class_specific_context_per_class(runs, table):
 
 
 def test_words_are_decoded_from_byte_level_bpe():
-    bb = create_backbone("vlp-tiny-rn")
+    bb = create_backbone("vlp-tiny-rn", "random")
     (tid,) = bb.bpe_tokens("café")
     raw, word = readable_token(bb, tid)
     assert raw != "café</w>" and word == "café"

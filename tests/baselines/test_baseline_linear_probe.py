@@ -18,7 +18,7 @@ from vlprompt.engine.baselines import load_probe
 from vlprompt.eval.linear_probe import fit_linear_probe, predict
 from vlprompt.features import extract_features
 
-BASE = ["--backbone", "vlp-tiny-rn", "--device", "cpu"]
+BASE = ["--backbone", "vlp-tiny-rn", "--pretrained", "random", "--device", "cpu"]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -90,7 +90,7 @@ def test_probe_reloads_and_matches_a_direct_fit(root, lp_run):
     metrics = json.loads((lp_run / "metrics.json").read_text())
     splits = load_dataset("oxford_pets", str(root))
     label = {r.path: r.label for r in splits.train + splits.val}
-    bb = create_backbone("vlp-tiny-rn")
+    bb = create_backbone("vlp-tiny-rn", "random")
     ds_root = cfg["dataset"]["root"]
     xs = {}
     for part in ("train", "val"):

@@ -16,7 +16,7 @@ from vlprompt.data import IMAGENET_TEMPLATES, IMAGENET_TEMPLATES_SELECT, load_da
 from vlprompt.data.transforms import build_transform
 from vlprompt.features import extract_features
 
-BASE = ["--backbone", "vlp-tiny-rn", "--device", "cpu"]
+BASE = ["--backbone", "vlp-tiny-rn", "--pretrained", "random", "--device", "cpu"]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -34,7 +34,7 @@ def root(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def backbone():
-    return create_backbone("vlp-tiny-rn")
+    return create_backbone("vlp-tiny-rn", "random")
 
 
 def _zeroshot(root, out, dataset, *extra):

@@ -17,7 +17,7 @@ from vlprompt.errors import ConfigError, DataError
 
 DATASETS = ("dtd", "oxford_pets")
 GRID = ["--datasets", ",".join(DATASETS), "--shots", "1,2", "--seeds", "1,2", "--epochs", "1", "--n-ctx", "2",
-        "--augment", "none", "--backbone", "vlp-tiny-rn", "--device", "cpu"]
+        "--augment", "none", "--backbone", "vlp-tiny-rn", "--pretrained", "random", "--device", "cpu"]
 LABELS = {"coop": "CoOp M=2 end", "coop-csc": "CoOp M=2 end CSC", "linear-probe": "Linear probe"}
 
 
@@ -129,7 +129,7 @@ def test_a_failed_run_does_not_stop_the_grid(bench, tmp_path, capsys):
     root = argv[argv.index("--root") + 1]
     capsys.readouterr()
     assert main(["benchmark", "--datasets", "eurosat,dtd", "--methods", "zeroshot", "--root", root, "--out",
-                 str(tmp_path / "r"), "--backbone", "vlp-tiny-rn", "--device", "cpu", "--no-report"]) == 1
+                 str(tmp_path / "r"), "--backbone", "vlp-tiny-rn", "--pretrained", "random", "--device", "cpu", "--no-report"]) == 1
     captured = capsys.readouterr()
     assert "2 runs: 1 ran, 0 already finished, 1 failed" in captured.out
     assert "failed: eurosat/zeroshot" in captured.err and "eurosat" in captured.err

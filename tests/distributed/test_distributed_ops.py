@@ -128,7 +128,7 @@ def _model(csc: bool):
     from vlprompt.prompts import create_prompt_learner
 
     torch.manual_seed(0)
-    backbone = create_backbone("vlp-tiny-vit", None, device="cpu")
+    backbone = create_backbone("vlp-tiny-vit", "random", device="cpu")
     learner = create_prompt_learner("coop", backbone, CLASSES, {"n_ctx": 3, "csc": csc})
     return PromptModel(backbone, learner)
 

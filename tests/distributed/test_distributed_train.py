@@ -21,7 +21,7 @@ def _train(folder, out, cache, *extra) -> int:
     torch.manual_seed(0)  # the tiny backbone is randomly initialised: the same weights in every process
     # 5 classes of 4 shots: 20 images, batches of 8 over 2 ranks; 5 classes split 3 + 2 for the text encoder
     return main(["train", "--dataset", f"folder:{folder}", "--shots", "4", "--epochs", "2", "--n-ctx", "4",
-                 "--backbone", "vlp-tiny-vit", "--device", "cpu", "--batch-size", "8", "--lr", "0.05",
+                 "--backbone", "vlp-tiny-vit", "--pretrained", "random", "--device", "cpu", "--batch-size", "8", "--lr", "0.05",
                  "--warmup-epochs", "0", "--out", str(out), "--cache-dir", str(cache), *extra])
 
 

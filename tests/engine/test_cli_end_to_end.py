@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 
 from vlprompt.cli.main import main
 
-BASE = ["--backbone", "vlp-tiny-rn", "--device", "cpu"]
+BASE = ["--backbone", "vlp-tiny-rn", "--pretrained", "random", "--device", "cpu"]
 
 
 def _train(folder, out, *extra):

@@ -15,7 +15,7 @@ from vlprompt.errors import ConfigError
 def test_predict_accepts_paths_pil_and_tensors(image_folder, tmp_path):
     out = tmp_path / "run"
     assert main(["train", "--dataset", f"folder:{image_folder}", "--shots", "2", "--epochs", "1", "--n-ctx", "2",
-                 "--backbone", "vlp-tiny-rn", "--device", "cpu", "--cache-dir", "", "--out", str(out)]) == 0
+                 "--backbone", "vlp-tiny-rn", "--pretrained", "random", "--device", "cpu", "--cache-dir", "", "--out", str(out)]) == 0
     clf = PromptClassifier.load(out)
     paths = sorted((image_folder / "test" / "blue_jay").glob("*.png"))[:3]
     by_path = clf.predict(paths)

@@ -22,7 +22,7 @@ NAMES = ["dog", "golden_retriever", "cat", "hot air balloon", "x"]
 @pytest.fixture(scope="module", params=["vlp-tiny-vit", "vlp-tiny-customtext"])
 def backbone(request):
     torch.manual_seed(0)
-    return create_backbone(request.param)
+    return create_backbone(request.param, "random")
 
 
 def _images(backbone, n, seed=0):
@@ -117,7 +117,7 @@ def test_predict_logits_batches_images_for_conditional(backbone, monkeypatch):
 
 def test_save_load_classifier_round_trip(tmp_path):
     torch.manual_seed(0)
-    backbone = create_backbone("vlp-tiny-vit")
+    backbone = create_backbone("vlp-tiny-vit", "random")
     learner = _perturbed(backbone).eval()
     save_learner(tmp_path, learner, backbone)
     loaded = load_learner(tmp_path, backbone)
@@ -145,7 +145,7 @@ def test_save_load_classifier_round_trip(tmp_path):
 
 def test_registry_builds_cocoop_with_options():
     torch.manual_seed(0)
-    backbone = create_backbone("vlp-tiny-vit")
+    backbone = create_backbone("vlp-tiny-vit", "random")
     learner = create_prompt_learner("cocoop", backbone, NAMES, {"n_ctx": 2, "ctx_init": None, "meta_reduction": 4})
     assert learner.n_ctx == 2 and learner.meta_net.linear1.out_features == backbone.embed_dim // 4
     with pytest.raises(ConfigError, match="unknown option"):

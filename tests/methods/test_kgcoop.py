@@ -19,7 +19,7 @@ NAMES = ["dog", "golden_retriever", "cat", "hot air balloon"]
 @pytest.fixture(scope="module")
 def backbone():
     torch.manual_seed(0)
-    return create_backbone("vlp-tiny-rn")
+    return create_backbone("vlp-tiny-rn", "random")
 
 
 def test_guidance_term_matches_direct_computation(backbone):

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from vlprompt.cli.main import main
 from vlprompt.eval.metrics import harmonic_mean
 
-BASE = ["--backbone", "vlp-tiny-vit", "--device", "cpu", "--cache-dir", ""]
+BASE = ["--backbone", "vlp-tiny-vit", "--pretrained", "random", "--device", "cpu", "--cache-dir", ""]
 
 
 def _train(folder, out, *extra):

@@ -17,7 +17,7 @@ NAMES = ["dog", "golden_retriever", "cat"]
 @pytest.fixture(scope="module")
 def rn():
     torch.manual_seed(0)
-    return create_backbone("vlp-tiny-rn")
+    return create_backbone("vlp-tiny-rn", "random")
 
 
 @pytest.mark.parametrize("csc", [False, True])
@@ -75,7 +75,7 @@ def test_fixed_embeddings_are_not_saved(rn):
 @pytest.mark.parametrize("arch", ["vlp-tiny-rn", "vlp-tiny-vit"])
 def test_optimizer_step_changes_only_the_context(arch):
     torch.manual_seed(0)
-    bb = create_backbone(arch)
+    bb = create_backbone(arch, "random")
     before = {k: v.clone() for k, v in bb.state_dict().items()}
     learner = CoOp(bb, NAMES, CoOpConfig(n_ctx=4))
     ctx0 = learner.ctx.detach().clone()
@@ -112,7 +112,7 @@ def test_save_load_roundtrip_and_backbone_check(rn, tmp_path):
     with pytest.raises(ArtifactError, match="differing: fingerprint"):
         load_learner(tmp_path, other)
     with pytest.raises(ArtifactError, match="differing: name"):
-        load_learner(tmp_path, create_backbone("vlp-tiny-vit"))
+        load_learner(tmp_path, create_backbone("vlp-tiny-vit", "random"))
 
 
 def test_unified_context_transfers_but_csc_does_not(rn, tmp_path):

@@ -86,7 +86,7 @@ def test_library_never_unpickles():
 
 @pytest.fixture(scope="module")
 def backbone():
-    return create_backbone("vlp-tiny-rn", None, device="cpu")
+    return create_backbone("vlp-tiny-rn", "random", device="cpu")
 
 
 def _saved(tmp_path, backbone, csc=False):
@@ -121,7 +121,7 @@ VIT = {}
 
 def _vit_identity():
     if not VIT:
-        VIT.update(create_backbone("vlp-tiny-vit", None, device="cpu").identity())
+        VIT.update(create_backbone("vlp-tiny-vit", "random", device="cpu").identity())
     return VIT
 
 

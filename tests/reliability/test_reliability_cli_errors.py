@@ -12,7 +12,7 @@ import vlprompt.cli.main as cli
 from vlprompt.cli.main import build_parser, main
 from vlprompt.errors import DataError
 
-BASE = ["--backbone", "vlp-tiny-rn", "--device", "cpu", "--cache-dir", ""]
+BASE = ["--backbone", "vlp-tiny-rn", "--pretrained", "random", "--device", "cpu", "--cache-dir", ""]
 # Arguments that name something to read: given a path that does not exist, the command must say so.
 INPUT_DESTS = {"dataset", "run", "images", "runs_dir", "datasets", "name", "run_dir", "runs"}
 

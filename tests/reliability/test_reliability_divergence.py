@@ -12,7 +12,7 @@ from vlprompt.engine.config import TrainConfig
 from vlprompt.engine.fit import FeatureBankBatches, TrainingDivergedError, divergence_message, fit
 from vlprompt.errors import ArtifactError, VLPromptError
 
-BASE = ["--backbone", "vlp-tiny-rn", "--device", "cpu", "--cache-dir", "", "--augment", "none", "--shots", "4",
+BASE = ["--backbone", "vlp-tiny-rn", "--pretrained", "random", "--device", "cpu", "--cache-dir", "", "--augment", "none", "--shots", "4",
         "--n-ctx", "4"]
 
 
@@ -71,7 +71,7 @@ def test_fit_refuses_a_nan_context():
     from vlprompt.engine.model import PromptModel
     from vlprompt.prompts import create_prompt_learner
 
-    bb = create_backbone("vlp-tiny-rn", None, device="cpu")
+    bb = create_backbone("vlp-tiny-rn", "random", device="cpu")
     learner = create_prompt_learner("coop", bb, ["cat", "dog"], {"n_ctx": 2})
     with torch.no_grad():
         learner.ctx[0, 0] = float("nan")

@@ -48,7 +48,7 @@ sys.exit(main(sys.argv[4:]))
 
 def _argv(data, out, *extra):
     return ["train", "--dataset", f"folder:{data}", "--shots", "4", "--epochs", str(EPOCHS), "--n-ctx", "4",
-            "--backbone", "vlp-tiny-rn", "--device", "cpu", "--cache-dir", "", "--out", str(out), *extra]
+            "--backbone", "vlp-tiny-rn", "--pretrained", "random", "--device", "cpu", "--cache-dir", "", "--out", str(out), *extra]
 
 
 def _child(tiny_model_configs, mode, argv):

@@ -154,10 +154,10 @@ def test_engine_features_computed_once_per_backbone_and_split(tmp_path, image_fo
                                  build_transform(backbone.preprocess, train=False), dataset="folder", split=split,
                                  root=str(image_folder), precision="fp32", cache_dir=cache_dir)
 
-    rn = create_backbone("vlp-tiny-rn")
+    rn = create_backbone("vlp-tiny-rn", "random")
     first = features(rn)
     assert torch.equal(features(rn), first) and len(calls) == 1  # hit
     features(rn, split="val-fewshot")  # another split: miss
-    features(create_backbone("vlp-tiny-vit"))  # another backbone: miss
+    features(create_backbone("vlp-tiny-vit", "random"))  # another backbone: miss
     features(rn, cache_dir="")  # caching disabled: always computed
     assert len(calls) == 4

@@ -42,7 +42,7 @@ def backbones(tmp_path_factory, tiny_model_configs):
     for name, cfg in EXTRA_CONFIGS.items():
         (d / f"{name}.json").write_text(json.dumps(cfg))
     open_clip.add_model_config(str(d))
-    return {name: create_backbone(name) for name in [*BACKBONES, "vlp-speed-qknorm"]}
+    return {name: create_backbone(name, "random") for name in [*BACKBONES, "vlp-speed-qknorm"]}
 
 
 def _run(backbone, config: CoOpConfig, ctx: torch.Tensor | None, **model_kw):
@@ -154,7 +154,7 @@ def test_custom_attention_blocks_fall_back_to_the_plain_path(backbones):
 def test_non_causal_mask_is_refused_by_the_prefix_path():
     from vlprompt.backbones.shared_prefix import unsupported_reason
 
-    backbone = create_backbone("vlp-tiny-vit")
+    backbone = create_backbone("vlp-tiny-vit", "random")
     transformer = backbone.text.transformer
     assert unsupported_reason(transformer, backbone.text.attn_mask) is None
     assert "not the standard causal mask" in unsupported_reason(transformer, torch.zeros(77, 77))

@@ -12,7 +12,7 @@ from vlprompt.cli.main import main
 
 def _train(folder, out, *extra):
     return main(["train", "--dataset", f"folder:{folder}", "--shots", "2", "--epochs", "2", "--n-ctx", "4",
-                 "--backbone", "vlp-tiny-vit", "--device", "cpu", "--augment", "none", "--batch-size", "4",
+                 "--backbone", "vlp-tiny-vit", "--pretrained", "random", "--device", "cpu", "--augment", "none", "--batch-size", "4",
                  "--out", str(out), "--cache-dir", "", *extra])
 
 

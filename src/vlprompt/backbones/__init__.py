@@ -3,9 +3,12 @@
 ``create_backbone(name, pretrained)`` is the single entry point:
 
 - ``"microclip"``: vlprompt's bundled micro-CLIP (``pretrained`` = ``None``/``"shipped"`` for the shipped weights,
-  or a ``.safetensors`` path);
-- any open_clip architecture name (``"RN50"``, ``"ViT-B-16"``, …) with ``pretrained`` = ``None`` (random weights),
-  an open_clip tag (``"openai"``, LAION tags) or a local checkpoint path;
+  a ``.safetensors`` path, or ``"random"``);
+- any open_clip architecture name (``"RN50"``, ``"ViT-B-16"``, …, and any of them with the ``-quickgelu`` suffix)
+  with ``pretrained`` = an open_clip tag (``"openai"``, LAION tags), a local checkpoint path, ``"random"`` (seeded
+  random weights, on purpose) or ``None`` (the paper's weights: ``"openai"`` where the architecture has them,
+  otherwise an error listing its tags). A tag is built as open_clip's pretrained config describes it (QuickGELU
+  for ``openai``; mean/std/interpolation/resize mode): see :mod:`vlprompt.backbones.loading`;
 - ``"hf:ORG/NAME"`` or ``"hf:DIR"``: a Hugging Face transformers ``CLIPModel`` (optional extra
   ``pip install vlprompt[hf]``), with ``pretrained`` = ``None`` or a local directory holding its files.
 """
@@ -27,7 +30,11 @@ _logger = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "amp", "fp16")
 
-__all__ = ["Backbone", "PreprocessCfg", "OpenClipBackbone", "create_backbone", "list_backbones", "PRECISIONS"]
+#: ``--pretrained`` value asking for seeded random weights (recorded as such in ``config.json`` and reports).
+RANDOM = "random"
+
+__all__ = ["Backbone", "PreprocessCfg", "OpenClipBackbone", "create_backbone", "list_backbones", "PRECISIONS",
+           "RANDOM", "recorded_pretrained"]
 
 
 def list_backbones(pattern: str | None = None) -> list[str]:
@@ -38,36 +45,88 @@ def list_backbones(pattern: str | None = None) -> list[str]:
     return [n for n in names if pattern is None or pattern.lower() in n.lower()]
 
 
+def _is_checkpoint_path(pretrained: str) -> bool:
+    return os.path.exists(pretrained) or os.sep in pretrained or pretrained.endswith(
+        (".pt", ".pth", ".bin", ".safetensors")
+    )
+
+
+def _warn_random(name: str) -> None:
+    _logger.warning(
+        "--backbone %s --pretrained random: RANDOM weights (seeded), not pretrained ones; results are near chance "
+        "and the run is marked 'random weights' in config.json and reports.", name,
+    )
+
+
 def _build_model(name: str, pretrained: str | None):
+    """``(model, tokenizer, preprocess or None, the pretrained value to record)``."""
     import open_clip
 
-    from vlprompt.backbones.loading import load_checkpoint_file, load_pretrained_tag
+    from vlprompt.backbones import loading
 
     if name == "microclip":
         from vlprompt.microclip import model as mc
 
-        weights = "shipped" if pretrained in (None, "shipped") else pretrained
         preprocess = PreprocessCfg(
             image_size=mc.MICROCLIP_IMAGE_SIZE, mean=tuple(mc.MICROCLIP_MEAN), std=tuple(mc.MICROCLIP_STD)
         )
-        return mc.build_microclip(weights), open_clip.get_tokenizer("RN50"), preprocess
-    if name not in open_clip.list_models():
+        if pretrained == RANDOM:
+            _warn_random(name)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0)
+                model = mc.build_microclip(None)
+        else:
+            model = mc.build_microclip("shipped" if pretrained in (None, "shipped") else pretrained)
+        return model, open_clip.get_tokenizer("RN50"), preprocess, pretrained
+    if not loading.is_architecture(name):
         close = difflib.get_close_matches(name, list_backbones(), n=5)
         raise BackboneError(
             f"--backbone '{name}' is not a known architecture. Did you mean: {', '.join(close) or '-'}? "
             "`vlprompt train --help` explains; all names: microclip, hf:ORG/NAME or hf:DIR (Hugging Face CLIP), "
             + ", ".join(open_clip.list_models()[:20]) + ", …"
         )
+    tokenizer = open_clip.get_tokenizer(loading.resolve_architecture(name)[0])
     if pretrained is None:
-        # Random weights, but reproducible (seed 0, global RNG untouched): a prompt trained on them can be reloaded.
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
-            model = open_clip.create_model(name, pretrained=None).eval()
-    elif os.path.exists(pretrained) or os.sep in pretrained or pretrained.endswith((".pt", ".pth", ".bin", ".safetensors")):
-        model = load_checkpoint_file(name, pretrained)
-    else:
-        model = load_pretrained_tag(name, pretrained)
-    return model, open_clip.get_tokenizer(name), None
+        pretrained = loading.default_tag(name)  # the paper's weights, never silently random (issue 12 §3)
+        _logger.info("--backbone %s: no --pretrained given, using the '%s' weights", name, pretrained)
+    if pretrained == RANDOM:
+        _warn_random(name)
+        return loading.build_random(name), tokenizer, None, pretrained
+    if _is_checkpoint_path(pretrained):
+        model, overrides = loading.load_checkpoint_file(name, pretrained)
+        return model, tokenizer, _preprocess_with(model, overrides), pretrained
+    return loading.load_pretrained_tag(name, pretrained), tokenizer, None, pretrained
+
+
+def _preprocess_with(model, overrides: dict) -> PreprocessCfg | None:
+    """The model's own preprocessing with ``overrides`` (from a checkpoint's ``open_clip_config.json``) applied."""
+    if not overrides:
+        return None
+    from vlprompt.backbones.open_clip import preprocess_of
+
+    base = preprocess_of(model)
+    return PreprocessCfg(
+        image_size=base.image_size,
+        mean=tuple(overrides.get("mean", base.mean)),
+        std=tuple(overrides.get("std", base.std)),
+        interpolation=str(overrides.get("interpolation", base.interpolation)),
+        resize_mode=str(overrides.get("resize_mode", base.resize_mode)),
+    )
+
+
+def recorded_pretrained(ident: dict) -> str | None:
+    """The ``pretrained`` to rebuild a recorded backbone identity with (``learner.json``/``config.json``).
+
+    vlprompt 0.1.0 recorded ``None`` for the random weights of an open_clip architecture; ``None`` now means the
+    paper's weights, so such records map to ``"random"``.
+    """
+    name, pretrained = str(ident.get("name", "")), ident.get("pretrained")
+    if pretrained is None and name != "microclip" and not name.startswith(HF_PREFIX):
+        from vlprompt.backbones.loading import is_architecture
+
+        if is_architecture(name):
+            return RANDOM
+    return pretrained
 
 
 def create_backbone(
@@ -81,9 +140,13 @@ def create_backbone(
 
     Args:
         name: ``"microclip"``, an open_clip architecture name, or ``"hf:ORG/NAME"`` / ``"hf:DIR"`` (transformers).
-        pretrained: weights tag, local checkpoint path, or ``None``: random weights, seeded so that the same name
-            always gives the same weights (shipped weights for microclip). For ``hf:`` names: ``None`` or the local
-            directory the model's files are in now.
+        pretrained: for open_clip architectures: a weights tag (built with the activation and preprocessing of
+            its pretrained config), a local checkpoint path, ``"random"`` (random weights, seeded so that the same
+            name always gives the same weights; logged as a warning and recorded), or ``None``: the paper's weights,
+            ``"openai"`` where the architecture has them (as the CLI's default), else a :class:`BackboneError`
+            listing its tags. QuickGELU is chosen with an architecture name ending in ``-quickgelu``. For
+            microclip: ``None``/``"shipped"`` (its shipped weights), a ``.safetensors`` path or ``"random"``. For ``hf:`` names:
+            ``None`` or the local directory the model's files are in now.
         device: where to put it.
         precision: ``"fp32"``; ``"amp"`` (fp32 weights, autocast is applied by the caller on GPU); or ``"fp16"``
             (the official CoOp default: Conv/Linear/attention weights and projections cast to fp16, LayerNorm in
@@ -99,7 +162,7 @@ def create_backbone(
         from vlprompt.backbones.hf import create_hf_backbone
 
         return create_hf_backbone(name, pretrained, precision=precision).to(device)
-    model, tokenizer, preprocess = _build_model(name, pretrained)
+    model, tokenizer, preprocess, pretrained = _build_model(name, pretrained)
     backbone = OpenClipBackbone(model, tokenizer, name=name, pretrained=pretrained, preprocess=preprocess)
     if precision == "fp16":
         from open_clip.model import convert_weights_to_lp

@@ -42,12 +42,17 @@ class PreprocessCfg:
         mean: per-channel normalisation mean (RGB, 0–1 scale).
         std: per-channel normalisation std.
         interpolation: resize interpolation, ``"bicubic"`` for CLIP.
+        resize_mode: how the test pipeline fits an image to the square input, as open_clip's pretrained configs
+            name it: ``"shortest"`` (shorter side to ``image_size``, then centre crop: CLIP's and Dassl's),
+            ``"squash"`` (both sides to ``image_size``, aspect ratio not kept) or ``"longest"`` (longer side to
+            ``image_size``, then centre pad with black).
     """
 
     image_size: int
     mean: tuple[float, float, float] = OPENAI_MEAN
     std: tuple[float, float, float] = OPENAI_STD
     interpolation: str = "bicubic"
+    resize_mode: str = "shortest"
 
     def to_dict(self) -> dict:
         """JSON-serialisable form."""
@@ -67,7 +72,9 @@ class Backbone(nn.Module):
 
     Attributes:
         name: registry name used to build it (e.g. ``"RN50"``, ``"microclip"``).
-        pretrained: the pretrained tag or checkpoint path, or ``None`` for random weights.
+        pretrained: the pretrained tag or checkpoint path; ``"random"`` for seeded random weights.
+        activation: the MLP activation the towers were built with (``"quick_gelu"`` for OpenAI's weights,
+            ``"gelu"``, or a transformers ``hidden_act``): the weights fingerprint cannot see it, so it is recorded.
         fingerprint: short hash identifying the exact weights (used in cache keys and artifact checks).
         preprocess: image preprocessing config.
         context_length: text sequence length ``L``.
@@ -78,6 +85,7 @@ class Backbone(nn.Module):
 
     name: str
     pretrained: str | None
+    activation: str | None = None
     fingerprint: str
     preprocess: PreprocessCfg
     context_length: int
@@ -175,6 +183,7 @@ class Backbone(nn.Module):
         return {
             "name": self.name,
             "pretrained": self.pretrained,
+            "activation": self.activation,
             "fingerprint": self.fingerprint,
             "token_dim": self.token_dim,
             "embed_dim": self.embed_dim,

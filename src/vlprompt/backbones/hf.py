@@ -126,6 +126,11 @@ class HFClipBackbone(ClipBpeTextMixin, SharedPrefixMixin, Backbone):
         self.token_dim = int(text_cfg.hidden_size)
         self.embed_dim = int(model.text_projection.out_features)
         self.causal = True
+        # The config's hidden_act ("quick_gelu" for OpenAI's checkpoints) is what transformers' own MLPs apply,
+        # and vlprompt runs those modules: recorded, as the fingerprint of the weights cannot see it.
+        acts = {str(text_cfg.hidden_act), str(model.config.vision_config.hidden_act)}
+        self.activation = acts.pop() if len(acts) == 1 else (
+            f"text {text_cfg.hidden_act}, vision {model.config.vision_config.hidden_act}")
         self.preprocess = preprocess or PreprocessCfg(image_size=int(model.config.vision_config.image_size))
         self.fingerprint = weights_fingerprint(model)
 

@@ -22,6 +22,29 @@ from vlprompt.errors import BackboneError
 _logger = logging.getLogger(__name__)
 
 
+def preprocess_of(model: nn.Module) -> PreprocessCfg:
+    """The preprocessing open_clip attached to ``model`` (``model.visual.preprocess_cfg``, set by ``create_model``
+    from the weights tag's pretrained config: mean, std, interpolation, resize mode), at the image tower's size."""
+    size = getattr(model.visual, "image_size", 224)
+    size = size[0] if isinstance(size, (tuple, list)) else int(size)
+    cfg = getattr(model.visual, "preprocess_cfg", {}) or {}
+    return PreprocessCfg(
+        image_size=size,
+        mean=tuple(cfg.get("mean", OPENAI_MEAN)),
+        std=tuple(cfg.get("std", OPENAI_STD)),
+        interpolation=cfg.get("interpolation", "bicubic"),
+        resize_mode=cfg.get("resize_mode", "shortest"),
+    )
+
+
+def activation_of(model: nn.Module) -> str:
+    """``"quick_gelu"`` if the model's MLPs use open_clip's ``QuickGELU``, else ``"gelu"`` (read from the modules
+    actually built, so it is right whatever path built them: tag, checkpoint, TorchScript rebuild)."""
+    from open_clip.transformer import QuickGELU
+
+    return "quick_gelu" if any(isinstance(m, QuickGELU) for m in model.modules()) else "gelu"
+
+
 class _TextTower:
     """Uniform view over the text parts of ``CLIP`` and ``CustomTextCLIP`` (plain references, not a module)."""
 
@@ -81,8 +104,10 @@ class OpenClipBackbone(ClipBpeTextMixin, SharedPrefixMixin, Backbone):
         model: an open_clip ``CLIP`` or ``CustomTextCLIP``.
         tokenizer: its ``open_clip.tokenizer.SimpleTokenizer`` (the CLIP BPE).
         name: registry name (recorded in artifacts).
-        pretrained: pretrained tag or checkpoint path, ``None`` for random weights.
-        preprocess: image preprocessing; read from the model when omitted.
+        pretrained: pretrained tag or checkpoint path, ``"random"`` for seeded random weights.
+        preprocess: image preprocessing; read from the model when omitted (:func:`preprocess_of`).
+
+    ``activation`` (recorded in :meth:`identity`) is read from the built modules (:func:`activation_of`).
     """
 
     def __init__(
@@ -121,17 +146,8 @@ class OpenClipBackbone(ClipBpeTextMixin, SharedPrefixMixin, Backbone):
         else:
             self.embed_dim = int(proj.shape[1])
         self.causal = True  # checked in _TextTower
-        if preprocess is None:
-            size = getattr(model.visual, "image_size", 224)
-            size = size[0] if isinstance(size, (tuple, list)) else int(size)
-            cfg = getattr(model.visual, "preprocess_cfg", {}) or {}
-            preprocess = PreprocessCfg(
-                image_size=size,
-                mean=tuple(cfg.get("mean", OPENAI_MEAN)),
-                std=tuple(cfg.get("std", OPENAI_STD)),
-                interpolation=cfg.get("interpolation", "bicubic"),
-            )
-        self.preprocess = preprocess
+        self.preprocess = preprocess if preprocess is not None else preprocess_of(model)
+        self.activation = activation_of(model)
         self.fingerprint = weights_fingerprint(model)
 
     # --- text ----------------------------------------------------------------------------------------------

@@ -49,9 +49,12 @@ def add_backbone_args(p: argparse.ArgumentParser, default: str | None = "RN50") 
                    help="open_clip architecture (RN50, ViT-B-16, …), 'microclip' (the bundled offline CLIP), or "
                         "hf:ORG/NAME / hf:DIR (a Hugging Face transformers CLIPModel; pip install 'vlprompt[hf]')")
     g.add_argument("--pretrained", default=None,
-                   help="open_clip weights tag (openai, laion2b_…) or a local checkpoint (TorchScript .pt, state "
-                        "dict .pt/.pth/.bin, .safetensors); omitted: random weights (shipped weights for microclip); "
-                        "for hf: backbones, the local directory holding the model's files")
+                   help="open_clip weights tag (openai, laion2b_…; built as its pretrained config says: QuickGELU "
+                        "for openai), a local checkpoint (TorchScript .pt, state dict .pt/.pth/.bin, .safetensors; "
+                        "for QuickGELU weights in a state dict name the -quickgelu architecture, e.g. "
+                        "RN50-quickgelu), or 'random' for seeded random weights on purpose; omitted: the paper's "
+                        "weights, 'openai' where the architecture has them (shipped weights for microclip); for hf: "
+                        "backbones, the local directory holding the model's files")
     g.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:N")
     g.add_argument("--precision", choices=["fp32", "amp", "fp16"], default="fp32",
                    help="fp32 (default); amp: bf16/fp16 autocast on GPU; fp16: the official fp16 weights and context")

@@ -91,6 +91,10 @@ def check_backbone(meta: dict, backbone: Backbone, where: str) -> None:
     want = meta["backbone"]
     have = backbone.identity()
     diffs = [k for k in ("name", "fingerprint", "token_dim", "embed_dim") if want.get(k) != have.get(k)]
+    # The activation (QuickGELU vs GELU) is invisible to the weights fingerprint; recorded since issue 12, so
+    # compared only when both sides have it (folders of 0.1.0 lack it).
+    if want.get("activation") and have.get("activation") and want["activation"] != have["activation"]:
+        diffs.append(f"activation ({want['activation']} vs {have['activation']})")
     if diffs:
         raise ArtifactError(
             f"the prompt in '{where}' was trained on backbone {want.get('name')} (pretrained={want.get('pretrained')}, "

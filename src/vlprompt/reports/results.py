@@ -30,7 +30,8 @@ class RunRecord:
         shots: shots per class; ``None`` for zero-shot (``null`` or ``0`` in the config).
         seed: ``config["seed"]`` (``None`` if absent).
         subsample: ``"all"``, ``"base"`` or ``"new"`` (base-to-new protocol); default ``"all"``.
-        backbone: ``config["backbone"]["name"]`` (``""`` if absent).
+        backbone: ``config["backbone"]["name"]`` (``""`` if absent), followed by ``" (random weights)"`` when
+            ``config["backbone"]["pretrained"]`` is ``"random"``.
         accuracy: top-1 test accuracy, percent.
         macro_f1, train_seconds, eval_seconds, peak_memory_mb, num_test: from ``metrics.json`` when present.
     """
@@ -74,6 +75,19 @@ def _name(value: Any) -> str:
     return "" if value is None else str(value)
 
 
+#: What a report row shows after the backbone name of a run trained on ``--pretrained random`` weights.
+RANDOM_MARK = " (random weights)"
+
+
+def _backbone(value: Any) -> str:
+    """The backbone name a report shows: marked when the weights were random (``--pretrained random``), so a
+    chance-level result is never mistaken for a real-weights one."""
+    name = _name(value)
+    if isinstance(value, dict) and value.get("pretrained") == "random":
+        return name + RANDOM_MARK
+    return name
+
+
 def _opt_float(metrics: dict, key: str) -> float | None:
     value = metrics.get(key)
     return None if value is None else float(value)
@@ -110,7 +124,7 @@ def read_run(folder: str | os.PathLike) -> RunRecord:
         shots=int(shots) if shots else None,  # null and 0 both mean zero-shot
         seed=None if seed is None else int(seed),
         subsample=str(config.get("subsample") or "all"),
-        backbone=_name(config.get("backbone")),
+        backbone=_backbone(config.get("backbone")),
         accuracy=float(metrics["accuracy"]),
         macro_f1=_opt_float(metrics, "macro_f1"),
         train_seconds=_opt_float(metrics, "train_seconds"),

@@ -100,7 +100,7 @@ def measure_e2e(spec: dict) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         make_folder_dataset(Path(tmp) / "data", n, per_split)
         run = RunSpec(dataset=f"folder:{Path(tmp) / 'data'}", out=str(Path(tmp) / "run"), shots=shots, seed=1,
-                      backbone=spec["backbone"], learner={"n_ctx": spec["n_ctx"]}, device=spec["device"],
+                      backbone=spec["backbone"], pretrained="random", learner={"n_ctx": spec["n_ctx"]}, device=spec["device"],
                       train=TrainConfig(epochs=spec["epochs"], batch_size=spec["batch"], augment=f"cached:{spec['k']}",
                                         precision=spec["precision"]),
                       cache_dir=str(Path(tmp) / "cache"))

@@ -129,7 +129,7 @@ def _setup(spec: dict) -> tuple[torch.device, object]:
     key = (spec["backbone"], str(device), precision)
     if key not in _BACKBONES:
         _BACKBONES.clear()
-        _BACKBONES[key] = create_backbone(spec["backbone"], None, device=device, precision=precision)
+        _BACKBONES[key] = create_backbone(spec["backbone"], "random", device=device, precision=precision)
     return device, _BACKBONES[key]
 
 
