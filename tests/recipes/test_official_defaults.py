@@ -28,7 +28,7 @@ NAMES = ["dog", "golden_retriever", "cat"]
 @pytest.fixture(scope="module")
 def vit():
     torch.manual_seed(0)
-    return create_backbone("vlp-tiny-vit")
+    return create_backbone("vlp-tiny-vit", "random")
 
 
 # --- optimiser ------------------------------------------------------------------------------------------------
@@ -326,7 +326,7 @@ def test_kgcoop_trains_on_dtd_with_its_own_template(tmp_path):
 
     _write_dtd(tmp_path / "data")
     common = {"dataset": "dtd", "root": str(tmp_path / "data"), "shots": 2, "backbone": "vlp-tiny-vit",
-              "device": "cpu", "cache_dir": "", "train": TrainConfig(epochs=1, augment="none")}
+              "pretrained": "random", "device": "cpu", "cache_dir": "", "train": TrainConfig(epochs=1, augment="none")}
     train_run(RunSpec(out=str(tmp_path / "kg"), method="kgcoop", **common))
     cfg = json.loads((tmp_path / "kg" / "config.json").read_text())
     assert cfg["learner"]["template"] == "a photo of a {}, a type of texture."

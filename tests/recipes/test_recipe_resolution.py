@@ -146,8 +146,8 @@ def _count_steps(monkeypatch) -> list[int]:
 
 
 def _spec(folder, out, **kw) -> RunSpec:
-    return RunSpec(dataset=f"folder:{folder}", out=str(out), shots=2, backbone="vlp-tiny-vit", device="cpu",
-                   cache_dir="", **kw)
+    return RunSpec(dataset=f"folder:{folder}", out=str(out), shots=2, backbone="vlp-tiny-vit", pretrained="random",
+                   device="cpu", cache_dir="", **kw)
 
 
 def test_python_api_trains_cocoop_at_its_recipe_like_the_cli(image_folder, tmp_path, monkeypatch):
@@ -164,7 +164,7 @@ def test_python_api_trains_cocoop_at_its_recipe_like_the_cli(image_folder, tmp_p
 
     cli = tmp_path / "cli"
     assert main(["train", "--dataset", f"folder:{image_folder}", "--shots", "2", "--out", str(cli), "--backbone",
-                 "vlp-tiny-vit", "--device", "cpu", "--cache-dir", "", "--method", "cocoop", "--augment", "none"]) == 0
+                 "vlp-tiny-vit", "--pretrained", "random", "--device", "cpu", "--cache-dir", "", "--method", "cocoop", "--augment", "none"]) == 0
     assert json.loads((cli / "config.json").read_text())["train"] == cfg["train"]
 
 
