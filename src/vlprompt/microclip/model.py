@@ -53,7 +53,11 @@ def init_token_table(seed: int, vocab_size: int = 49408, width: int = 128) -> to
     """The token table's initial value ``float32[vocab, width]``: N(0, 0.02²) from a dedicated generator.
 
     Pretraining starts from this table and never updates rows outside the world's vocabulary, so those rows of
-    the trained model are exactly this tensor's rows (CPU ``normal_`` with a seeded generator is deterministic).
+    the trained model are exactly this tensor's rows. CPU ``normal_`` with a seeded generator draws serially, so
+    the table does not depend on the thread count (tested in ``tests/portability``); its Box-Muller transform is
+    vectorised, though, and its last bits depend on the CPU kernel torch dispatches to (``AVX2``/``AVX512`` vs
+    ``DEFAULT``, e.g. ARM): on another kind of CPU about a third of the untrained values differ by a few ulp, which
+    :func:`load_compact_state` detects against the recorded SHA-256.
     """
     g = torch.Generator().manual_seed(seed)
     return torch.empty(vocab_size, width).normal_(0.0, TOKEN_INIT_STD, generator=g)
@@ -123,9 +127,12 @@ def load_compact_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[
     table = init_token_table(int(meta["token_init_seed"]), cfg["vocab_size"], cfg["width"])
     table[rows] = values
     if _sha256(table) != meta.get("token_table_sha256"):
-        # Only rows outside the world's vocabulary can differ (a torch whose normal_ draws differently).
-        logger.warning("%s: rebuilt untrained token rows differ from training (torch RNG changed); "
-                       "trained rows and all other weights are exact", path)  # fmt: skip
+        # Only rows outside the world's vocabulary can differ: a torch whose normal_ draws differently, or a CPU
+        # whose vector kernel rounds the Box-Muller transform differently (see init_token_table).
+        logger.warning("%s: rebuilt untrained token rows differ from training (torch %s on a %s CPU kernel draws "
+                       "normal_ differently); trained rows and all other weights are exact, but the weights "
+                       "fingerprint differs, so prompts trained elsewhere on these weights will be refused",
+                       path, torch.__version__, torch.backends.cpu.get_cpu_capability())  # fmt: skip
     state["token_embedding.weight"] = table
     return state, meta
 
