@@ -1,9 +1,12 @@
-"""Weights identity is exact and the same in every process: threads, devices and lossless dtype moves do not change
-it; one changed value (1 ulp) does (issue 12 §2)."""
+"""Weights identity is exact and the same in every process: threads, devices, CPU kernels and lossless dtype moves
+do not change it; one changed value (1 ulp) does (issue 12 §2)."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -16,7 +19,8 @@ from vlprompt.backbones.base import (
     match_legacy_fingerprint,
     weights_fingerprint,
 )
-from vlprompt.microclip.model import init_token_table
+from vlprompt.microclip.model import _torch_token_table, init_token_table
+from vlprompt.microclip.torch_normal import torch_normal
 
 SPECS = ["microclip", "vlp-tiny-rn", "vlp-tiny-vit"]  # shipped micro-CLIP; seeded random open_clip inits
 
@@ -41,12 +45,13 @@ def test_same_weights_same_identity_in_1_and_3_thread_processes(tiny_model_confi
 
 
 def test_token_table_does_not_depend_on_threads():
+    """torch's normal_ (the fast path that loads the shipped table) draws serially: threads never matter."""
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        a = init_token_table(7)
+        a = _torch_token_table(7, 49408, 128)
         torch.set_num_threads(3)
-        b = init_token_table(7)
+        b = _torch_token_table(7, 49408, 128)
     finally:
         torch.set_num_threads(before)
     assert a.shape == (49408, 128) and torch.equal(a, b)
@@ -100,3 +105,35 @@ def test_legacy_fingerprint_is_matched_under_its_thread_count():
     assert torch.get_num_threads() == before
     other = create_backbone("vlp-tiny-rn").model
     assert match_legacy_fingerprint(other, fps[1], thread_counts=[1, 2, 3, 4]) is None
+
+
+def test_token_table_recomputation_is_torchs_own_draw():
+    """init_token_table recomputes torch's AVX2 normal_ with exact float32 arithmetic, bit for bit."""
+    if torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"):
+        pytest.skip("torch runs its DEFAULT normal_ kernel on this CPU; the reference is the AVX2 kernel")
+    for n, seed, mean, std in ((16, 1, 0.0, 1.0), (37, 5, 0.5, 2.0), (1000, 3, -1.0, 0.1), (200_000, 9, 0.0, 0.02)):
+        g, ref_g = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed)
+        ref = torch.empty(n).normal_(mean, std, generator=ref_g)
+        assert torch.equal(torch.from_numpy(torch_normal(n, g, mean, std)), ref), (n, seed)
+        assert torch.equal(g.get_state(), ref_g.get_state())  # the generator advanced identically
+    table = init_token_table(0)
+    assert torch.equal(table, torch.empty(49408, 128).normal_(0.0, 0.02, generator=torch.Generator().manual_seed(0)))
+
+
+def test_shipped_microclip_is_the_same_on_a_cpu_without_avx2():
+    """With torch's DEFAULT kernel (as on ARM), normal_ rounds differently; the shipped weights must not."""
+    code = ("import torch; from vlprompt.backbones import create_backbone; "
+            "g = torch.Generator().manual_seed(0); "
+            "print(torch.backends.cpu.get_cpu_capability(), torch.empty(4096).normal_(generator=g).sum().item(), "
+            "create_backbone('microclip').fingerprint)")
+    outs = {}
+    for cap in ("default", "avx2"):
+        env = {**os.environ, "ATEN_CPU_CAPABILITY": cap, "OMP_NUM_THREADS": "1"}
+        proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        assert "differ from training" not in proc.stderr
+        outs[cap] = proc.stdout.split()
+    if outs["avx2"][0] not in ("AVX2", "AVX512") or outs["default"][0] != "DEFAULT":
+        pytest.skip(f"this CPU cannot run both torch kernels (got {outs['avx2'][0]}, {outs['default'][0]})")
+    assert outs["default"][1] != outs["avx2"][1]  # torch's own draws differ between the kernels ...
+    assert outs["default"][2] == outs["avx2"][2] == create_backbone("microclip").fingerprint  # ... the weights don't
