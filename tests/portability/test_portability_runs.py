@@ -4,9 +4,11 @@ processes: trained with 1 thread, used with 2; learned in fp16, used in fp32; wr
 from __future__ import annotations
 
 import json
+import logging
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -193,3 +195,23 @@ def test_unverifiable_0_1_0_folder_says_how_to_migrate(microclip_run, tmp_path):
     meta = json.loads((r / "learner.json").read_text())
     assert meta["migrated_from"]["verified"] is False and meta["backbone"]["fingerprint"].startswith("w2:")
     load_learner(r, create_backbone("microclip"))
+
+
+V010 = Path(__file__).parent / "v0_1_0"
+
+
+@pytest.mark.parametrize(("name", "threads", "dtype"), [("coop_microclip_fp32_1thread", 1, torch.float32),
+                                                        ("coop_microclip_fp16_2threads", 2, torch.float16)])
+def test_run_folders_written_by_0_1_0_itself_load(tmp_path, caplog, name, threads, dtype):
+    """learner.json/.safetensors written by vlprompt 0.1.0 (commit 0c29069): `vlprompt train --backbone microclip
+    --dataset folder:… --shots 4 --epochs 2` with OMP_NUM_THREADS=1, and with OMP_NUM_THREADS=2 --precision fp16
+    (a folder 0.1.0 itself could not load: it refused the fp16 context as damaged)."""
+    r = _copy(V010 / name, tmp_path / "run")
+    meta = json.loads((r / "learner.json").read_text())
+    assert meta["vlprompt_version"] == "0.1.0" and "dtypes" not in meta
+    with caplog.at_level(logging.INFO, logger="vlprompt.engine.checkpoint"):
+        learner = load_learner(r, create_backbone("microclip"))
+    assert f"0.1.0 fingerprint {meta['backbone']['fingerprint']} (it was computed with {threads} torch" in caplog.text
+    saved = load_file(str(r / "learner.safetensors"))["ctx"]
+    assert saved.dtype == dtype and saved.shape == (16, 128)
+    assert learner.ctx.dtype == torch.float32 and torch.equal(learner.ctx.detach(), saved.float())
