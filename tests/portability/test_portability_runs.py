@@ -215,3 +215,5 @@ def test_run_folders_written_by_0_1_0_itself_load(tmp_path, caplog, name, thread
     saved = load_file(str(r / "learner.safetensors"))["ctx"]
     assert saved.dtype == dtype and saved.shape == (16, 128)
     assert learner.ctx.dtype == torch.float32 and torch.equal(learner.ctx.detach(), saved.float())
+    half = load_learner(r, create_backbone("microclip", precision="fp16"))  # verified on the weights as loaded
+    assert half.ctx.dtype == torch.float16 and torch.equal(half.ctx.detach(), saved.half())
