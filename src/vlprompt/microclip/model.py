@@ -7,11 +7,13 @@ token table is 6.3 M — but the world's captions use only about a hundred of it
 The shipped file is *compact*: it stores every tensor except the token table, plus the token rows that pretraining
 trained (``token_embedding.rows`` / ``token_embedding.values``). The other rows were never touched by the optimizer,
 so loading regenerates them exactly from the init seed recorded in the file's metadata (see
-:func:`init_token_table`), and a SHA-256 of the rebuilt table, also recorded, proves it.
+:func:`init_token_table`, the same on every machine and thread count), and a SHA-256 of the rebuilt table, also
+recorded, proves it.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -49,12 +51,31 @@ def create_microclip_model(config: dict | None = None) -> torch.nn.Module:
     return CLIP(cfg["embed_dim"], vision, CLIPTextCfg(**cfg["text_cfg"]), quick_gelu=cfg.get("quick_gelu", False))
 
 
+@functools.lru_cache(maxsize=2)
+def _token_table_values(seed: int, vocab_size: int, width: int) -> np.ndarray:
+    from vlprompt.microclip.torch_normal import torch_normal
+
+    values = torch_normal(vocab_size * width, torch.Generator().manual_seed(seed), 0.0, TOKEN_INIT_STD)
+    values.flags.writeable = False  # cached: callers get copies
+    return values
+
+
 def init_token_table(seed: int, vocab_size: int = 49408, width: int = 128) -> torch.Tensor:
     """The token table's initial value ``float32[vocab, width]``: N(0, 0.02²) from a dedicated generator.
 
     Pretraining starts from this table and never updates rows outside the world's vocabulary, so those rows of
-    the trained model are exactly this tensor's rows (CPU ``normal_`` with a seeded generator is deterministic).
+    the trained model are exactly this tensor's rows. It is ``torch.empty(vocab, width).normal_(0, 0.02,
+    generator=torch.Generator().manual_seed(seed))`` as torch's AVX2 CPU kernel draws it — the table the shipped
+    weights were trained from — computed with exact float32 arithmetic by
+    :func:`~vlprompt.microclip.torch_normal.torch_normal`, so it is the same on every machine, whatever torch's own
+    kernel for this CPU (``DEFAULT`` on ARM rounds a third of the values differently) and thread count. About 2 s;
+    cached per process.
     """
+    return torch.from_numpy(_token_table_values(seed, vocab_size, width).copy()).view(vocab_size, width)
+
+
+def _torch_token_table(seed: int, vocab_size: int, width: int) -> torch.Tensor:
+    """torch's own ``normal_`` draw of :func:`init_token_table` (fast; equal to it on x86 with AVX2/AVX512)."""
     g = torch.Generator().manual_seed(seed)
     return torch.empty(vocab_size, width).normal_(0.0, TOKEN_INIT_STD, generator=g)
 
@@ -120,12 +141,19 @@ def load_compact_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[
     state = load_file(str(path))
     rows, values = state.pop("token_embedding.rows"), state.pop("token_embedding.values")
     cfg = json.loads(meta["config"])["text_cfg"]
-    table = init_token_table(int(meta["token_init_seed"]), cfg["vocab_size"], cfg["width"])
-    table[rows] = values
-    if _sha256(table) != meta.get("token_table_sha256"):
-        # Only rows outside the world's vocabulary can differ (a torch whose normal_ draws differently).
-        logger.warning("%s: rebuilt untrained token rows differ from training (torch RNG changed); "
-                       "trained rows and all other weights are exact", path)  # fmt: skip
+    seed, shape = int(meta["token_init_seed"]), (cfg["vocab_size"], cfg["width"])
+    # torch's own draw is fast and, on x86 with AVX2/AVX512, the exact table; the recorded SHA-256 decides, and
+    # the exact-everywhere recomputation is used where torch's kernel rounds differently (e.g. ARM).
+    for make in (_torch_token_table, init_token_table):
+        table = make(seed, *shape)
+        table[rows] = values
+        if _sha256(table) == meta.get("token_table_sha256"):
+            break
+    else:
+        # Only rows outside the world's vocabulary can differ: the file's table was not drawn as init_token_table
+        # draws it (another generator, or a torch whose AVX2 kernel rounded differently when the file was written).
+        logger.warning("%s: rebuilt untrained token rows differ from training; trained rows and all other weights "
+                       "are exact, but the weights fingerprint differs from the original's", path)  # fmt: skip
     state["token_embedding.weight"] = table
     return state, meta
 
