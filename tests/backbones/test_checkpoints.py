@@ -79,8 +79,10 @@ def test_missing_file_and_unknown_tag():
 
 
 def test_offline_tag_names_the_file_and_the_fix(tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    from hub_cache import offline_hub
+
+    # huggingface_hub reads these at import: patching only the environment let it try the network (46 s here)
+    offline_hub(monkeypatch, tmp_path / "hub")
     monkeypatch.setattr("os.path.expanduser", lambda p: p.replace("~", str(tmp_path)))
     with pytest.raises(WeightsNotFoundError) as e:
         create_backbone("RN50", "openai")
