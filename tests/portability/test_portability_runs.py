@@ -190,8 +190,10 @@ def test_unverifiable_0_1_0_folder_says_how_to_migrate(microclip_run, tmp_path):
         load_learner(r, create_backbone("microclip"))
     msg = str(e.value)
     assert "retrain" in msg and "thread counts 1-" in msg
-    code = re.search(r'`python -c "(.*?)"`', msg).group(1)
-    subprocess.run([sys.executable, "-c", code], check=True, timeout=300)  # the command the message gives
+    command = re.search(r"`vlprompt (migrate .*?)`", msg).group(1)
+    assert command == f"migrate --run {r} --force"
+    # the command the message gives, as a user runs it (a fresh process)
+    subprocess.run([sys.executable, "-m", "vlprompt", *command.split()], check=True, timeout=300)
     meta = json.loads((r / "learner.json").read_text())
     assert meta["migrated_from"]["verified"] is False and meta["backbone"]["fingerprint"].startswith("w2:")
     load_learner(r, create_backbone("microclip"))

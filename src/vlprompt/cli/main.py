@@ -33,6 +33,7 @@ COMMAND_MODULES = [
     "benchmark",
     "report",
     "interpret",
+    "migrate",
     "bench",
 ]
 

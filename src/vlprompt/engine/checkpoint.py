@@ -133,8 +133,7 @@ def check_backbone(meta: dict, backbone: Backbone, where: str) -> None:
             f"thread counts 1-{max(64, os.cpu_count() or 1)} here, so these are other weights or the run was "
             "trained on a CPU of another kind. Load it with the --backbone/--pretrained it was trained with, or "
             "retrain it; if you are sure these are its weights, re-bind the folder to them with "
-            f"`python -c \"from vlprompt.engine.checkpoint import migrate_learner; migrate_learner({str(where)!r}, "
-            "force=True)\"` (add pretrained='PATH' if the weights moved)."
+            f"`vlprompt migrate --run {where} --force` (add --pretrained PATH if the weights moved)."
         )
     if diffs:
         raise ArtifactError(
@@ -194,13 +193,13 @@ def migrate_learner(run_dir: str | Path, backbone: Backbone | None = None, *, pr
         ArtifactError: the folder is not a run, is damaged, was trained on another backbone, or (without
             ``force``) its 0.1.0 fingerprint does not match these weights.
     """
-    from vlprompt.backbones import create_backbone
+    from vlprompt.backbones import create_backbone, recorded_pretrained
 
     run_dir = Path(run_dir)
     meta = read_learner_json(run_dir)
     want = meta["backbone"]
     if backbone is None:
-        backbone = create_backbone(want["name"], pretrained or want.get("pretrained"), device="cpu")
+        backbone = create_backbone(want["name"], pretrained or recorded_pretrained(want), device="cpu")
     have = backbone.identity()
     if want.get("fingerprint") == have["fingerprint"]:
         return have["fingerprint"]
