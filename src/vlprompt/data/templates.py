@@ -31,23 +31,7 @@ CUSTOM_TEMPLATES: dict[str, str] = {
 
 # KgCoOp's own ``CUSTOM_TEMPLATES`` (``KgCoOp:KgCoOp/trainers/kgcoop.py`` l.37–54): its hand-crafted prompts for
 # the guidance term. They equal CoOp's except DTD ("a photo of a {}, a type of texture." instead of "{} texture.").
-KGCOOP_TEMPLATES: dict[str, str] = {
-    "oxford_pets": "a photo of a {}, a type of pet.",
-    "oxford_flowers": "a photo of a {}, a type of flower.",
-    "fgvc_aircraft": "a photo of a {}, a type of aircraft.",
-    "dtd": "a photo of a {}, a type of texture.",
-    "eurosat": "a centered satellite photo of {}.",
-    "stanford_cars": "a photo of a {}.",
-    "food101": "a photo of {}, a type of food.",
-    "sun397": "a photo of a {}.",
-    "caltech101": "a photo of a {}.",
-    "ucf101": "a photo of a person doing {}.",
-    "imagenet": "a photo of a {}.",
-    "imagenet_sketch": "a photo of a {}.",
-    "imagenetv2": "a photo of a {}.",
-    "imagenet_a": "a photo of a {}.",
-    "imagenet_r": "a photo of a {}.",
-}
+KGCOOP_TEMPLATES: dict[str, str] = {**CUSTOM_TEMPLATES, "dtd": "a photo of a {}, a type of texture."}
 
 # The 80 templates of OpenAI's ``Prompt_Engineering_for_ImageNet.ipynb``, in the notebook's order.
 IMAGENET_TEMPLATES: tuple[str, ...] = (
