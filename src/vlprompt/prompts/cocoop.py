@@ -11,7 +11,8 @@ Differences from the official code:
 - The official ``CustomCLIP.forward`` runs the text encoder once per image in a Python loop. Here the ``B × C``
   prompts of a batch go through the text encoder together (``PromptModel.encode_prompts``), cut after their EOS in
   per-length buckets and chunked by ``text_chunk``; the logits equal the loop's to float tolerance
-  (``tests/methods/test_cocoop.py::test_batched_equals_official_per_image_loop``, ``benchmarks/cocoop_batched.py``). :func:`per_image_logits` is
+  (``tests/methods/test_cocoop.py::test_batched_equals_official_per_image_loop``; the official code's own figures:
+  ``tests/fidelity/test_official_figures.py``; ``benchmarks/cocoop_batched.py``). :func:`per_image_logits` is
   the loop, kept for those comparisons.
 
 The official recipe (batch 1, 10 epochs, SGD 0.002, M = 4 from "a photo of a") is the default wherever the user
