@@ -192,8 +192,8 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
 TENSORBOARD_HELP = (
     "also write TensorBoard event logs into OUT/tensorboard/ (for a benchmark: into every run folder): train/loss, "
     "train/accuracy, train/lr after every optimiser step, epoch/loss, epoch/train_accuracy, epoch/lr per epoch, "
-    "eval/accuracy and eval/macro_f1 at the end, and the run's hyper-parameters; view with `tensorboard --logdir "
-    "OUT` (a grid: --logdir RUNS_DIR). A resumed run continues its log. Needs pip install 'vlprompt[tensorboard]'")
+    "eval/accuracy and eval/macro_f1 at the end (zeroshot, linear-probe: these only), and the run's hyper-parameters; "
+    "view with `tensorboard --logdir OUT` (a grid: --logdir RUNS_DIR). A resumed run continues its log. Needs pip install 'vlprompt[tensorboard]'")
 
 
 def add_tracking_args(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:

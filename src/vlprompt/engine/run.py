@@ -232,7 +232,7 @@ def train_run(spec: RunSpec, progress: bool = False, backbone=None) -> dict:
             raise ConfigError(f"dataset '{spec.dataset}' has no training images.")
         with contextlib.ExitStack() as lock:  # only rank 0 creates, locks and writes the folder
             D.on_main(_lock_folder, out, lock)
-            return _train_locked(spec, out, progress and D.is_main(), *loaded)
+            return _train_locked(spec, out, progress and D.is_main(), lock, *loaded)
 
 
 def _lock_folder(out: Path, stack: contextlib.ExitStack) -> None:
@@ -268,7 +268,7 @@ def _open_folder(spec: RunSpec, out: Path, config: dict, epochs: int) -> tuple[d
     return None, start, prior, config
 
 
-def _train_locked(spec: RunSpec, out: Path, progress: bool, device, data, backbone) -> dict:
+def _train_locked(spec: RunSpec, out: Path, progress: bool, stack: contextlib.ExitStack, device, data, backbone) -> dict:
     P.seed_everything(spec.seed)
     template = method_template(spec.method, data.splits.name, data.splits.template)  # KgCoOp: its own templates
     learner = create_prompt_learner(spec.method, backbone, data.splits.classnames, spec.learner,
@@ -295,9 +295,10 @@ def _train_locked(spec: RunSpec, out: Path, progress: bool, device, data, backbo
     D.sync_train_state(learner, optimizer, generator, scaler)  # torchrun: every rank from rank 0's state
 
     last_save = [time.perf_counter()]
-    # TensorBoard (rank 0 only; NullTracker elsewhere or when off): opened after the folder is resolved, closed
-    # (flushed) however training ends
+    # TensorBoard (rank 0 only; a NullTracker elsewhere or when off), opened once the folder is resolved; closed
+    # (flushed) however the run ends, when ``stack`` closes, before the folder's lock is released
     tracker = _open_tracker(spec, out, start, len(batches) if start < epochs else None, prior)
+    stack.callback(tracker.close)
 
     def on_epoch(record: dict, _opt) -> None:
         due = time.perf_counter() - last_save[0] >= spec.state_every_seconds
@@ -313,30 +314,26 @@ def _train_locked(spec: RunSpec, out: Path, progress: bool, device, data, backbo
     def on_step(record: dict) -> None:
         tracker.log_scalars(T.step_scalars(record), record["global_step"])
 
-    try:
-        fit(model, batches, spec.train, epochs, images_are_features=are_feats, progress=progress,
-            on_epoch=on_epoch if D.is_main() else None,
-            on_step=on_step if spec.tensorboard and D.is_main() else None,  # None: nothing per step
-            start_epoch=start + 1, optimizer=optimizer, scaler=scaler)
-        train_seconds = time.perf_counter() - t0 + sum(float(r.get("seconds", 0.0)) for r in prior)
-        D.on_main(save_learner, out, learner, backbone)
+    fit(model, batches, spec.train, epochs, images_are_features=are_feats, progress=progress,
+        on_epoch=on_epoch if D.is_main() else None, start_epoch=start + 1, optimizer=optimizer, scaler=scaler,
+        on_step=on_step if spec.tensorboard and D.is_main() else None)  # None: nothing at all per step
+    train_seconds = time.perf_counter() - t0 + sum(float(r.get("seconds", 0.0)) for r in prior)
+    D.on_main(save_learner, out, learner, backbone)
 
-        t1 = time.perf_counter()
-        with torch.no_grad():
-            text = model.class_text_features()  # once per evaluation, not per batch (None: per-image prompts)
-            metrics, _ = P.evaluate_model(model, _test_features(spec, backbone, data, "test", data.splits.test,
-                                                                progress), P.labels_of(data.splits.test), text)
-            if data.val and not data.splits.info.get("val_is_test"):
-                val_metrics, _ = P.evaluate_model(
-                    model, _test_features(spec, backbone, data, "val-fewshot", data.val, progress),
-                    P.labels_of(data.val), text)
-                metrics["val_accuracy"] = val_metrics["accuracy"]
-        metrics.update(train_seconds=train_seconds, eval_seconds=time.perf_counter() - t1,
-                       peak_memory_mb=P.peak_memory_mb(device), epochs=epochs)
-        T.log_final(tracker, metrics, epochs, config)  # before metrics.json: a finished run has its eval events
-        D.on_main(_finish, out, metrics)
-    finally:
-        tracker.close()
+    t1 = time.perf_counter()
+    with torch.no_grad():
+        text = model.class_text_features()  # once per evaluation, not per batch (None: per-image prompts)
+        metrics, _ = P.evaluate_model(model, _test_features(spec, backbone, data, "test", data.splits.test, progress),
+                                      P.labels_of(data.splits.test), text)
+        if data.val and not data.splits.info.get("val_is_test"):
+            val_metrics, _ = P.evaluate_model(
+                model, _test_features(spec, backbone, data, "val-fewshot", data.val, progress),
+                P.labels_of(data.val), text)
+            metrics["val_accuracy"] = val_metrics["accuracy"]
+    metrics.update(train_seconds=train_seconds, eval_seconds=time.perf_counter() - t1,
+                   peak_memory_mb=P.peak_memory_mb(device), epochs=epochs)
+    T.log_final(tracker, metrics, epochs, config)  # before metrics.json: a finished run has its eval events
+    D.on_main(_finish, out, metrics)
     return metrics
 
 
