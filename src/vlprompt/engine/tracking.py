@@ -176,6 +176,7 @@ def keep_completed_steps(directory: str | Path, last_step: int | None) -> int:
     Returns:
         The number of ``train/*`` events kept.
     """
+    from google.protobuf.message import DecodeError
     from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
     from tensorboard.compat.proto import event_pb2
     from tensorboard.summary.writer.record_writer import RecordWriter
@@ -191,7 +192,11 @@ def keep_completed_steps(directory: str | Path, last_step: int | None) -> int:
     have_version, kept = False, 0
     for path in files:
         for raw in RawEventFileLoader(str(path)).Load():
-            event = event_pb2.Event.FromString(raw)
+            try:
+                event = event_pb2.Event.FromString(raw)
+            except DecodeError:  # a damaged record (its checksum passed): a log is no reason to stop the run
+                _logger.warning("%s: skipping an unreadable TensorBoard event", path)
+                continue
             if event.HasField("file_version"):
                 if not have_version:
                     out.write(raw)
