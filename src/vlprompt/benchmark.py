@@ -95,6 +95,9 @@ class BenchmarkConfig:
         train: optimisation settings of the CoOp runs (``epochs=None``: the official count per shot number).
         cache_dir: feature cache folder (``None``: the default; ``""``: off, which defeats the reuse).
         fail_fast: stop at the first failed run instead of continuing with the rest of the grid.
+        tensorboard: every run writes TensorBoard events into its own ``<run folder>/tensorboard/``, so
+            ``tensorboard --logdir RUNS_DIR`` compares the grid (:mod:`vlprompt.engine.tracking`). Not a setting of
+            the recipe: a grid can be resumed with or without it.
     """
 
     datasets: tuple[str, ...]
@@ -110,6 +113,7 @@ class BenchmarkConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     cache_dir: str | None = None
     fail_fast: bool = False
+    tensorboard: bool = False
 
     def __post_init__(self) -> None:
         problems = []
@@ -188,7 +192,7 @@ def run_job(job: Job, cfg: BenchmarkConfig, backbone=None) -> dict:
 
     spec = RunSpec(dataset=job.dataset, out=str(job.out), root=cfg.root, shots=job.shots, seed=job.seed,
                    backbone=cfg.backbone, pretrained=cfg.pretrained, train=cfg.train, device=cfg.device,
-                   cache_dir=cfg.cache_dir)
+                   cache_dir=cfg.cache_dir, tensorboard=cfg.tensorboard)
     if job.method == "zeroshot":
         return zeroshot_run(spec, [dataset_template(job.dataset, cfg.root)], backbone=backbone)
     if job.method == "linear-probe":
@@ -273,6 +277,10 @@ def run_benchmark(
     """
     from tqdm.auto import tqdm
 
+    if cfg.tensorboard:  # once for the grid, not as a failure of every run
+        from vlprompt.engine.tracking import require_tensorboard
+
+        require_tensorboard()
     check_settings(cfg)
     summary = BenchmarkSummary(plan(cfg))
     backbone = None  # built at the first job that runs, then shared by the whole grid (it stays frozen)

@@ -59,6 +59,7 @@ def build_config(args: argparse.Namespace):
         backbone=args.backbone, pretrained=args.pretrained, device=args.device,
         learner={"n_ctx": args.n_ctx, "ctx_init": args.ctx_init, "class_token_position": args.class_token_position},
         train=train_config(args), cache_dir=args.cache_dir, fail_fast=args.fail_fast,
+        tensorboard=args.tensorboard,
     )
 
 

@@ -185,6 +185,21 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--resume", action="store_true",
                    help="continue the unfinished run in --out after its last completed epoch (rerunning the same "
                         "command does this too); a finished run of the same configuration is kept and reported")
+    add_tracking_args(g)  # issue 17: --tensorboard
+
+
+# --- experiment tracking (issue 17): --tensorboard on train, linear-probe, zeroshot and benchmark ---
+TENSORBOARD_HELP = (
+    "also write TensorBoard event logs into OUT/tensorboard/ (for a benchmark: into every run folder): train/loss, "
+    "train/accuracy, train/lr after every optimiser step, epoch/loss, epoch/train_accuracy, epoch/lr per epoch, "
+    "eval/accuracy and eval/macro_f1 at the end (zeroshot, linear-probe: these only), and the run's hyper-parameters; "
+    "view with `tensorboard --logdir OUT` (a grid: --logdir RUNS_DIR). A resumed run continues its log. Needs pip install 'vlprompt[tensorboard]'")
+
+
+def add_tracking_args(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """``--tensorboard`` (:mod:`vlprompt.engine.tracking`), to ``p`` (a parser or an argument group)."""
+    p.add_argument("--tensorboard", action="store_true", help=TENSORBOARD_HELP)
+# --- end experiment tracking ---
 
 
 def add_output_args(p: argparse.ArgumentParser) -> None:
@@ -225,6 +240,7 @@ def run_spec(args: argparse.Namespace) -> RunSpec:
         classnames_file=args.classnames_file, strict=args.strict, label=args.label, overwrite=args.overwrite,
         resume=getattr(args, "resume", False), allow_outside_root=getattr(args, "allow_outside_root", False),
         fewshot_file=getattr(args, "fewshot_file", None),  # issue 12 §5
+        tensorboard=getattr(args, "tensorboard", False),  # issue 17: experiment tracking
     )
 
 

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from vlprompt.cli.common import add_backbone_args, add_data_args, add_output_args, print_metrics, run_spec
+from vlprompt.cli.common import (
+    add_backbone_args,
+    add_data_args,
+    add_output_args,
+    add_tracking_args,
+    print_metrics,
+    run_spec,
+)
 
 DESCRIPTION = (
     "Fit the linear-probe baseline of the CoOp paper on the few-shot training images and evaluate it on the test "
@@ -30,6 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--batch-size", dest="eval_batch_size", type=int, default=100,
                    help="feature-extraction batch size (default 100)")
     g.add_argument("--workers", type=int, default=0, help="data-loading worker processes (default 0)")
+    add_tracking_args(p)
     add_output_args(p)
     p.set_defaults(func=run)
 

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from vlprompt.cli.common import add_backbone_args, add_data_args, add_output_args, print_metrics, run_spec
+from vlprompt.cli.common import (
+    add_backbone_args,
+    add_data_args,
+    add_output_args,
+    add_tracking_args,
+    print_metrics,
+    run_spec,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -18,6 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--templates", default=None,
                    help="dataset (the dataset's own template; default), ensemble7, ensemble80, or a FILE with one "
                         "template per line")
+    add_tracking_args(p)
     add_output_args(p)
     p.set_defaults(func=run)
 

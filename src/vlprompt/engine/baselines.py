@@ -22,7 +22,7 @@ from pathlib import Path
 
 from vlprompt._io import atomic_save_safetensors, atomic_write_json
 from vlprompt.engine import pipeline as P
-from vlprompt.engine.run import RunSpec, _base_config, _load, _test_features, prepare_out
+from vlprompt.engine.run import RunSpec, _base_config, _load, _test_features, log_eval_only, prepare_out
 from vlprompt.errors import ArtifactError, ConfigError
 
 _logger = logging.getLogger(__name__)
@@ -60,6 +60,10 @@ def linear_probe_run(
     """
     from vlprompt.eval.linear_probe import fit_linear_probe, linear_probe_metrics
 
+    if spec.tensorboard:
+        from vlprompt.engine.tracking import require_tensorboard
+
+        require_tensorboard()
     out = prepare_out(spec.out, spec.overwrite)
     for name in (PROBE_WEIGHTS, PROBE_JSON):
         (out / name).unlink(missing_ok=True)  # an unfinished earlier attempt must not leave a stale probe behind
@@ -69,7 +73,8 @@ def linear_probe_run(
                     "fewshot": "same subsets as CoOp (vlprompt sampler), not the official lpclip NumPy draw"}
     device, data, backbone = _load(spec, backbone)
     P.seed_everything(spec.seed)
-    atomic_write_json(out / "config.json", _base_config(spec, data, backbone, None, spec.label or LINEAR_PROBE_LABEL))
+    config = _base_config(spec, data, backbone, None, spec.label or LINEAR_PROBE_LABEL)
+    atomic_write_json(out / "config.json", config)
     if not data.train:
         raise ConfigError(f"dataset '{spec.dataset}' has no training images for the linear probe.")
 
@@ -90,6 +95,7 @@ def linear_probe_run(
     metrics.update(val_accuracy=result.val_accuracy, C=result.C, selection=result.selection,
                    train_seconds=train_seconds, eval_seconds=time.perf_counter() - t1,
                    peak_memory_mb=P.peak_memory_mb(device))
+    log_eval_only(spec, out, metrics, config)  # --tensorboard: eval/* (accuracy, macro_f1, val_accuracy) at step 0
     atomic_write_json(out / "metrics.json", metrics)
     return metrics
 

@@ -81,6 +81,7 @@ def fit(
     images_are_features: bool,
     progress: bool = False,
     on_epoch: Callable[[dict], None] | None = None,
+    on_step: Callable[[dict], None] | None = None,
     start_epoch: int = 1,
     optimizer: torch.optim.Optimizer | None = None,
     scaler: torch.amp.GradScaler | None | str = "auto",
@@ -96,6 +97,10 @@ def fit(
         images_are_features: whether batches carry features instead of images.
         progress: show a progress bar over epochs.
         on_epoch: called with each epoch's record (used to append ``history.jsonl``).
+        on_step: called after every optimiser step with ``{"epoch", "step" (1-based in the epoch), "global_step"
+            (optimiser steps so far over all epochs, counting ``start_epoch - 1`` earlier epochs of ``len(batches)``
+            steps, so it continues on resume), "loss", "accuracy" (percent), "lr", "rows"}`` (the global batch's
+            values under torchrun). Used for TensorBoard (:mod:`vlprompt.engine.tracking`); ``None`` costs nothing.
         start_epoch: first epoch to run (for resuming).
         optimizer: an existing optimizer (for resuming); built with :func:`make_optimizer` when ``None``.
         scaler: the GradScaler for ``--precision amp`` with fp16 autocast (for resuming), ``None`` for none, or
@@ -111,6 +116,8 @@ def fit(
         scaler = make_scaler(cfg, device)
     history = []
     shard = D.BatchShard() if D.active() else None  # under torchrun: batch rows split over ranks (distributed.py)
+    # optimiser steps before start_epoch (every epoch has len(batches) steps); only needed for on_step
+    global_step = (start_epoch - 1) * len(batches) if on_step is not None else 0
     model.learner.train()
     bar = tqdm(range(start_epoch, epochs + 1), desc="train", unit="epoch", disable=not progress, leave=False)
     try:
@@ -151,6 +158,10 @@ def fit(
                 total_loss += step_loss * rows
                 correct += step_correct
                 seen += rows
+                if on_step is not None:  # the values are host floats already (the divergence check needs them)
+                    global_step += 1
+                    on_step({"epoch": epoch, "step": step, "global_step": global_step, "loss": step_loss,
+                             "accuracy": 100.0 * step_correct / max(rows, 1), "lr": lr, "rows": rows})
             record = {
                 "epoch": epoch,
                 "lr": lr,

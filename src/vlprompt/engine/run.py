@@ -27,6 +27,7 @@ from vlprompt._io import append_jsonl, atomic_write_json
 from vlprompt.backbones import create_backbone
 from vlprompt.engine import distributed as D
 from vlprompt.engine import pipeline as P
+from vlprompt.engine import tracking as T
 from vlprompt.engine import train_state as TS
 from vlprompt.engine.checkpoint import LEARNER_JSON, LEARNER_WEIGHTS, save_learner
 from vlprompt.engine.config import TrainConfig, parse_augment
@@ -67,6 +68,10 @@ class RunSpec:
     #: Save the resumable training state at most this often (seconds); 0 = after every epoch. A resumed run ends
     #: identical either way; a larger value only means more epochs are redone after a kill. Not part of the recipe.
     state_every_seconds: float = 0.0
+    #: Write TensorBoard events into ``out/tensorboard/`` (``--tensorboard``; :mod:`vlprompt.engine.tracking`):
+    #: train/* per step, epoch/* per epoch, eval/* at the end. Needs ``pip install 'vlprompt[tensorboard]'``. Not
+    #: part of the recipe: a run resumed with or without it computes the same thing.
+    tensorboard: bool = False
 
     def __post_init__(self) -> None:
         if self.shots is not None and (isinstance(self.shots, bool) or self.shots < 0):
@@ -111,6 +116,7 @@ def prepare_out(out: str | Path, overwrite: bool) -> Path:
     (out / "history.jsonl").unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     TS.remove_train_state(out)
+    T.remove_event_files(out)  # TensorBoard events of the replaced run
     return out
 
 
@@ -216,6 +222,8 @@ def train_run(spec: RunSpec, progress: bool = False, backbone=None) -> dict:
                           f"'{out}', --overwrite discards it; pass one of them.")
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out '{out}' is a file, not a folder; choose a folder for the run.")
+    if spec.tensorboard:
+        T.require_tensorboard()  # a missing package is reported before anything is loaded
     if not spec.resume:
         _refuse_finished(spec)
     with D.process_group(P.resolve_device(spec.device)):
@@ -224,7 +232,7 @@ def train_run(spec: RunSpec, progress: bool = False, backbone=None) -> dict:
             raise ConfigError(f"dataset '{spec.dataset}' has no training images.")
         with contextlib.ExitStack() as lock:  # only rank 0 creates, locks and writes the folder
             D.on_main(_lock_folder, out, lock)
-            return _train_locked(spec, out, progress and D.is_main(), *loaded)
+            return _train_locked(spec, out, progress and D.is_main(), lock, *loaded)
 
 
 def _lock_folder(out: Path, stack: contextlib.ExitStack) -> None:
@@ -260,7 +268,7 @@ def _open_folder(spec: RunSpec, out: Path, config: dict, epochs: int) -> tuple[d
     return None, start, prior, config
 
 
-def _train_locked(spec: RunSpec, out: Path, progress: bool, device, data, backbone) -> dict:
+def _train_locked(spec: RunSpec, out: Path, progress: bool, stack: contextlib.ExitStack, device, data, backbone) -> dict:
     P.seed_everything(spec.seed)
     template = method_template(spec.method, data.splits.name, data.splits.template)  # KgCoOp: its own templates
     learner = create_prompt_learner(spec.method, backbone, data.splits.classnames, spec.learner,
@@ -287,18 +295,28 @@ def _train_locked(spec: RunSpec, out: Path, progress: bool, device, data, backbo
     D.sync_train_state(learner, optimizer, generator, scaler)  # torchrun: every rank from rank 0's state
 
     last_save = [time.perf_counter()]
+    # TensorBoard (rank 0 only; a NullTracker elsewhere or when off), opened once the folder is resolved; closed
+    # (flushed) however the run ends, when ``stack`` closes, before the folder's lock is released
+    tracker = _open_tracker(spec, out, start, len(batches) if start < epochs else None, prior)
+    stack.callback(tracker.close)
 
     def on_epoch(record: dict, _opt) -> None:
         due = time.perf_counter() - last_save[0] >= spec.state_every_seconds
         # History first (fsynced when a state follows): a kill before the state is saved is undone on resume.
         append_jsonl(out / "history.jsonl", record, fsync=due)
+        tracker.log_scalars(T.epoch_scalars(record), record["epoch"])
+        tracker.flush()
         if due:
             TS.save_train_state(out, epoch=record["epoch"], learner=learner, optimizer=optimizer,
                                 generator=generator, scaler=scaler, digest=digest)
             last_save[0] = time.perf_counter()
 
+    def on_step(record: dict) -> None:
+        tracker.log_scalars(T.step_scalars(record), record["global_step"])
+
     fit(model, batches, spec.train, epochs, images_are_features=are_feats, progress=progress,
-        on_epoch=on_epoch if D.is_main() else None, start_epoch=start + 1, optimizer=optimizer, scaler=scaler)
+        on_epoch=on_epoch if D.is_main() else None, start_epoch=start + 1, optimizer=optimizer, scaler=scaler,
+        on_step=on_step if spec.tensorboard and D.is_main() else None)  # None: nothing at all per step
     train_seconds = time.perf_counter() - t0 + sum(float(r.get("seconds", 0.0)) for r in prior)
     D.on_main(save_learner, out, learner, backbone)
 
@@ -314,8 +332,21 @@ def _train_locked(spec: RunSpec, out: Path, progress: bool, device, data, backbo
             metrics["val_accuracy"] = val_metrics["accuracy"]
     metrics.update(train_seconds=train_seconds, eval_seconds=time.perf_counter() - t1,
                    peak_memory_mb=P.peak_memory_mb(device), epochs=epochs)
+    T.log_final(tracker, metrics, epochs, config)  # before metrics.json: a finished run has its eval events
     D.on_main(_finish, out, metrics)
     return metrics
+
+
+def _open_tracker(spec: RunSpec, out: Path, start: int, steps_per_epoch: int | None, prior: list[dict]) -> T.Tracker:
+    """The run's tracker: a :class:`~vlprompt.engine.tracking.TensorBoardTracker` on rank 0 with
+    ``spec.tensorboard``, else a :class:`~vlprompt.engine.tracking.NullTracker`. An error opening it on rank 0 is
+    raised on every rank (``D.on_main``), so no rank waits in a later collective."""
+    if not spec.tensorboard:
+        return T.NullTracker()
+    opened: list[T.Tracker] = []
+    D.on_main(lambda: opened.append(T.open_run_tracker(out, resume_after_epoch=start, steps_per_epoch=steps_per_epoch,
+                                                       prior_history=prior)))
+    return opened[0] if opened else T.NullTracker()
 
 
 def _finish(out: Path, metrics: dict) -> None:
@@ -333,19 +364,35 @@ def zeroshot_run(spec: RunSpec, templates: list[str], progress: bool = False, ba
         raise ConfigError("no zero-shot templates given.")
     for t in templates:
         check_template(t)
+    if spec.tensorboard:
+        T.require_tensorboard()
     _refuse_finished(spec)
     spec.method, spec.learner = "zeroshot", {"templates": templates}
     device, data, backbone = _load(spec, backbone)
     out = prepare_out(spec.out, spec.overwrite)  # after the inputs are validated: a failed call leaves no folder
     label = spec.label or ("Zero-shot CLIP" if len(templates) == 1 else f"Zero-shot CLIP ({len(templates)} templates)")
-    atomic_write_json(out / "config.json", _base_config(spec, data, backbone, None, label))
+    config = _base_config(spec, data, backbone, None, label)
+    atomic_write_json(out / "config.json", config)
     t1 = time.perf_counter()
     weights = zero_shot_weights(backbone, data.splits.classnames, templates)
     metrics, _ = P.evaluate_features(weights, _test_features(spec, backbone, data, "test", data.splits.test, progress),
                                      P.labels_of(data.splits.test), backbone.logit_scale)
     metrics.update(train_seconds=0.0, eval_seconds=time.perf_counter() - t1, peak_memory_mb=P.peak_memory_mb(device))
+    log_eval_only(spec, out, metrics, config)
     atomic_write_json(out / "metrics.json", metrics)
     return metrics
+
+
+def log_eval_only(spec: RunSpec, out: Path, metrics: dict, config: dict) -> None:
+    """With ``spec.tensorboard``: the ``eval/*`` scalars (step 0) and hparams of a run that trains no prompt
+    (zero-shot, linear probe) into a fresh ``out/tensorboard/``."""
+    if not spec.tensorboard:
+        return
+    tracker = T.eval_only_tracker(out)
+    try:
+        T.log_final(tracker, metrics, 0, config)
+    finally:
+        tracker.close()
 
 
 def eval_run(run_dir: str, spec: RunSpec, progress: bool = False) -> dict:
