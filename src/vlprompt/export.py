@@ -24,8 +24,8 @@ difference above :data:`CHECK_TOLERANCE` refuses the export (nothing is written)
 Refused, with the reason: a conditional prompt (CoCoOp), whose class weights depend on each image (the text
 encoder runs once per image and class: no fixed classifier to bake; exporting the text tower per image would
 cost ``B·C`` text-transformer passes per batch and is not offered); a zero-shot or linear-probe run folder, which
-holds no prompt that :class:`PromptClassifier` loads (``vlprompt predict`` cannot use them either); a backbone
-not in fp32.
+holds no prompt that :class:`PromptClassifier` loads (``vlprompt predict`` cannot use them either); a classifier
+not on the CPU in fp32 (the graph is traced and checked there).
 """
 
 from __future__ import annotations
@@ -198,13 +198,13 @@ def _refuse_non_prompt_runs(run_dir: Path) -> None:
             "supports learned prompts only; export a trained prompt (`vlprompt train --method coop|kgcoop`) instead.")
 
 
-def load_for_export(run_dir: str | os.PathLike, *, device: str | torch.device = "cpu", pretrained: str | None = None):
-    """Load ``run_dir`` as a :class:`~vlprompt.api.PromptClassifier`, refusing run folders that hold no prompt
-    (zero-shot, linear probe) with the reason."""
+def load_for_export(run_dir: str | os.PathLike, *, pretrained: str | None = None):
+    """Load ``run_dir`` as a :class:`~vlprompt.api.PromptClassifier` on the CPU, refusing run folders that hold no
+    prompt (zero-shot, linear probe) with the reason."""
     from vlprompt.api import PromptClassifier
 
     check_run(run_dir)
-    return PromptClassifier.load(run_dir, device=device, pretrained=pretrained)
+    return PromptClassifier.load(run_dir, device="cpu", pretrained=pretrained)
 
 
 @contextlib.contextmanager
@@ -254,7 +254,7 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _check_with_onnxruntime(path: Path, model: nn.Module, size: int, device: torch.device) -> dict:
+def _check_with_onnxruntime(path: Path, model: nn.Module, size: int) -> dict:
     """Run the written graph with onnxruntime on seeded random batches; compare with ``model`` in torch."""
     import numpy as np
     import onnxruntime as ort
@@ -266,7 +266,7 @@ def _check_with_onnxruntime(path: Path, model: nn.Module, size: int, device: tor
         x = torch.randn(n, 3, size, size, generator=gen)  # (n, 3, S, S), the scale of normalised images
         (got,) = session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})  # (n, C)
         with torch.no_grad():
-            want = model(x.to(device)).cpu().numpy()
+            want = model(x).numpy()
         if got.shape != want.shape:
             raise ArtifactError(f"the exported graph returned shape {got.shape} for a batch of {n}, expected "
                                 f"{want.shape}: the batch axis is not dynamic; nothing was written.")
@@ -305,7 +305,7 @@ def export_onnx(
         The sidecar's content.
 
     Raises:
-        ConfigError: a conditional prompt, a non-fp32 backbone, a bad ``out``/``exporter``, or a missing package of
+        ConfigError: a conditional prompt, a backbone not on the CPU in fp32, a bad ``out``/``exporter``, or a missing package of
             the ``onnx`` extra.
         ArtifactError: the export failed or its check did not pass.
     """
@@ -317,9 +317,12 @@ def export_onnx(
             "image (a meta-network turns the image feature into a context shift, and the text encoder then runs "
             "once per image and class), so there are no class weights to bake into the graph. Export a CoOp or "
             "KgCoOp prompt, or serve this one with PromptClassifier.predict / `vlprompt predict`.")
-    if clf.backbone.dtype != torch.float32:
-        raise ConfigError(f"export needs an fp32 backbone; this one computes in {clf.backbone.dtype}. Load the run "
-                          "with PromptClassifier.load (fp32 by default).")
+    if clf.backbone.dtype != torch.float32 or clf.backbone.device.type != "cpu":
+        # The graph is traced, and checked against onnxruntime's CPU kernels, on the CPU in fp32: a GPU trace would
+        # be compared through TF32 convolutions, and fp16 weights would be baked into the graph.
+        raise ConfigError(f"export traces the model on the CPU in fp32; this classifier is on "
+                          f"{clf.backbone.device} in {str(clf.backbone.dtype).removeprefix('torch.')}. Load it with "
+                          "PromptClassifier.load(run) (CPU, fp32 by default).")
     versions = require_onnx(check)
     import onnx
 
@@ -329,7 +332,7 @@ def export_onnx(
     cfg = clf.backbone.preprocess
     size = int(cfg.image_size)
     model = BakedClassifier(clf.backbone, clf.text_features(), clf.logit_scale).eval()
-    example = torch.zeros(2, 3, size, size, device=clf.backbone.device)  # batch 2: a batch of 1 would be specialised
+    example = torch.zeros(2, 3, size, size)  # batch 2: a batch of 1 would be specialised
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
         graph = tmp_dir / out.name  # the final name: an external-data file, if any, keeps its reference
@@ -339,7 +342,7 @@ def export_onnx(
         inputs = [i.name for i in proto.graph.input]
         if inputs != [INPUT_NAME]:
             raise ArtifactError(f"the exported graph has inputs {inputs}, expected ['{INPUT_NAME}'].")
-        checked = _check_with_onnxruntime(graph, model, size, clf.backbone.device) if check else None
+        checked = _check_with_onnxruntime(graph, model, size) if check else None
         meta = {
             "format": "vlprompt-onnx-classifier",
             "vlprompt_version": __version__,

@@ -245,3 +245,49 @@ def test_cli_constants_agree_with_the_library():
 
     assert (C.FORMATS, C.CHECK_TOLERANCE, C.ONNX_INSTALL_HINT) == (E.FORMATS, E.CHECK_TOLERANCE,
                                                                     E.ONNX_INSTALL_HINT)
+
+
+def test_transformers_backbone_exports_with_its_own_preprocessing(data, tmp_path):
+    """A transformers CLIPModel (the other backbone family): its preprocessor_config's mean/std/size (not CLIP's)
+    are what preprocess applies and what the sidecar records, and onnxruntime still equals predict."""
+    transformers = pytest.importorskip("transformers")
+    root, queries = data
+    text = {"hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 2, "num_hidden_layers": 2,
+            "vocab_size": 49408, "max_position_embeddings": 77, "eos_token_id": 49407, "bos_token_id": 49406,
+            "pad_token_id": 1}
+    vision = {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 2, "num_hidden_layers": 2,
+              "image_size": 48, "patch_size": 16}
+    torch.manual_seed(0)
+    model = transformers.CLIPModel(transformers.CLIPConfig(text_config=text, vision_config=vision, projection_dim=16))
+    model.save_pretrained(str(tmp_path / "hf"))
+    (tmp_path / "hf" / "preprocessor_config.json").write_text(json.dumps(
+        {"image_mean": [0.5, 0.4, 0.3], "image_std": [0.25, 0.2, 0.3], "crop_size": {"height": 48, "width": 48},
+         "size": {"shortest_edge": 48}, "resample": 3}))  # PIL 3 = bicubic
+    run = tmp_path / "run"
+    assert main(["train", "--dataset", f"folder:{root / 'data'}", "--backbone", f"hf:{tmp_path / 'hf'}",
+                 "--out", str(run), *TINY]) == 0
+    clf = PromptClassifier.load(run)
+    meta = E.export_onnx(clf, tmp_path / "hf.onnx", source=run)
+    pre = meta["preprocessing"]
+    assert (pre["image_size"], pre["mean"], pre["std"], pre["interpolation"]) == (48, [0.5, 0.4, 0.3],
+                                                                                 [0.25, 0.2, 0.3], "bicubic")
+    assert meta["input"]["shape"] == ["batch", 3, 48, 48] and meta["backbone"]["name"] == f"hf:{tmp_path / 'hf'}"
+    assert meta["exporter"]["name"] == "dynamo" and meta["check"]["max_abs_diff"] <= TOL
+    import onnx
+
+    names = [init.name for init in onnx.load(str(tmp_path / "hf.onnx")).graph.initializer]
+    assert any("vision_model" in n for n in names) and not any("text_model" in n for n in names)
+    for batch in (queries[:1], queries[1:4]):
+        got = _ort_probs(tmp_path / "hf.onnx", clf.preprocess(batch).numpy())
+        assert np.abs(got - clf.predict(batch).probs.numpy()).max() <= TOL
+
+
+def test_a_classifier_off_the_cpu_or_not_fp32_is_refused(data, tmp_path):
+    from vlprompt.backbones import create_backbone
+
+    run = _run(data, "coop", "microclip")
+    fp16 = PromptClassifier.load(run, backbone=create_backbone("microclip", precision="fp16"))
+    with pytest.raises(E.ConfigError, match="traces the model on the CPU in fp32; this classifier is on cpu in "
+                                            "float16"):
+        E.export_onnx(fp16, tmp_path / "m.onnx")
+    assert list(tmp_path.iterdir()) == []

@@ -34,14 +34,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="torch.onnx exporter: auto (dynamo, falling back to torchscript; default), dynamo, torchscript")
     p.add_argument("--no-check", dest="check", action="store_false",
                    help="skip the onnxruntime comparison of the written graph")
-    p.add_argument("--device", default="cpu", help="where to trace the model (default cpu)")
     p.add_argument("--pretrained", default=None, help="where the backbone weights are now, if they moved")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Run ``vlprompt export``."""
-    from vlprompt.engine.pipeline import resolve_device
     from vlprompt.errors import ConfigError
     from vlprompt.export import check_out_path, check_run, export_onnx, load_for_export, require_onnx, sidecar_path
 
@@ -51,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     require_onnx(args.check)
     check_run(args.run)
     check_out_path(args.out)
-    clf = load_for_export(args.run, device=resolve_device(args.device), pretrained=args.pretrained)
+    clf = load_for_export(args.run, pretrained=args.pretrained)  # traced on the CPU
     meta = export_onnx(clf, args.out, opset=args.opset, exporter=args.exporter, check=args.check, source=args.run)
     ex, chk = meta["exporter"], meta["check"]
     print(f"{args.out}: {meta['method']} on {meta['backbone']['name']}, {meta['num_classes']} classes, input "
