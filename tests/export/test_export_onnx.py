@@ -291,3 +291,19 @@ def test_a_classifier_off_the_cpu_or_not_fp32_is_refused(data, tmp_path):
                                             "float16"):
         E.export_onnx(fp16, tmp_path / "m.onnx")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_weights_saved_as_external_data_move_with_the_graph(data, tmp_path, monkeypatch):
+    """Graphs over 2 GB keep their weights in a file beside them (protobuf's limit); forced here on a tiny one:
+    both files land beside each other under their final names, and onnxruntime loads them from there."""
+    _, queries = data
+    clf = PromptClassifier.load(_run(data, "coop", "microclip"))
+    real_save = torch.onnx.ONNXProgram.save
+    monkeypatch.setattr(torch.onnx.ONNXProgram, "save",
+                        lambda self, dest, **kw: real_save(self, dest, **{**kw, "external_data": True}))
+    E.export_onnx(clf, tmp_path / "m.onnx")
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names[0] == "m.onnx" and names[-1] == "m.onnx.json" and len(names) == 3  # + the weights file
+    assert (tmp_path / names[1]).stat().st_size > (tmp_path / "m.onnx").stat().st_size
+    got = _ort_probs(tmp_path / "m.onnx", clf.preprocess(queries[:3]).numpy())
+    assert np.abs(got - clf.predict(queries[:3]).probs.numpy()).max() <= TOL
