@@ -151,10 +151,11 @@ class PromptClassifier:
             if isinstance(im, (str, Path, os.PathLike)):
                 im = load_image(str(im))
             elif not isinstance(im, Image.Image):
-                raise ConfigError(f"predict() takes PIL images, file paths or a tensor batch; got {type(im).__name__}.")
+                raise ConfigError(f"preprocess() and predict() take PIL images, file paths or a tensor batch; got "
+                                  f"{type(im).__name__}.")
             out.append(tf(im.convert("RGB")))  # (3, S, S)
         if not out:
-            raise ConfigError("predict() got no images.")
+            raise ConfigError("preprocess()/predict() got no images.")
         return torch.stack(out)  # (B, 3, S, S)
 
     @torch.no_grad()

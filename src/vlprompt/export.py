@@ -17,9 +17,10 @@ the graph file (binding the two).
 Exporter: torch's default, dynamo-based exporter (``torch.export`` + onnxscript) is tried first; if it fails on a
 backbone, the TorchScript exporter (``dynamo=False``) is used and the sidecar says so.
 
-Check: when onnxruntime is installed (it is part of the ``onnx`` extra), the written graph is run by onnxruntime
-on seeded random input batches of 1 and 3 images and compared with :class:`BakedClassifier` in torch; a maximum
-difference above :data:`CHECK_TOLERANCE` refuses the export (nothing is written).
+Check (``check=True``, the default; onnxruntime is part of the ``onnx`` extra): the written graph is run by
+onnxruntime on seeded random input batches of 1 and 3 images and compared with :class:`BakedClassifier` in torch;
+a maximum difference above :data:`CHECK_TOLERANCE`, or an output whose batch size is not the input's, refuses the
+export (nothing is written). ``check=False`` (``--no-check``) skips it and records ``"check": null``.
 
 Refused, with the reason: a conditional prompt (CoCoOp), whose class weights depend on each image (the text
 encoder runs once per image and class: no fixed classifier to bake; exporting the text tower per image would
