@@ -26,6 +26,9 @@ from vlprompt.errors import ConfigError
 
 _logger = logging.getLogger(__name__)
 
+#: What :meth:`PromptClassifier.preprocess` and ``predict`` take: paths, PIL images, or a preprocessed tensor batch.
+ImageInput = str | os.PathLike | Image.Image | Sequence[str | os.PathLike | Image.Image] | torch.Tensor
+
 
 @dataclass
 class Prediction:
@@ -114,7 +117,23 @@ class PromptClassifier:
             )
         return self._text
 
-    def _to_batch(self, images: Sequence[str | os.PathLike | Image.Image] | torch.Tensor) -> torch.Tensor:
+    def preprocess(self, images: ImageInput) -> torch.Tensor:
+        """The exact ``float32[B, 3, S, S]`` (CPU) batch that :meth:`predict` and :meth:`logits` feed the model.
+
+        Each image is converted to RGB and passed through the backbone's *test* transform
+        (:func:`vlprompt.data.transforms.build_transform` with ``train=False``: resize by ``preprocess.resize_mode``
+        with ``preprocess.interpolation``, centre crop to ``S = preprocess.image_size``, scale to [0, 1], normalise
+        by ``mean``/``std``). This is the input of an exported ONNX model (:mod:`vlprompt.export`): feed
+        ``clf.preprocess(paths).numpy()`` to it to get the probabilities ``predict(paths)`` gives.
+
+        Args:
+            images: file paths, PIL images (one or a sequence), or an already preprocessed ``[B, 3, H, W]`` /
+                ``[3, H, W]`` tensor, returned unchanged (batched).
+
+        Raises:
+            ConfigError: no images, an item of another type, or a tensor of another shape.
+            DataError: a file that cannot be read as an image.
+        """
         if isinstance(images, torch.Tensor):
             if images.dim() == 3:
                 images = images.unsqueeze(0)
@@ -124,27 +143,34 @@ class PromptClassifier:
         from vlprompt.data.images import load_image
         from vlprompt.data.transforms import build_transform
 
+        if isinstance(images, (str, os.PathLike, Image.Image)):  # one image, not a sequence of characters
+            images = [images]
         tf = build_transform(self.backbone.preprocess, train=False)
         out = []
         for im in images:
             if isinstance(im, (str, Path, os.PathLike)):
                 im = load_image(str(im))
             elif not isinstance(im, Image.Image):
-                raise ConfigError(f"predict() takes PIL images, file paths or a tensor batch; got {type(im).__name__}.")
-            out.append(tf(im.convert("RGB")))
+                raise ConfigError(f"preprocess() and predict() take PIL images, file paths or a tensor batch; got "
+                                  f"{type(im).__name__}.")
+            out.append(tf(im.convert("RGB")))  # (3, S, S)
         if not out:
-            raise ConfigError("predict() got no images.")
-        return torch.stack(out)
+            raise ConfigError("preprocess()/predict() got no images.")
+        return torch.stack(out)  # (B, 3, S, S)
 
     @torch.no_grad()
-    def logits(self, images: Sequence[str | os.PathLike | Image.Image] | torch.Tensor) -> torch.Tensor:
-        """``[B, C]`` logits for images (paths, PIL images, or a preprocessed ``[B, 3, H, W]`` tensor)."""
-        feats = self.model.image_features(self._to_batch(images).to(self.backbone.device))
+    def logits(self, images: ImageInput) -> torch.Tensor:
+        """``[B, C]`` logits for images (paths, PIL images, or a preprocessed ``[B, 3, H, W]`` tensor): the model
+        applied to :meth:`preprocess`'s batch."""
+        feats = self.model.image_features(self.preprocess(images).to(self.backbone.device))  # (B, E)
         return self.model.predict_logits(feats, self._text)
 
-    def predict(self, images: Sequence[str | os.PathLike | Image.Image] | torch.Tensor, batch_size: int = 64) -> Prediction:
-        """Classify images; returns labels, indices and probabilities."""
-        if not isinstance(images, torch.Tensor):
+    def predict(self, images: ImageInput, batch_size: int = 64) -> Prediction:
+        """Classify images; returns labels, indices and probabilities (softmax of :meth:`logits`, which runs the
+        model on :meth:`preprocess`'s batch, ``batch_size`` images at a time)."""
+        if isinstance(images, (str, os.PathLike, Image.Image)):
+            images = [images]
+        elif not isinstance(images, torch.Tensor):
             images = list(images)
         chunks = [images[i : i + batch_size] for i in range(0, len(images), batch_size)]
         probs = torch.cat([F.softmax(self.logits(c), dim=-1).cpu() for c in chunks])

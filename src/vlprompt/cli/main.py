@@ -27,6 +27,7 @@ COMMAND_MODULES = [
     "evaluate",
     "zeroshot",
     "predict",
+    "export",
     "linear_probe",
     "datasets",
     "demo",
