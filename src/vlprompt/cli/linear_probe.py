@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from vlprompt.cli.common import add_backbone_args, add_data_args, add_output_args, print_metrics, run_spec
+from vlprompt.cli.config_file import enable_config, linear_probe_record
 
 DESCRIPTION = (
     "Fit the linear-probe baseline of the CoOp paper on the few-shot training images and evaluate it on the test "
@@ -32,6 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--workers", type=int, default=0, help="data-loading worker processes (default 0)")
     add_output_args(p)
     p.set_defaults(func=run)
+    enable_config(p, linear_probe_record)  # last: --config FILE (issue 17); every other argument must be added before it
 
 
 def run(args: argparse.Namespace) -> int:

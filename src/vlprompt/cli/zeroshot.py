@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from vlprompt.cli.common import add_backbone_args, add_data_args, add_output_args, print_metrics, run_spec
+from vlprompt.cli.config_file import enable_config, zeroshot_record
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -20,6 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "template per line")
     add_output_args(p)
     p.set_defaults(func=run)
+    enable_config(p, zeroshot_record)  # last: --config FILE (issue 17); every other argument must be added before it
 
 
 def run(args: argparse.Namespace) -> int:
