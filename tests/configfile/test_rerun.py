@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -173,3 +174,36 @@ def test_zeroshot_and_linear_probe_rerun_from_their_config(image_folder, tmp_pat
     w1, w2 = (load_file(str(d / "probe.safetensors")) for d in (p1, p2))
     assert set(w1) == set(w2) == {"coef", "intercept", "classes"}
     assert all(torch.equal(w1[k], w2[k]) for k in w1)
+
+
+def test_benchmark_layout_rerun_and_moved_data_is_still_checked(tmp_path, capsys):
+    """An official CoOp layout (oxford_pets, split_zhou_OxfordPets.json, Dassl's sampler): the record keeps --root,
+    the re-run is identical; data moved elsewhere re-runs with --root NEW and is still checked against the record."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))
+    from coop_layouts import write_split_json
+
+    write_split_json("oxford_pets", str(tmp_path / "DATA"))
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    assert main(["train", "--dataset", "oxford_pets", "--root", str(tmp_path / "DATA"), "--shots", "2", "--epochs",
+                 "2", "--n-ctx", "2", "--augment", "none", *TINY, "--out", str(a)]) == 0
+    config = json.loads((a / "config.json").read_text())
+    assert config["data"]["root"] == str(tmp_path / "DATA") and config["dataset"]["spec"] == "oxford_pets"
+    assert len(config["fewshot"]["train"]) == 6
+    assert main(["train", "--config", str(a / "config.json"), "--out", str(b)]) == 0
+    ctx = load_file(str(a / "learner.safetensors"))["ctx"]
+    assert torch.equal(ctx, load_file(str(b / "learner.safetensors"))["ctx"])
+
+    shutil.move(tmp_path / "DATA", tmp_path / "MOVED")
+    capsys.readouterr()
+    assert main(["train", "--config", str(a / "config.json"), "--out", str(c)]) == 2
+    assert f"data root '{tmp_path / 'DATA'}' does not exist" in capsys.readouterr().err
+    assert main(["train", "--config", str(a / "config.json"), "--root", str(tmp_path / "MOVED"), "--out", str(c)]) == 0
+    assert torch.equal(ctx, load_file(str(c / "learner.safetensors"))["ctx"])
+    # a changed split file under the moved root is caught: the few-shot draw differs from the record
+    split_file = tmp_path / "MOVED" / "oxford_pets" / "split_zhou_OxfordPets.json"
+    split = json.loads(split_file.read_text())
+    split["train"] = split["train"][::-1]
+    split_file.write_text(json.dumps(split))
+    assert main(["train", "--config", str(a / "config.json"), "--root", str(tmp_path / "MOVED"), "--out",
+                 str(tmp_path / "d")]) == 2
+    assert "few-shot train images differ from the recorded ones" in capsys.readouterr().err
