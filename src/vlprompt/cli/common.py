@@ -146,6 +146,8 @@ def learner_options(args: argparse.Namespace) -> dict:
     if args.class_token_position is not None:
         opts["class_token_position"] = args.class_token_position
     fields = get_prompt_learner_class(args.method).config_class.__dataclass_fields__
+    # options of the method's config from a --config file (already checked against ``fields``; issue 17)
+    opts.update(getattr(args, "learner_config", None) or {})
     for item in getattr(args, "learner_opt", None) or []:
         key, sep, value = item.partition("=")
         key = key.strip().replace("-", "_")
@@ -179,6 +181,10 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--crop-scale-min", type=float, default=None,
                    help="RandomResizedCrop minimum area scale (default 0.08)")
     g.add_argument("--workers", type=int, default=None, help="data-loading worker processes (default 0)")
+    # --- config files (issue 17): every recorded train setting has a flag, so a run's config.json re-runs it ---
+    g.add_argument("--eval-batch-size", type=int, default=None, metavar="N",
+                   help="batch size of feature extraction and evaluation (default 100; no effect on training)")
+    # --- end config files ---
     g.add_argument("--text-chunk", type=int, default=None, metavar="N",
                    help="encode the class prompts N classes at a time with activation checkpointing: text-encoder "
                         "memory no longer grows with the class count (exact; about one extra text forward per step)")
@@ -216,7 +222,7 @@ def add_output_args(p: argparse.ArgumentParser) -> None:
 _TRAIN_ARGS = {"epochs": "epochs", "batch_size": "batch_size", "lr": "lr", "momentum": "momentum",
                "weight_decay": "weight_decay", "warmup_epochs": "warmup_epochs", "warmup_lr": "warmup_lr",
                "augment": "augment", "flip": "flip", "crop_scale_min": "crop_scale_min", "precision": "precision",
-               "num_workers": "workers", "text_chunk": "text_chunk"}
+               "num_workers": "workers", "text_chunk": "text_chunk", "eval_batch_size": "eval_batch_size"}
 
 
 def train_config(args: argparse.Namespace) -> TrainConfig:
@@ -241,6 +247,7 @@ def run_spec(args: argparse.Namespace) -> RunSpec:
         resume=getattr(args, "resume", False), allow_outside_root=getattr(args, "allow_outside_root", False),
         fewshot_file=getattr(args, "fewshot_file", None),  # issue 12 §5
         tensorboard=getattr(args, "tensorboard", False),  # issue 17: experiment tracking
+        expect=getattr(args, "replay_expect", None),  # issue 17: --config RUN/config.json checks the recorded data
     )
 
 

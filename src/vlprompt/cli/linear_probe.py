@@ -12,6 +12,7 @@ from vlprompt.cli.common import (
     print_metrics,
     run_spec,
 )
+from vlprompt.cli.config_file import enable_config, linear_probe_record
 
 DESCRIPTION = (
     "Fit the linear-probe baseline of the CoOp paper on the few-shot training images and evaluate it on the test "
@@ -40,6 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_tracking_args(p)
     add_output_args(p)
     p.set_defaults(func=run)
+    enable_config(p, linear_probe_record)  # last: --config FILE (issue 17); every other argument must be added before it
 
 
 def run(args: argparse.Namespace) -> int:

@@ -13,6 +13,7 @@ from vlprompt.cli.common import (
     print_metrics,
     run_spec,
 )
+from vlprompt.cli.config_file import enable_config, train_record
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,6 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_train_args(p)
     add_output_args(p)
     p.set_defaults(func=run)
+    enable_config(p, train_record)  # last: --config FILE (issue 17); every other argument must be added before it
 
 
 def run(args: argparse.Namespace) -> int:

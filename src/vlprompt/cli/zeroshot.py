@@ -12,6 +12,7 @@ from vlprompt.cli.common import (
     print_metrics,
     run_spec,
 )
+from vlprompt.cli.config_file import enable_config, zeroshot_record
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -28,6 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_tracking_args(p)
     add_output_args(p)
     p.set_defaults(func=run)
+    enable_config(p, zeroshot_record)  # last: --config FILE (issue 17); every other argument must be added before it
 
 
 def run(args: argparse.Namespace) -> int:

@@ -83,6 +83,8 @@ class TrainConfig:
             problems.append(f"--warmup-epochs must be ≥ 0, got {self.warmup_epochs}")
         if self.precision not in ("fp32", "amp", "fp16"):
             problems.append(f"--precision '{self.precision}' is not one of fp32, amp, fp16")
+        if self.eval_batch_size < 1:
+            problems.append(f"--eval-batch-size must be ≥ 1, got {self.eval_batch_size}")
         if self.num_workers < 0:
             problems.append(f"--workers must be ≥ 0, got {self.num_workers}")
         if self.text_chunk is not None and self.text_chunk < 1:

@@ -72,6 +72,11 @@ class RunSpec:
     #: train/* per step, epoch/* per epoch, eval/* at the end. Needs ``pip install 'vlprompt[tensorboard]'``. Not
     #: part of the recipe: a run resumed with or without it computes the same thing.
     tensorboard: bool = False
+    # --- re-running a recorded run (issue 17: --config RUN/config.json) ---
+    #: What a re-run must find as recorded (few-shot image lists, class names, weight fingerprint), checked before
+    #: training by :func:`vlprompt.engine.replay.check_recorded`; ``None``: nothing to check. Not recorded itself.
+    expect: dict | None = None
+    # --- end re-running ---
 
     def __post_init__(self) -> None:
         if self.shots is not None and (isinstance(self.shots, bool) or self.shots < 0):
@@ -133,6 +138,25 @@ def _versions() -> dict:
             "python": platform.python_version()}
 
 
+def _data_options(spec: RunSpec) -> dict:
+    """The data options that are not part of ``dataset`` (issue 17: what ``--config RUN/config.json`` needs to draw
+    the same data again). Paths are absolute; a relative ``folder:``/``csv:``/``split:`` path given without
+    ``--root`` records the working directory as the root it was resolved against."""
+    import os
+
+    from vlprompt.data.load import CUSTOM_PREFIXES
+
+    def absolute(path: str | None) -> str | None:
+        return os.path.abspath(os.path.expanduser(path)) if path else None
+
+    root = absolute(spec.root)
+    prefix = next((p for p in CUSTOM_PREFIXES if spec.dataset.startswith(p)), None)
+    if root is None and prefix and not os.path.isabs(os.path.expanduser(spec.dataset[len(prefix):])):
+        root = os.getcwd()
+    return {"root": root, "classnames_file": absolute(spec.classnames_file), "fewshot_file": absolute(spec.fewshot_file),
+            "strict": spec.strict, "allow_outside_root": spec.allow_outside_root}
+
+
 def _base_config(spec: RunSpec, data: P.FewShotData, backbone, epochs: int | None, label: str) -> dict:
     s = data.splits
     return {
@@ -143,6 +167,7 @@ def _base_config(spec: RunSpec, data: P.FewShotData, backbone, epochs: int | Non
         "shots": spec.shots,
         "seed": spec.seed,
         "subsample": spec.subsample,
+        "data": _data_options(spec),  # issue 17: --root, --classnames, … as given (for re-runs)
         "backbone": backbone.identity(),
         "learner": spec.learner,
         "train": {**spec.train.to_dict(), "epochs": epochs},
@@ -167,6 +192,10 @@ def _load(spec: RunSpec, backbone=None):
         backbone = create_backbone(spec.backbone, spec.pretrained, device=device, precision=spec.train.precision)
     elif backbone.name != spec.backbone:
         raise ConfigError(f"the backbone passed in is '{backbone.name}' but the run asks for '{spec.backbone}'.")
+    if spec.expect:  # issue 17: a re-run of a recorded run must find the recorded images and weights
+        from vlprompt.engine.replay import check_recorded
+
+        check_recorded(spec.expect, data, backbone)
     return backbone.device, data, backbone
 
 
