@@ -12,6 +12,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+# The process umask, read once (os.umask can only be read by setting it): files written here get the permissions a
+# plain open() would give (0o666 & ~umask), not mkstemp's private 0o600 — a run folder is shared with other users.
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
     """Call ``write(tmp_path)`` and atomically move the result to ``path``."""
@@ -21,6 +26,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # after write(): a writer may recreate the file (safetensors does)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)

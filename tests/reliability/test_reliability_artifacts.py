@@ -226,3 +226,22 @@ def test_damaged_feature_cache_entry_is_rebuilt_not_trusted(tmp_path, caplog):
     data.write_bytes(data.read_bytes()[:-7])  # truncated
     assert cache.get(key) is None and "invalid" in caplog.text
     assert torch.equal(cache.get_or_compute(key, lambda: feats), feats) and torch.equal(cache.get(key), feats)
+
+
+def test_atomic_writes_get_the_umask_permissions_not_private_ones(tmp_path):
+    """Run-folder files are readable as a plain ``open()`` would make them (mkstemp alone gives 0o600, so a run
+    folder could not be shared with a colleague or a serving account)."""
+    import os
+    import stat
+
+    from vlprompt._io import atomic_save_safetensors, atomic_write_json
+
+    old = os.umask(0o022)
+    os.umask(old)
+    atomic_write_json(tmp_path / "a.json", {"x": 1})
+    atomic_save_safetensors(tmp_path / "b.safetensors", {"t": torch.zeros(2)})
+    (tmp_path / "plain.txt").write_text("x")
+    want = stat.S_IMODE((tmp_path / "plain.txt").stat().st_mode)
+    assert want == 0o666 & ~old
+    for name in ("a.json", "b.safetensors"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == want, name
