@@ -9,6 +9,7 @@ import math
 import sys
 
 import pytest
+import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import vlprompt.engine.train_state as TS
@@ -180,7 +181,7 @@ CHILD = r"""
 import sys, time
 import open_clip, torch
 open_clip.add_model_config(sys.argv[1])
-torch.set_num_threads(1)
+torch.set_num_threads(int(sys.argv[2]))  # the reference run's count: float sums depend on it
 import vlprompt.engine.tracking as T
 step_scalars = T.step_scalars
 def slow(record):
@@ -188,7 +189,7 @@ def slow(record):
     return step_scalars(record)
 T.step_scalars = slow
 from vlprompt.cli.main import main
-sys.exit(main(sys.argv[2:]))
+sys.exit(main(sys.argv[3:]))
 """
 
 
@@ -203,7 +204,7 @@ def test_sigkill_mid_epoch_then_rerun_gives_the_uninterrupted_log(image_folder, 
     ref, out = tmp_path / "ref", tmp_path / "killed"
     assert main(_argv(image_folder, ref, "--tensorboard", epochs=epochs)) == 0
     argv = _argv(image_folder, out, "--tensorboard", epochs=epochs)
-    proc = subprocess.Popen([sys.executable, "-c", CHILD, str(tiny_model_configs), *argv],
+    proc = subprocess.Popen([sys.executable, "-c", CHILD, str(tiny_model_configs), str(torch.get_num_threads()), *argv],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     state, spe = out / TS.TRAIN_STATE_JSON, steps_per_epoch(12, BATCH)
 
