@@ -5,6 +5,7 @@ An interrupted run therefore never leaves a half-written file that a later comma
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -81,3 +82,12 @@ def read_json_object(path: str | os.PathLike, damaged: str = "the run folder is 
     if not isinstance(obj, dict):
         raise ArtifactError(f"'{path}' must hold a JSON object; {damaged}.")
     return obj
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file's bytes, read in 1 MiB blocks (provenance of split files, exports, saved states)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

@@ -32,7 +32,6 @@ not on the CPU in fp32 (the graph is traced and checked there).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -46,7 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vlprompt import __version__
-from vlprompt._io import atomic_write_json
+from vlprompt._io import atomic_write_json, file_sha256
 from vlprompt.errors import ArtifactError, ConfigError
 
 _logger = logging.getLogger(__name__)
@@ -247,12 +246,6 @@ def _export_graph(model: nn.Module, example: torch.Tensor, path: Path, opset: in
     return "torchscript"
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _check_with_onnxruntime(path: Path, model: nn.Module, size: int) -> dict:
@@ -364,7 +357,7 @@ def export_onnx(
             "check": checked,
             "source_run": str(Path(source).resolve()) if source is not None else None,
         }
-        meta["model_sha256"] = _sha256(graph)  # binds the sidecar to this graph
+        meta["model_sha256"] = file_sha256(graph)  # binds the sidecar to this graph
         # An old sidecar goes first, so an interruption never leaves a new graph beside a stale description; then
         # the weights file (if the graph was saved with external data), then the graph, then the new sidecar.
         side.unlink(missing_ok=True)

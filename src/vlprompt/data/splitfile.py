@@ -14,14 +14,13 @@ are used as stored. vlprompt also reads two optional keys that the official file
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import logging
 import os
 import re
 from collections.abc import Iterable, Sequence
 
-from vlprompt._io import atomic_write_json
+from vlprompt._io import atomic_write_json, file_sha256
 from vlprompt.data.images import format_list
 from vlprompt.data.records import Sample
 from vlprompt.errors import DataError
@@ -36,15 +35,6 @@ _NEEDS_NORMALISING = re.compile(r"(^|/)\.{1,2}(/|$)|//|\\")
 @functools.lru_cache(maxsize=64)
 def _abspath(base: str) -> str:
     return os.path.abspath(base)
-
-
-def file_sha256(path: str) -> str:
-    """Hex SHA-256 of a file's bytes (recorded as provenance of split files)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def resolve_path(base: str, path: str, *, allow_outside_root: bool = False, source: str = "") -> str:

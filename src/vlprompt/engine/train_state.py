@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vlprompt._io import atomic_save_safetensors, atomic_write_json, atomic_write_text, read_json_object
+from vlprompt._io import atomic_save_safetensors, atomic_write_json, atomic_write_text, file_sha256, read_json_object
 from vlprompt.engine.checkpoint import check_state
 from vlprompt.errors import ArtifactError, ConfigError
 
@@ -106,12 +106,6 @@ def resume_point(out: Path, config: dict) -> int:
     return state["epoch"]
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _capture_rng(generator: torch.Generator | None) -> tuple[dict[str, torch.Tensor], dict]:
@@ -168,7 +162,7 @@ def save_train_state(
     name = f"train_state-e{epoch:04d}.safetensors"
     atomic_save_safetensors(run_dir / name, tensors, metadata={"format": _FORMAT, "epoch": str(epoch)})
     atomic_write_json(run_dir / TRAIN_STATE_JSON, {
-        "format": _FORMAT, "epoch": epoch, "weights": name, "sha256": _sha256(run_dir / name), "config_digest": digest,
+        "format": _FORMAT, "epoch": epoch, "weights": name, "sha256": file_sha256(run_dir / name), "config_digest": digest,
         "optimizer": {"param_groups": opt["param_groups"], "state": opt_scalars},
         "scaler": scaler.state_dict() if scaler is not None else None, "rng": rng_scalars,
     })
@@ -226,7 +220,7 @@ def load_train_state(
     if meta is None:
         raise ArtifactError(f"'{run_dir}' holds no training state to resume from; {fix}.")
     path = run_dir / meta["weights"]
-    if not path.is_file() or _sha256(path) != meta["sha256"]:
+    if not path.is_file() or file_sha256(path) != meta["sha256"]:
         raise ArtifactError(f"'{path}' is missing or does not match the checksum in {TRAIN_STATE_JSON}; {fix}.")
     if digest is not None and meta.get("config_digest") != digest:
         raise ArtifactError(f"the training state in '{run_dir}' was saved for another configuration; {fix}.")
