@@ -9,6 +9,10 @@ trained (``token_embedding.rows`` / ``token_embedding.values``). The other rows 
 so loading regenerates them exactly from the init seed recorded in the file's metadata (see
 :func:`init_token_table`, the same on every machine and thread count), and a SHA-256 of the rebuilt table, also
 recorded, proves it.
+
+This is the library part of micro-CLIP (the model, as :func:`vlprompt.backbones.create_backbone` builds it); the
+synthetic world, pretraining, tasks and demo are the application package :mod:`vlprompt.microclip`, which imports
+this module (``vlprompt.microclip.model`` re-exports it) and never the other way round.
 """
 
 from __future__ import annotations
@@ -38,7 +42,8 @@ MICROCLIP_CONFIG: dict = {
 }
 TOKEN_INIT_STD = 0.02  # open_clip's token-embedding init
 COMPACT_FORMAT = "vlprompt-microclip-compact-v1"
-WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+# The shipped file stays next to its model card and the pretraining recipe that wrote it (a data path, no import).
+WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "microclip" / "weights"
 SHIPPED_WEIGHTS = WEIGHTS_DIR / "microclip.safetensors"
 
 
@@ -53,7 +58,7 @@ def create_microclip_model(config: dict | None = None) -> torch.nn.Module:
 
 @functools.lru_cache(maxsize=2)
 def _token_table_values(seed: int, vocab_size: int, width: int) -> np.ndarray:
-    from vlprompt.microclip.torch_normal import torch_normal
+    from vlprompt.backbones.torch_normal import torch_normal
 
     values = torch_normal(vocab_size * width, torch.Generator().manual_seed(seed), 0.0, TOKEN_INIT_STD)
     values.flags.writeable = False  # cached: callers get copies
@@ -67,7 +72,7 @@ def init_token_table(seed: int, vocab_size: int = 49408, width: int = 128) -> to
     the trained model are exactly this tensor's rows. It is ``torch.empty(vocab, width).normal_(0, 0.02,
     generator=torch.Generator().manual_seed(seed))`` as torch's AVX2 CPU kernel draws it — the table the shipped
     weights were trained from — computed with exact float32 arithmetic by
-    :func:`~vlprompt.microclip.torch_normal.torch_normal`, so it is the same on every machine, whatever torch's own
+    :func:`~vlprompt.backbones.torch_normal.torch_normal`, so it is the same on every machine, whatever torch's own
     kernel for this CPU (``DEFAULT`` on ARM rounds a third of the values differently) and thread count. About 2 s;
     cached per process.
     """
