@@ -19,8 +19,8 @@ from vlprompt.backbones.base import (
     match_legacy_fingerprint,
     weights_fingerprint,
 )
-from vlprompt.microclip.model import _torch_token_table, init_token_table
-from vlprompt.microclip.torch_normal import torch_normal
+from vlprompt.backbones.microclip import _torch_token_table, init_token_table
+from vlprompt.backbones.torch_normal import torch_normal
 
 SPECS = ["microclip", "vlp-tiny-rn=random", "vlp-tiny-vit=random"]  # shipped micro-CLIP; seeded random open_clip inits
 

@@ -265,7 +265,8 @@ def test_macro_f1_of_a_class_never_predicted_is_zero():
 def test_kgcoop_uses_its_own_templates():
     """``KgCoOp:KgCoOp/trainers/kgcoop.py`` l.37–54 CUSTOM_TEMPLATES (not CoOp's zsclip.py ones): DTD "a photo of a
     {}, a type of texture."; the rest equal CoOp's (e.g. EuroSAT "a centered satellite photo of {}.")."""
-    from vlprompt.data.templates import CUSTOM_TEMPLATES, KGCOOP_TEMPLATES
+    from vlprompt.data.templates import CUSTOM_TEMPLATES
+    from vlprompt.prompts.kgcoop import KGCOOP_TEMPLATES
 
     official = {
         "oxford_pets": "a photo of a {}, a type of pet.", "oxford_flowers": "a photo of a {}, a type of flower.",

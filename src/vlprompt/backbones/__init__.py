@@ -65,7 +65,7 @@ def _build_model(name: str, pretrained: str | None):
     from vlprompt.backbones import loading
 
     if name == "microclip":
-        from vlprompt.microclip import model as mc
+        from vlprompt.backbones import microclip as mc
 
         preprocess = PreprocessCfg(
             image_size=mc.MICROCLIP_IMAGE_SIZE, mean=tuple(mc.MICROCLIP_MEAN), std=tuple(mc.MICROCLIP_STD)

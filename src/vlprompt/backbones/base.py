@@ -13,15 +13,13 @@ import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
-OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
-
+# Re-exported here: the preprocessing config lives below both backbones and data (data/transforms.py reads it).
+from vlprompt.preprocess import OPENAI_MEAN, OPENAI_STD, PreprocessCfg  # noqa: F401 - re-exported
 
 FINGERPRINT_VERSION = 2
 FINGERPRINT_PREFIX = f"w{FINGERPRINT_VERSION}:"  # new fingerprints are "w2:" + 32 hex digits
@@ -148,34 +146,6 @@ def match_legacy_fingerprint(model: nn.Module, fingerprint: str, thread_counts: 
     if found is None and rest:
         found = _match_legacy(model, fingerprint, rest)
     return found
-
-
-@dataclass(frozen=True)
-class PreprocessCfg:
-    """How images must be prepared for a backbone's image tower.
-
-    Attributes:
-        image_size: side of the square input, in pixels.
-        mean: per-channel normalisation mean (RGB, 0–1 scale).
-        std: per-channel normalisation std.
-        interpolation: resize interpolation, ``"bicubic"`` for CLIP.
-        resize_mode: how the test pipeline fits an image to the square input, as open_clip's pretrained configs
-            name it: ``"shortest"`` (shorter side to ``image_size``, then centre crop: CLIP's and Dassl's),
-            ``"squash"`` (both sides to ``image_size``, aspect ratio not kept) or ``"longest"`` (longer side to
-            ``image_size``, then centre pad with black).
-    """
-
-    image_size: int
-    mean: tuple[float, float, float] = OPENAI_MEAN
-    std: tuple[float, float, float] = OPENAI_STD
-    interpolation: str = "bicubic"
-    resize_mode: str = "shortest"
-
-    def to_dict(self) -> dict:
-        """JSON-serialisable form."""
-        d = asdict(self)
-        d["mean"], d["std"] = list(self.mean), list(self.std)
-        return d
 
 
 class Backbone(nn.Module):

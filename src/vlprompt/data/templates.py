@@ -1,5 +1,5 @@
-"""Hand-crafted prompt templates: zero-shot (``CoOp:trainers/zsclip.py``, ``trainers/imagenet_templates.py``) and
-KgCoOp's guidance prompts (``KgCoOp:KgCoOp/trainers/kgcoop.py``).
+"""Hand-crafted prompt templates: zero-shot (``CoOp:trainers/zsclip.py``, ``trainers/imagenet_templates.py``).
+KgCoOp's guidance prompts belong to the method (:data:`vlprompt.prompts.kgcoop.KGCOOP_TEMPLATES`).
 
 ``{}`` is replaced by the class name with ``_`` turned into a space (the caller does that replacement).
 """
@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 
 from vlprompt.errors import ConfigError
+from vlprompt.template import check_template  # re-exported: also used by prompts, below data
 
 # One hand-crafted template per benchmark (``CUSTOM_TEMPLATES`` in the official ``ZeroshotCLIP``).
 CUSTOM_TEMPLATES: dict[str, str] = {
@@ -29,9 +30,7 @@ CUSTOM_TEMPLATES: dict[str, str] = {
     "imagenet_r": "a photo of a {}.",
 }
 
-# KgCoOp's own ``CUSTOM_TEMPLATES`` (``KgCoOp:KgCoOp/trainers/kgcoop.py`` l.37–54): its hand-crafted prompts for
-# the guidance term. They equal CoOp's except DTD ("a photo of a {}, a type of texture." instead of "{} texture.").
-KGCOOP_TEMPLATES: dict[str, str] = {**CUSTOM_TEMPLATES, "dtd": "a photo of a {}, a type of texture."}
+# KgCoOp's own templates are the method's: ``vlprompt.prompts.kgcoop.KGCOOP_TEMPLATES``.
 
 # The 80 templates of OpenAI's ``Prompt_Engineering_for_ImageNet.ipynb``, in the notebook's order.
 IMAGENET_TEMPLATES: tuple[str, ...] = (
@@ -129,24 +128,6 @@ IMAGENET_TEMPLATES_SELECT: tuple[str, ...] = (
 )
 
 TEMPLATE_KINDS = ("dataset", "ensemble7", "ensemble80")
-
-
-def check_template(template: object, where: str = "template") -> str:
-    """Return ``template`` if it is a string that formats with one class name through one ``{}``.
-
-    Raises:
-        ConfigError: no ``{}``, or other replacement fields (``{0} {1}``, ``{name}``, a lone ``{``) that
-            ``template.format(name)`` would fail on (literal braces are written ``{{`` and ``}}``).
-    """
-    if not isinstance(template, str) or "{}" not in template:
-        raise ConfigError(f"{where} {template!r} has no '{{}}' placeholder for the class name, e.g. "
-                          "'a photo of a {}.'")
-    try:
-        template.format("class")
-    except (IndexError, KeyError, ValueError) as e:
-        raise ConfigError(f"{where} {template!r} cannot be filled with one class name ({type(e).__name__}: {e}); use "
-                          "exactly one '{}' and write literal braces as '{{' and '}}'") from e
-    return template
 
 
 def read_template_file(path: str) -> list[str]:

@@ -18,8 +18,8 @@ from collections.abc import Callable
 
 from torchvision import transforms as T
 
-from vlprompt.backbones.base import PreprocessCfg
 from vlprompt.errors import ConfigError
+from vlprompt.preprocess import PreprocessCfg
 
 _INTERPOLATION = {
     "bicubic": T.InterpolationMode.BICUBIC,

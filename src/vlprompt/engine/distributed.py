@@ -59,7 +59,7 @@ import torch
 import torch.distributed as dist
 
 from vlprompt import errors
-from vlprompt.errors import ConfigError, VLPromptError
+from vlprompt.errors import ConfigError, DistributedError  # DistributedError: re-exported
 
 _logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -68,10 +68,6 @@ T = TypeVar("T")
 TIMEOUT = timedelta(minutes=30)
 #: Environment variables ``torchrun`` sets for every worker.
 LAUNCH_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
-
-
-class DistributedError(VLPromptError, RuntimeError):
-    """The process group cannot be set up, or another rank failed."""
 
 
 def launched() -> bool:
@@ -260,23 +256,14 @@ def broadcast_tensor(t: torch.Tensor | None, src: int = 0) -> torch.Tensor:
     return buf.cpu()
 
 
-def _rebuild_error(kind: str, message: str) -> BaseException:
-    """The exception rank 0 raised, rebuilt on another rank (same vlprompt error class where possible)."""
-    cls = getattr(errors, kind, None)
-    if isinstance(cls, type) and issubclass(cls, VLPromptError):
-        try:
-            return cls(message)
-        except Exception:  # an error class with another constructor
-            pass
-    return DistributedError(f"rank 0 failed: {kind}: {message}")
-
-
 def on_main(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """Run ``fn(*args, **kwargs)`` on rank 0 only and return its result on every rank.
 
     The other ranks wait for rank 0 (this is the barrier for files only rank 0 writes). If ``fn`` raises on rank 0,
-    every rank raises (the other ranks a copy of the error: same vlprompt error class and message), so no rank is
-    left waiting in a later collective. Outside a process group, simply ``fn(*args, **kwargs)``.
+    every rank raises (the other ranks a copy of the error, :func:`vlprompt.errors.rebuild_error`: the same
+    vlprompt or built-in class with the same message, an ``OSError`` with its ``errno`` and file names; anything
+    else as a :class:`DistributedError` naming it), so no rank is left waiting in a later collective. Outside a
+    process group, simply ``fn(*args, **kwargs)``.
     """
     if not active():
         return fn(*args, **kwargs)
@@ -285,11 +272,11 @@ def on_main(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         try:
             outcome = ("ok", fn(*args, **kwargs))
         except BaseException as e:
-            broadcast_object(("error", (type(e).__name__, str(e))))
+            broadcast_object(("error", errors.describe_error(e)))
             raise
     status, value = broadcast_object(outcome)
     if status == "error":
-        raise _rebuild_error(*value)
+        raise errors.rebuild_error(value)
     return value
 
 

@@ -14,14 +14,10 @@ from vlprompt.engine import distributed as D
 from vlprompt.engine.config import TrainConfig
 from vlprompt.engine.model import PromptModel
 from vlprompt.engine.schedule import coop_lr
-from vlprompt.errors import VLPromptError
+from vlprompt.errors import TrainingDivergedError  # re-exported (defined with every vlprompt error)
 from vlprompt.features.extract import autocast_context
 
 _logger = logging.getLogger(__name__)
-
-
-class TrainingDivergedError(VLPromptError, RuntimeError):
-    """The loss became NaN or infinite."""
 
 
 class FeatureBankBatches:

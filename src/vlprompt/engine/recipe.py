@@ -102,7 +102,7 @@ def method_template(method: str, dataset: str | None, dataset_template: str) -> 
     dataset's.
 
     KgCoOp's guidance features use KgCoOp's own ``CUSTOM_TEMPLATES`` (``KgCoOp:KgCoOp/trainers/kgcoop.py`` l.37–54,
-    :data:`vlprompt.data.templates.KGCOOP_TEMPLATES`), which differ from CoOp's zero-shot ones (DTD "a photo of a {},
+    :data:`vlprompt.prompts.kgcoop.KGCOOP_TEMPLATES`), which differ from CoOp's zero-shot ones (DTD "a photo of a {},
     a type of texture." instead of "{} texture."). They apply to the official benchmarks only: a dataset whose
     template is not the benchmark's own (custom data, a split file with its own template) keeps its template.
 

@@ -3,7 +3,9 @@
 Submodules (import them directly; this package import stays light so world-rendering worker processes start fast):
 
 - ``world``: the deterministic image–caption generator and its vocabulary.
-- ``model``: ``MICROCLIP_CONFIG``, ``build_microclip()`` and the compact checkpoint format.
+- ``model``: a compatibility import of :mod:`vlprompt.backbones.microclip` (``MICROCLIP_CONFIG``,
+  ``build_microclip()`` and the compact checkpoint format): the model is library code, this package is the
+  application around it (world, pretraining, tasks, demo).
 - ``pretrain``: ``python -m vlprompt.microclip.pretrain``, the pretraining recipe.
 - ``acceptance``: ``python -m vlprompt.microclip.acceptance``, zero-shot checks with thresholds.
 - ``tasks``: micro benchmark tasks written as image folders + split files.

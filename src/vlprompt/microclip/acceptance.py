@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from vlprompt.backbones.microclip import build_microclip, encode_images
 from vlprompt.microclip import world
-from vlprompt.microclip.model import build_microclip, encode_images
 
 logger = logging.getLogger(__name__)
 

@@ -29,9 +29,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from vlprompt._io import append_jsonl, atomic_save_safetensors, atomic_write_json
-from vlprompt.errors import ArtifactError, ConfigError
-from vlprompt.microclip import world
-from vlprompt.microclip.model import (
+from vlprompt.backbones.microclip import (
     build_microclip,
     create_microclip_model,
     encode_text_truncated,
@@ -39,6 +37,8 @@ from vlprompt.microclip.model import (
     init_token_table,
     save_compact,
 )
+from vlprompt.errors import ArtifactError, ConfigError
+from vlprompt.microclip import world
 
 logger = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ Official recipe (``KgCoOp:KgCoOp/configs/trainers/KgCoOp/vit_b16_ep100_ctxv1.yam
 ``KgCoOp/scripts/``): batch 128, 100 epochs for every shot count and dataset, SGD 0.002 with Dassl's momentum 0.9
 and weight decay 5e-4, M = 4 from "a photo of a", λ = 8 (:attr:`KgCoOp.recipe`, :class:`KgCoOpConfig`; resolved by
 :func:`vlprompt.engine.recipe.resolve_train_config`). The hand-crafted prompts are KgCoOp's own ``CUSTOM_TEMPLATES``
-(:data:`vlprompt.data.templates.KGCOOP_TEMPLATES`; DTD "a photo of a {}, a type of texture."), not CoOp's zero-shot
+(:data:`KGCOOP_TEMPLATES`; DTD "a photo of a {}, a type of texture."), not CoOp's zero-shot
 ones. Only ``ctx`` is trained (the official trainer turns off gradients for every parameter whose name lacks
 "ctx", ``trainers/kgcoop.py`` l.268–273).
 
@@ -30,15 +30,37 @@ import torch
 import torch.nn.functional as F
 
 from vlprompt.backbones.base import Backbone
-from vlprompt.data.templates import KGCOOP_TEMPLATES, check_template
+from vlprompt.backbones.text import zero_shot_weights
 from vlprompt.errors import ConfigError
-from vlprompt.eval.zeroshot import zero_shot_weights
 from vlprompt.prompts.base import register_prompt_learner
 from vlprompt.prompts.coop import CoOp, CoOpConfig
+from vlprompt.template import check_template
 
 _logger = logging.getLogger(__name__)
 
 DEFAULT_TEMPLATE = "a photo of a {}."
+
+# KgCoOp's own ``CUSTOM_TEMPLATES`` (``KgCoOp:KgCoOp/trainers/kgcoop.py`` l.37–54): its hand-crafted prompts for
+# the guidance term. They equal CoOp's (``vlprompt.data.templates.CUSTOM_TEMPLATES``) except DTD ("a photo of a {},
+# a type of texture." instead of "{} texture."). Written out here, as in the official file, so that the method
+# does not import the data layer.
+KGCOOP_TEMPLATES: dict[str, str] = {
+    "oxford_pets": "a photo of a {}, a type of pet.",
+    "oxford_flowers": "a photo of a {}, a type of flower.",
+    "fgvc_aircraft": "a photo of a {}, a type of aircraft.",
+    "dtd": "a photo of a {}, a type of texture.",
+    "eurosat": "a centered satellite photo of {}.",
+    "stanford_cars": "a photo of a {}.",
+    "food101": "a photo of {}, a type of food.",
+    "sun397": "a photo of a {}.",
+    "caltech101": "a photo of a {}.",
+    "ucf101": "a photo of a person doing {}.",
+    "imagenet": "a photo of a {}.",
+    "imagenet_sketch": "a photo of a {}.",
+    "imagenetv2": "a photo of a {}.",
+    "imagenet_a": "a photo of a {}.",
+    "imagenet_r": "a photo of a {}.",
+}
 
 
 @dataclass(frozen=True)

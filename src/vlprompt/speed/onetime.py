@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from vlprompt.speed.worker import _build, _setup, _sync, classnames, register_quick_configs
+from vlprompt.speed.common import build_model, classnames, register_quick_configs, setup, sync
 
 
 def _jpeg_records(folder: Path, n: int, size=(500, 375)) -> list:
@@ -38,25 +38,25 @@ def measure_onetime(spec: dict) -> dict:
     from vlprompt.data.transforms import build_transform
     from vlprompt.features.extract import autocast_context
 
-    device, backbone = _setup(spec)
+    device, backbone = setup(spec)
     size = backbone.preprocess.image_size
     images = torch.randn(spec["eval_batch"], 3, size, size, device=device)
     out = {"kind": "onetime", "backbone": spec["backbone"], "classes": spec["classes"],
            "load_before": os.getloadavg()[0]}
     with torch.no_grad(), autocast_context(device, spec["precision"]):
         backbone.encode_image(images)  # warm-up with the same shape (kernel selection, allocations)
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
         backbone.encode_image(images)
-        _sync(device)
+        sync(device)
         out["encode_per_image_s"] = (time.perf_counter() - t0) / len(images)
         for config in ("official", "prefix"):  # text features for one evaluation
-            _build(backbone, spec, min(10, spec["classes"]), config)[0].text_features()
-            model = _build(backbone, spec, spec["classes"], config)[0]
-            _sync(device)
+            build_model(backbone, spec, min(10, spec["classes"]), config)[0].text_features()
+            model = build_model(backbone, spec, spec["classes"], config)[0]
+            sync(device)
             t0 = time.perf_counter()
             model.text_features()
-            _sync(device)
+            sync(device)
             out[f"text_eval_{config}_s"] = time.perf_counter() - t0
     with tempfile.TemporaryDirectory() as tmp:
         records = _jpeg_records(Path(tmp), 8)

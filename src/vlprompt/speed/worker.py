@@ -23,49 +23,16 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-#: What each configuration turns on (``chunk``: the spec's ``chunk`` value; ``image``: online or cached:K).
-CONFIGS: dict[str, dict] = {
-    "official": {"truncate": False, "shared_prefix": False, "chunk": False, "image": "online"},
-    "truncate": {"truncate": True, "shared_prefix": False, "chunk": False, "image": "online"},
-    "prefix": {"truncate": True, "shared_prefix": True, "chunk": False, "image": "online"},
-    "chunk": {"truncate": True, "shared_prefix": True, "chunk": True, "image": "online"},
-    "cached": {"truncate": True, "shared_prefix": True, "chunk": False, "image": "cached"},
-}
-
-# Tiny architectures for --quick (open_clip JSON config format).
-QUICK_CONFIGS = {
-    "vlpbench-tiny-rn": {
-        "embed_dim": 32, "quick_gelu": True,
-        "vision_cfg": {"image_size": 64, "layers": [1, 1, 1, 1], "width": 16, "patch_size": None},
-        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 1, "layers": 2},
-    },
-    "vlpbench-tiny-vit": {
-        "embed_dim": 32,
-        "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 16},
-        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
-    },
-}
-
-
-def register_quick_configs(folder: str | os.PathLike) -> None:
-    """Write the tiny --quick architectures to ``folder`` and register them with open_clip."""
-    import open_clip
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, cfg in QUICK_CONFIGS.items():
-        (folder / f"{name}.json").write_text(json.dumps(cfg))
-    open_clip.add_model_config(str(folder))
-
-
-def classnames(n: int) -> list[str]:
-    """``n`` real class names: ImageNet's, spread evenly over the 1000 (their BPE lengths are realistic)."""
-    from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
-
-    names = list(IMAGENET_CLASSNAMES)
-    if n <= len(names):
-        return [names[i * len(names) // n] for i in range(n)]
-    return [f"{names[i % len(names)]} {i // len(names)}" for i in range(n)]
+# CONFIGS, classnames and register_quick_configs are re-exported (cli/bench.py, benchmarks/).
+from vlprompt.speed.common import (  # noqa: F401 - re-exported
+    CONFIGS,
+    QUICK_CONFIGS,
+    build_model,
+    classnames,
+    register_quick_configs,
+    setup,
+    sync,
+)
 
 
 class MemoryMeter:
@@ -105,45 +72,9 @@ def _status_kb(field: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _is_oom(e: BaseException) -> bool:
     text = str(e).lower()
     return isinstance(e, MemoryError) or "out of memory" in text or "can't allocate memory" in text
-
-
-_BACKBONES: dict[tuple, object] = {}  # in-process runs (--quick) reuse backbones across measurements
-
-
-def _setup(spec: dict) -> tuple[torch.device, object]:
-    from vlprompt.backbones import create_backbone
-
-    torch.set_num_threads(spec["threads"])
-    if spec.get("model_config_dir"):
-        register_quick_configs(spec["model_config_dir"])
-    device = torch.device(spec["device"])
-    precision = "amp" if spec["precision"] == "amp" else "fp32"
-    key = (spec["backbone"], str(device), precision)
-    if key not in _BACKBONES:
-        _BACKBONES.clear()
-        _BACKBONES[key] = create_backbone(spec["backbone"], "random", device=device, precision=precision)
-    return device, _BACKBONES[key]
-
-
-def _build(backbone, spec: dict, n_classes: int, config: str):
-    from vlprompt.engine.model import PromptModel
-    from vlprompt.prompts import CoOp, CoOpConfig
-
-    cfg = CONFIGS[config]
-    torch.manual_seed(0)
-    learner = CoOp(backbone, classnames(spec["classes"])[:n_classes],
-                   CoOpConfig(n_ctx=spec["n_ctx"], truncate=cfg["truncate"])).to(backbone.device)
-    model = PromptModel(backbone, learner, shared_prefix=cfg["shared_prefix"],
-                        text_chunk=spec["chunk"] if cfg["chunk"] else None)
-    return model, torch.optim.SGD(learner.parameters(), lr=0.002, momentum=0.9, weight_decay=5e-4)
 
 
 def _endless(batches):
@@ -172,7 +103,7 @@ class _Stepper:
 
     def __init__(self, backbone, spec: dict, config: str, n_classes: int, inputs: _Inputs):
         self.cfg, self.spec, self.n, self.inputs = CONFIGS[config], spec, n_classes, inputs
-        self.model, self.opt = _build(backbone, spec, n_classes, config)
+        self.model, self.opt = build_model(backbone, spec, n_classes, config)
 
     def __call__(self, record: dict | None = None) -> None:
         """Run one step; append its image-side and text-side wall-clock and CPU seconds (all threads of the process)
@@ -181,14 +112,14 @@ class _Stepper:
 
         device, precision, inputs = self.inputs.device, self.spec["precision"], self.inputs
         labels = torch.randint(self.n, (self.spec["batch"],), generator=inputs.gen).to(device)
-        _sync(device)
+        sync(device)
         t0, c0 = time.perf_counter(), time.process_time()
         if self.cfg["image"] == "cached":
             img = next(inputs.bank)[0]  # (B, E) lookup
         else:
             with torch.no_grad(), autocast_context(device, precision):
                 img = self.model.image_features(inputs.images)  # (B, E)
-        _sync(device)
+        sync(device)
         t1, c1 = time.perf_counter(), time.process_time()
         if record is not None:
             record["image_s"].append(t1 - t0)
@@ -198,7 +129,7 @@ class _Stepper:
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
-        _sync(device)
+        sync(device)
         if record is not None:
             record["text_s"].append(time.perf_counter() - t1)
             record["text_cpu_s"].append(time.process_time() - c1)
@@ -212,7 +143,7 @@ def _oom_message(e: BaseException) -> str:
 
 def measure_steps(spec: dict) -> dict:
     """Peak memory (and step times) of ``spec["config"]`` alone: run in a fresh process."""
-    device, backbone = _setup(spec)
+    device, backbone = setup(spec)
     n = spec["classes"]
     meter = MemoryMeter(device)
     inputs = _Inputs(backbone, spec)
@@ -240,7 +171,7 @@ def measure_steps(spec: dict) -> dict:
 def measure_interleaved(spec: dict) -> dict:
     """Step times of several configurations in one process, interleaved step by step (``A B C A B C …``), so that
     every configuration sees the same machine load: the ratios between them are what this is for."""
-    device, backbone = _setup(spec)
+    device, backbone = setup(spec)
     n = spec["classes"]
     inputs = _Inputs(backbone, spec)
     steppers = {c: _Stepper(backbone, spec, c, n, inputs) for c in spec["configs"]}
