@@ -13,7 +13,7 @@ from vlprompt.errors import ArtifactError
 from vlprompt.reports.plots import plot_fewshot_curves
 from vlprompt.reports.render import render_markdown, write_tables
 from vlprompt.reports.results import scan_runs
-from vlprompt.reports.tables import aggregate, base_to_new
+from vlprompt.reports.tables import aggregate, base_to_new, transfer
 
 logger = logging.getLogger(__name__)
 
@@ -21,8 +21,10 @@ logger = logging.getLogger(__name__)
 def write_report(runs_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None) -> dict[str, Any]:
     """Aggregate every finished run under ``runs_dir`` and write the report into ``out_dir``.
 
-    Writes ``results.md`` (one table per dataset, the average over datasets, base-to-new when present),
-    ``results.csv`` (every aggregated row), ``base_to_new.csv`` (when there are base/new pairs),
+    Writes ``results.md`` (one table per dataset, the average over datasets, base-to-new when present, the
+    domain-generalization and cross-dataset tables when prompts were evaluated on other datasets),
+    ``results.csv`` (every aggregated row of the runs tested on their own dataset), ``base_to_new.csv`` (when there
+    are base/new pairs), ``transfer.csv`` (when there are transfer runs),
     ``fewshot_curves.png`` (Figure-3-style panels) and ``results.json`` (the aggregated rows and run counts).
 
     Args:
@@ -30,7 +32,7 @@ def write_report(runs_dir: str | os.PathLike, out_dir: str | os.PathLike | None 
         out_dir: where to write; defaults to ``runs_dir``.
 
     Returns:
-        ``{"num_runs", "num_unfinished", "num_invalid", "rows", "base_to_new", "files", "markdown"}``; rows are
+        ``{"num_runs", "num_unfinished", "num_invalid", "rows", "base_to_new", "transfer", "files", "markdown"}``; rows are
         plain dicts, ``files`` maps a kind to the path written.
 
     Raises:
@@ -44,12 +46,14 @@ def write_report(runs_dir: str | os.PathLike, out_dir: str | os.PathLike | None 
             "--out folder of train/benchmark runs, or wait for them to finish."
         )
     out = Path(out_dir if out_dir is not None else runs_dir)
-    rows = aggregate(scan.records)
+    # a prompt evaluated on another dataset is no few-shot result on it: those runs only go to the transfer tables
+    rows = aggregate(r for r in scan.records if not r.is_transfer)
+    moved = transfer(rows, scan.records)
     intro = [f"{len(scan.records)} finished runs read from `{runs_dir}`."]
     if scan.unfinished or scan.invalid:
         intro[0] += f" Skipped: {len(scan.unfinished)} unfinished, {len(scan.invalid)} unreadable."
     intro.append("")
-    files = write_tables(rows, out, intro)
+    files = write_tables(rows, out, intro, moved)
     png = plot_fewshot_curves(rows, out / "fewshot_curves.png")
     if png:
         files["curves"] = png
@@ -61,7 +65,8 @@ def write_report(runs_dir: str | os.PathLike, out_dir: str | os.PathLike | None 
         "num_invalid": len(scan.invalid),
         "rows": [asdict(r) for r in rows],
         "base_to_new": [asdict(r) for r in base_to_new(rows)],
+        "transfer": [asdict(r) for r in moved],
     }
     atomic_write_json(files["json"], summary)
     logger.info("report written to %s (%d runs, %d rows)", out, len(scan.records), len(rows))
-    return {**summary, "files": files, "markdown": render_markdown(rows, intro)}
+    return {**summary, "files": files, "markdown": render_markdown(rows, intro, moved)}
