@@ -49,8 +49,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--datasets", default=None,
                    help="comma-separated benchmark names (see `vlprompt datasets list`) or custom specs, or 'all' "
                         "(the 11 few-shot benchmarks: ImageNet and the 10 others, not the ImageNet variants). "
-                        "Required for fewshot and base2new; for dg and xd the evaluation targets (default: the "
-                        "protocol's own)")
+                        "Required for fewshot and base2new; for dg and xd the evaluation targets (default, or 'all': the "
+                        "protocol's own: the 4 ImageNet variants, the 10 benchmarks other than the source)")
     g.add_argument("--source", default="imagenet", help="dg and xd: the dataset prompts are trained on (default "
                                                         "imagenet)")
     g.add_argument("--shots", default=None, help="comma-separated shots per class (default 1,2,4,8,16 for fewshot, "
@@ -98,7 +98,10 @@ def build_config(args: argparse.Namespace):
     if args.datasets is None and args.protocol in ("fewshot", "base2new"):
         raise ConfigError(f"--protocol {args.protocol} needs --datasets: comma-separated benchmark names, custom "
                           "specs, or 'all' (the 11 few-shot benchmarks).")
-    datasets = () if args.datasets is None else tuple(parse_datasets(args.datasets))
+    if args.datasets is None or (args.protocol in ("dg", "xd") and args.datasets.strip() == "all"):
+        datasets: tuple[str, ...] = ()  # dg/xd: the protocol's own targets
+    else:
+        datasets = tuple(parse_datasets(args.datasets))
     methods = None if args.methods is None else tuple(m.strip() for m in args.methods.split(",") if m.strip())
     return BenchmarkConfig(
         datasets=datasets, shots=None if args.shots is None else tuple(parse_ints(args.shots, "--shots")),

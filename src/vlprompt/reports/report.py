@@ -12,10 +12,26 @@ from vlprompt._io import atomic_write_json
 from vlprompt.errors import ArtifactError
 from vlprompt.reports.plots import plot_fewshot_curves
 from vlprompt.reports.render import render_markdown, write_tables
-from vlprompt.reports.results import scan_runs
-from vlprompt.reports.tables import aggregate, base_to_new, transfer
+from vlprompt.reports.results import RunRecord, scan_runs
+from vlprompt.reports.tables import Row, TransferRow, aggregate, base_to_new, transfer
 
 logger = logging.getLogger(__name__)
+
+
+def _split_transfer(records: list[RunRecord]) -> tuple[list[Row], list[TransferRow]]:
+    """``(rows of the per-dataset tables, rows of the DG / cross-dataset tables)``.
+
+    A prompt evaluated on another dataset is no few-shot result there: those runs only go to the transfer tables.
+    So does zero-shot CLIP on a dataset that is only a transfer target (no prompt was trained on it, e.g. the
+    ImageNet variants of ``--protocol dg``): it is the zero-shot row of the transfer tables, and would otherwise
+    enter the few-shot average over datasets.
+    """
+    own = [r for r in records if not r.is_transfer]
+    targets = {r.dataset for r in records if r.is_transfer}
+    trained = {r.dataset for r in own if r.shots is not None and r.subsample == "all"}
+    fewshot = [r for r in own if not (r.shots is None and r.subsample == "all" and r.dataset in targets - trained)]
+    rows = aggregate(fewshot)
+    return rows, transfer(rows if len(fewshot) == len(own) else aggregate(own), records)
 
 
 def write_report(runs_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None) -> dict[str, Any]:
@@ -46,9 +62,7 @@ def write_report(runs_dir: str | os.PathLike, out_dir: str | os.PathLike | None 
             "--out folder of train/benchmark runs, or wait for them to finish."
         )
     out = Path(out_dir if out_dir is not None else runs_dir)
-    # a prompt evaluated on another dataset is no few-shot result on it: those runs only go to the transfer tables
-    rows = aggregate(r for r in scan.records if not r.is_transfer)
-    moved = transfer(rows, scan.records)
+    rows, moved = _split_transfer(scan.records)
     intro = [f"{len(scan.records)} finished runs read from `{runs_dir}`."]
     if scan.unfinished or scan.invalid:
         intro[0] += f" Skipped: {len(scan.unfinished)} unfinished, {len(scan.invalid)} unreadable."
