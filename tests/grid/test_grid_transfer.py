@@ -71,10 +71,14 @@ def test_default_targets_and_refusals(capsys, tmp_path):
                              str(tmp_path / "r"), "--dry-run")
     assert code == 0 and not (tmp_path / "r").exists()
     targets = ["caltech101", "oxford_pets", "stanford_cars", "oxford_flowers", "food101", "fgvc_aircraft", "sun397",
-               "dtd", "eurosat", "ucf101"]  # the CoCoOp paper's 10 cross-dataset targets
+               "dtd", "eurosat", "ucf101"]  # the CoCoOp paper's 10 cross-dataset targets (its Table 2)
     (line,) = [ln for ln in out.splitlines() if ln.startswith("run ")]
     assert [seg.split()[1] for seg in line.split(" | ")[1:]] == targets
     assert "imagenet  coop  shots 16  seed 1  epochs 50 batch 32" in line  # ImageNet: 50 epochs at every shot count
+    code, out, _ = benchmark(capsys, "--protocol", "dg", "--seeds", "1", "--methods", "coop", "--out",
+                             str(tmp_path / "d"), "--dry-run")
+    (line,) = [ln for ln in out.splitlines() if ln.startswith("run ")]
+    assert [seg.split()[1] for seg in line.split(" | ")[1:]] == DG  # CoOp:COCOOP.md "Domain Generalization"
     code, _, err = benchmark(capsys, "--protocol", "dg", "--methods", "coop,coop-csc", "--out", str(tmp_path),
                              "--dry-run")
     assert code == 2 and "coop-csc cannot run the dg protocol" in err and "class-specific" in err

@@ -14,6 +14,12 @@ Protocols (``--protocol``):
   ``…/seed<k>/eval_<target>/`` (as ``vlprompt eval`` names it). Zero-shot CLIP: ``<target>/zeroshot/``.
 - ``xd`` (cross-dataset transfer, CoCoOp paper): as ``dg`` with the other 10 few-shot benchmarks as targets.
 
+The official procedure (``CoOp:COCOOP.md``, ``CoOp:scripts/cocoop/{base2new,xd}_{train,test}.sh``): base-to-new
+trains with ``SHOTS=16`` and ``DATASET.SUBSAMPLE_CLASSES base``, the base accuracy is the training run's own test
+result, and the trained model is evaluated with ``SUBSAMPLE_CLASSES new``; cross-dataset and domain generalization
+train once on ``imagenet`` with ``SHOTS=16`` and evaluate that model (``--eval-only --model-dir``) on each target,
+with seeds 1–3.
+
 Methods: every registered prompt learner (:func:`vlprompt.prompts.list_prompt_learners`), each trained with its own
 official recipe where the user set no value (resolved by :func:`vlprompt.engine.recipe.resolve_train_config` when
 the run starts, and recorded resolved in its ``config.json``), the variant ``coop-csc`` (CoOp with class-specific
