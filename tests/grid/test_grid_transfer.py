@@ -120,3 +120,11 @@ def test_xd_reuses_the_imagenet_runs_and_the_report_has_both_tables(dg, data, ca
     assert "## Domain generalization: imagenet → 4 target(s)" in md
     assert "## Cross-dataset transfer: imagenet → 2 target(s)" in md
     assert "| imagenet (source) | imagenetv2 | imagenet_sketch | imagenet_a | imagenet_r | average |" in md
+
+
+def test_a_missing_target_fails_its_job_and_the_other_targets_still_run(data, capsys, tmp_path):
+    runs = tmp_path / "runs"
+    code, out, err = benchmark(capsys, *_argv("xd", data, runs, "coop"), "--datasets", "eurosat,dtd", "--no-report")
+    assert code == 1 and "1 runs: 0 ran, 0 already finished, 1 failed" in out
+    assert "eval eurosat" in err and "eurosat" in err.split("eval eurosat", 1)[1]
+    assert finished(runs) == {_coop(runs), _coop(runs) / "eval_dtd"}  # trained, and the present target evaluated

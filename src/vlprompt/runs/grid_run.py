@@ -122,6 +122,10 @@ def run_job(job: Job, cfg: BenchmarkConfig, backbone=None) -> dict:
 
     Returns:
         The job's own metrics; with evaluations, plus ``"evaluations"``: ``{name: accuracy}`` of every evaluation.
+
+    Raises:
+        VLPromptError: the run failed (its evaluations are not attempted), or some evaluation failed: the others
+            were still run, and the message names every failed target.
     """
     if job.trained:  # an interrupted grid: the run finished, some evaluation did not
         metrics = json.loads((job.out / "metrics.json").read_text(encoding="utf-8"))
@@ -129,12 +133,17 @@ def run_job(job: Job, cfg: BenchmarkConfig, backbone=None) -> dict:
         metrics = _train(job, cfg, backbone)
     if not job.evaluations:
         return metrics
-    accuracies = {}
+    accuracies, failures = {}, []
     for ev in job.evaluations:
         if ev.done:
             accuracies[ev.name] = json.loads((ev.out / "metrics.json").read_text(encoding="utf-8"))["accuracy"]
-        else:
+            continue
+        try:  # one missing target must not cost the others
             accuracies[ev.name] = _evaluate(job, ev, cfg, backbone)["accuracy"]
+        except VLPromptError as e:
+            failures.append((ev, e))
+    if failures:
+        raise VLPromptError("; ".join(f"eval {ev.name} ({ev.out}): {e}" for ev, e in failures)) from failures[0][1]
     return {**metrics, "evaluations": accuracies}
 
 
