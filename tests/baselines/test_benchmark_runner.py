@@ -115,8 +115,9 @@ def test_grid_arguments():
     assert parse_datasets("OxfordPets, folder:/x/my data") == ["oxford_pets", "folder:/x/my data"]
     with pytest.raises(DataError, match="Did you mean"):
         parse_datasets("oxford_pet")
-    with pytest.raises(ConfigError, match="subset of coop,coop-csc,zeroshot,linear-probe"):
-        BenchmarkConfig(datasets=("dtd",), methods=("coop", "cocoop"))
+    # issue 13: every registered method runs in the grid; an unknown name is refused with the valid ones
+    with pytest.raises(ConfigError, match="subset of cocoop,coop,coop-csc,kgcoop,zeroshot,linear-probe"):
+        BenchmarkConfig(datasets=("dtd",), methods=("coop", "cooop"))
     with pytest.raises(ConfigError, match="≥ 1"):
         BenchmarkConfig(datasets=("dtd",), shots=(0, 1))
     jobs = plan(BenchmarkConfig(datasets=("dtd",), shots=(1,), seeds=(1, 2), methods=("zeroshot", "coop"), out="R"))

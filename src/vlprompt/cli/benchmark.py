@@ -1,4 +1,5 @@
-"""``vlprompt benchmark``: run the few-shot grid (datasets × methods × shots × seeds) and write the report."""
+"""``vlprompt benchmark``: run a grid (datasets × methods × shots × seeds) of one of the four protocols of the field
+and write the report."""
 
 from __future__ import annotations
 
@@ -8,79 +9,135 @@ import sys
 from vlprompt.cli.common import add_backbone_args, add_train_args, train_config
 
 DESCRIPTION = (
-    "Run the CoOp paper's few-shot protocol: every dataset × method × shot count × seed as its own run folder "
+    "Run a protocol of the field as one run folder per dataset × method × shot count × seed. fewshot (CoOp paper): "
     "RUNS_DIR/<dataset>/<method>/<K>shots/seed<k> (zero-shot once per dataset: RUNS_DIR/<dataset>/zeroshot). "
-    "Finished runs (metrics.json present) are skipped, so re-running the same command resumes an interrupted "
-    "benchmark. Image features are cached and shared by all runs of a dataset. At the end the report (results.md, "
-    "results.csv, fewshot_curves.png, results.json) is written into RUNS_DIR, as `vlprompt report RUNS_DIR` does."
+    "base2new (CoCoOp paper): train on the base classes, RUNS_DIR/base2new/<dataset>/<method>/<K>shots/seed<k>, "
+    "then evaluate on the new ones into .../eval_new; the report gives base, new and H. dg (domain generalization): "
+    "train on ImageNet (the few-shot ImageNet runs, shared), evaluate on ImageNetV2, -Sketch, -A, -R into "
+    ".../seed<k>/eval_<target>. xd (cross-dataset transfer): the same with the 10 other benchmarks as targets. "
+    "Every method trains with its own official recipe where no value is given. Finished runs (metrics.json present) "
+    "are skipped, so re-running the same command resumes an interrupted grid; --dry-run lists the runs. Image "
+    "features are cached and shared by all runs of a dataset. At the end the report (results.md, results.csv, "
+    "fewshot_curves.png, results.json) is written into RUNS_DIR, as `vlprompt report RUNS_DIR` does."
 )
+
+
+class _MethodsHelp(str):
+    """The ``--methods`` help, completed from the method registry only when ``--help`` formats it (the registry
+    imports torch, which building the parser for another command should not)."""
+
+    def __mod__(self, params):
+        from vlprompt.runs.grid import DEFAULT_METHODS, grid_methods
+
+        return (f"comma-separated subset of {','.join(grid_methods())} (every registered prompt learner, the "
+                f"coop-csc variant and the baselines). Default: fewshot {','.join(DEFAULT_METHODS)}; the other "
+                "protocols every registered prompt learner and zeroshot (coop-csc and linear-probe cannot be "
+                "evaluated on other classes). coop-csc = class-specific context, zeroshot = the dataset's "
+                "hand-crafted template")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``benchmark`` command."""
-    from vlprompt.benchmark import METHODS
+    from vlprompt.runs.grid import PROTOCOLS
 
-    p = sub.add_parser("benchmark", help="run the few-shot grid (resumable) and write the report",
-                       description=DESCRIPTION)
+    p = sub.add_parser("benchmark", help="run a protocol's grid (fewshot, base2new, dg, xd; resumable) and write "
+                                         "the report", description=DESCRIPTION)
     g = p.add_argument_group("grid")
-    g.add_argument("--datasets", required=True,
+    g.add_argument("--protocol", choices=PROTOCOLS, default="fewshot",
+                   help="fewshot (default; CoOp paper), base2new (train on base classes, test on base and new; "
+                        "CoCoOp paper), dg (ImageNet → V2, Sketch, A, R) or xd (ImageNet → the 10 other benchmarks)")
+    g.add_argument("--datasets", default=None,
                    help="comma-separated benchmark names (see `vlprompt datasets list`) or custom specs, or 'all' "
-                        "(the 11 few-shot benchmarks: ImageNet and the 10 others, not the ImageNet variants)")
-    g.add_argument("--shots", default="1,2,4,8,16", help="comma-separated shots per class (default 1,2,4,8,16)")
+                        "(the 11 few-shot benchmarks: ImageNet and the 10 others, not the ImageNet variants). "
+                        "Required for fewshot and base2new; for dg and xd the evaluation targets (default, or 'all': the "
+                        "protocol's own: the 4 ImageNet variants, the 10 benchmarks other than the source)")
+    g.add_argument("--source", default="imagenet", help="dg and xd: the dataset prompts are trained on (default "
+                                                        "imagenet)")
+    g.add_argument("--shots", default=None, help="comma-separated shots per class (default 1,2,4,8,16 for fewshot, "
+                                                 "16 for the others)")
     g.add_argument("--seeds", default="1,2,3", help="comma-separated seeds (default 1,2,3)")
-    g.add_argument("--methods", default=",".join(METHODS),
-                   help=f"comma-separated subset of {','.join(METHODS)} (default: all). coop = unified context, "
-                        "coop-csc = class-specific context, zeroshot = the dataset's hand-crafted template")
+    g.add_argument("--methods", default=None, help=_MethodsHelp("comma-separated methods"))
     p.add_argument("--root", default=None, help="folder holding the benchmark datasets (the official $DATA)")
     p.add_argument("--out", default="runs", metavar="RUNS_DIR", help="where the run folders go (default ./runs)")
     p.add_argument("--cache-dir", default=None, help="feature cache folder (default: the user cache); '' disables it")
     p.add_argument("--fail-fast", action="store_true", help="stop at the first failed run (default: go on, list "
                                                             "failures at the end)")
-    p.add_argument("--dry-run", action="store_true", help="list the runs that would execute or be skipped, and stop")
+    p.add_argument("--dry-run", action="store_true",
+                   help="list the planned runs (protocol, dataset, method, shots, seed, recipe, run folder and the "
+                        "evaluation targets), marking those already finished, and stop without loading anything")
     p.add_argument("--no-report", dest="report", action="store_false", help="do not write the report at the end")
     add_backbone_args(p)
-    lg = p.add_argument_group("CoOp (coop and coop-csc)")
-    lg.add_argument("--n-ctx", type=int, default=16, help="number of context vectors M (default 16)")
+    lg = p.add_argument_group("prompt learners", "Options left out take each method's own defaults: coop M=16 "
+                                                 "random init; cocoop and kgcoop M=4 from 'a photo of a'.")
+    lg.add_argument("--n-ctx", type=int, default=None, help="number of context vectors M, randomly initialised "
+                                                            "(coop default 16)")
     lg.add_argument("--ctx-init", default=None, help="initialise the context from these words (sets M)")
-    lg.add_argument("--class-token-position", choices=["end", "middle", "front"], default="end",
-                    help="where the class name goes in the prompt (default end)")
+    lg.add_argument("--class-token-position", choices=["end", "middle", "front"], default=None,
+                    help="where the class name goes in the prompt (default end; coop and kgcoop)")
     add_train_args(p)
     p.set_defaults(func=run)
+
+
+def _learner(args: argparse.Namespace) -> dict:
+    """The learner options the user chose (as ``vlprompt train`` reads them: ``--n-ctx`` means random init)."""
+    opts: dict = {}
+    if args.n_ctx is not None:
+        opts.update(n_ctx=args.n_ctx, ctx_init=None)
+    if args.ctx_init is not None:
+        opts["ctx_init"] = args.ctx_init
+    if args.class_token_position is not None:
+        opts["class_token_position"] = args.class_token_position
+    return opts
 
 
 def build_config(args: argparse.Namespace):
     """:class:`vlprompt.benchmark.BenchmarkConfig` from parsed arguments."""
     from vlprompt.benchmark import BenchmarkConfig, parse_datasets, parse_ints
+    from vlprompt.errors import ConfigError
 
-    methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
+    if args.datasets is None and args.protocol in ("fewshot", "base2new"):
+        raise ConfigError(f"--protocol {args.protocol} needs --datasets: comma-separated benchmark names, custom "
+                          "specs, or 'all' (the 11 few-shot benchmarks).")
+    if args.datasets is None or (args.protocol in ("dg", "xd") and args.datasets.strip() == "all"):
+        datasets: tuple[str, ...] = ()  # dg/xd: the protocol's own targets
+    else:
+        datasets = tuple(parse_datasets(args.datasets))
+    methods = None if args.methods is None else tuple(m.strip() for m in args.methods.split(",") if m.strip())
     return BenchmarkConfig(
-        datasets=tuple(parse_datasets(args.datasets)), shots=tuple(parse_ints(args.shots, "--shots")),
+        datasets=datasets, shots=None if args.shots is None else tuple(parse_ints(args.shots, "--shots")),
         seeds=tuple(parse_ints(args.seeds, "--seeds")), methods=methods, out=args.out, root=args.root,
-        backbone=args.backbone, pretrained=args.pretrained, device=args.device,
-        learner={"n_ctx": args.n_ctx, "ctx_init": args.ctx_init, "class_token_position": args.class_token_position},
+        backbone=args.backbone, pretrained=args.pretrained, device=args.device, learner=_learner(args),
         train=train_config(args), cache_dir=args.cache_dir, fail_fast=args.fail_fast,
-        tensorboard=args.tensorboard,
+        tensorboard=args.tensorboard, protocol=args.protocol,
+        source=args.source if args.protocol in ("dg", "xd") else "imagenet",
     )
+
+
+def _result_line(job, metrics: dict | None, error: str | None) -> str:
+    if not metrics:
+        return f"{job}: FAILED: {error}"
+    line = f"{job}: accuracy {metrics['accuracy']:.2f}%"
+    evaluations = metrics.get("evaluations") or {}
+    return line + "".join(f", {name} {acc:.2f}%" for name, acc in evaluations.items())
 
 
 def run(args: argparse.Namespace) -> int:
     """Run ``vlprompt benchmark``."""
     from tqdm.auto import tqdm
 
-    from vlprompt.benchmark import plan, run_benchmark
+    from vlprompt.benchmark import describe, plan, run_benchmark
 
     cfg = build_config(args)
     if args.dry_run:
         jobs = plan(cfg)
         for job in jobs:
-            print(f"{'skip' if job.done else 'run '}  {job}")
+            print(describe(job, cfg))
         todo = sum(not j.done for j in jobs)
         print(f"{len(jobs)} runs: {todo} to run, {len(jobs) - todo} already finished")
         return 0
 
     def on_result(job, metrics, error):
-        msg = f"{job}: accuracy {metrics['accuracy']:.2f}%" if metrics else f"{job}: FAILED: {error}"
-        tqdm.write(msg, file=sys.stderr)
+        tqdm.write(_result_line(job, metrics, error), file=sys.stderr)
 
     summary = run_benchmark(cfg, progress=True, report=args.report, on_result=on_result)
     print(f"{len(summary.jobs)} runs: {len(summary.ran)} ran, {len(summary.skipped)} already finished, "

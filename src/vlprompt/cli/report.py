@@ -14,7 +14,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Read every finished run folder under RUNS_DIR (config.json + metrics.json; logs are never read) and "
             "write results.md, results.csv, results.json and fewshot_curves.png (plus base_to_new.csv for "
-            "base/new runs). The markdown is printed on stdout, the written paths on stderr."
+            "base/new runs, and transfer.csv with the domain-generalization and cross-dataset tables for prompts "
+            "evaluated on another dataset). The markdown is printed on stdout, the written paths on stderr."
         ),
     )
     p.add_argument("runs_dir", metavar="RUNS_DIR", help="folder searched recursively for run folders")

@@ -10,7 +10,15 @@ from itertools import groupby
 from pathlib import Path
 
 from vlprompt._io import atomic_write_text
-from vlprompt.reports.tables import BaseNewRow, Row, base_to_new, missing_from_average, sort_rows
+from vlprompt.reports.tables import (
+    BaseNewRow,
+    Row,
+    TransferRow,
+    base_to_new,
+    missing_from_average,
+    sort_rows,
+    target_order,
+)
 
 CSV_COLUMNS = [
     "label",
@@ -30,6 +38,9 @@ CSV_COLUMNS = [
     "peak_memory_mb_max",
 ]
 BASE_NEW_COLUMNS = ["label", "backbone", "dataset", "shots", "base", "new", "h", "base_std", "new_std", "n"]
+TRANSFER_COLUMNS = ["kind", "label", "backbone", "source", "shots", "source_accuracy", "target", "accuracy_mean",
+                    "accuracy_std", "n"]
+TRANSFER_TITLES = {"dg": "Domain generalization", "xd": "Cross-dataset transfer"}
 
 
 def _num(value: float | None, digits: int = 2) -> str:
@@ -74,12 +85,35 @@ def _base_new_table(b2n: list[BaseNewRow], multi_backbone: bool) -> list[str]:
     return lines
 
 
-def render_markdown(rows: list[Row], intro: list[str] | None = None) -> str:
-    """The report as markdown: one table per dataset (few-shot, ``subsample="all"``), the average, base-to-new.
+def _transfer_tables(rows: list[TransferRow], multi_backbone: bool) -> list[str]:
+    """One table per (backbone, source, kind): the source's accuracy, each target's, and their average."""
+    lines: list[str] = []
+    for (backbone, source, kind), group in groupby(rows, key=lambda r: (r.backbone, r.source, r.kind)):
+        group = list(group)
+        targets = target_order({t for r in group for t in r.targets})
+        suffix = f" — {backbone}" if multi_backbone else ""
+        lines += [f"## {TRANSFER_TITLES[kind]}: {source} → {len(targets)} target(s){suffix}", "",
+                  f"The prompt learned on {source} (source), evaluated as it is on each target's classes; zero-shot "
+                  "CLIP: its own runs on each dataset. Mean ± std over seeds; average over the targets.", "",
+                  f"| method | shots | {source} (source) | " + " | ".join(targets) + " | average |",
+                  "|---|---:|---:|" + "---:|" * (len(targets) + 1)]
+        for r in group:
+            cells = [_acc(r.targets[t], r.target_std.get(t), r.n) if t in r.targets else "–" for t in targets]
+            lines.append(f"| {r.label} | {_shots(r.shots)} | {_num(r.source_accuracy)} | " + " | ".join(cells)
+                         + f" | {_num(r.average)} |")
+        lines.append("")
+    return lines
+
+
+def render_markdown(rows: list[Row], intro: list[str] | None = None,
+                    transfer: list[TransferRow] | None = None) -> str:
+    """The report as markdown: one table per dataset (few-shot, ``subsample="all"``), the average, base-to-new,
+    and the domain-generalization / cross-dataset tables.
 
     Args:
         rows: output of :func:`vlprompt.reports.tables.aggregate`.
         intro: lines placed under the title (e.g. how many runs were read).
+        transfer: output of :func:`vlprompt.reports.tables.transfer` (none: no transfer tables).
     """
     rows = sort_rows(rows)
     backbones = sorted({r.backbone for r in rows})
@@ -120,6 +154,8 @@ def render_markdown(rows: list[Row], intro: list[str] | None = None) -> str:
             "",
         ]
         lines += _base_new_table(b2n, multi) + [""]
+    if transfer:
+        lines += _transfer_tables(transfer, multi)
     return "\n".join(lines)
 
 
@@ -143,18 +179,31 @@ def rows_to_csv(rows: list[Row]) -> str:
     return _csv(CSV_COLUMNS, dicts)
 
 
-def write_tables(rows: list[Row], out_dir: str | os.PathLike, intro: list[str] | None = None) -> dict[str, str]:
-    """Write ``results.md`` and ``results.csv`` (and ``base_to_new.csv`` when there are base/new pairs).
+def transfer_to_csv(rows: list[TransferRow]) -> str:
+    """The transfer rows as CSV, one line per (row, target)."""
+    dicts = [{"kind": r.kind, "label": r.label, "backbone": r.backbone, "source": r.source, "shots": r.shots,
+              "source_accuracy": r.source_accuracy, "target": t, "accuracy_mean": acc,
+              "accuracy_std": r.target_std.get(t), "n": r.n} for r in rows for t, acc in r.targets.items()]
+    return _csv(TRANSFER_COLUMNS, dicts)
+
+
+def write_tables(rows: list[Row], out_dir: str | os.PathLike, intro: list[str] | None = None,
+                 transfer: list[TransferRow] | None = None) -> dict[str, str]:
+    """Write ``results.md`` and ``results.csv`` (and ``base_to_new.csv`` when there are base/new pairs,
+    ``transfer.csv`` when there are domain-generalization or cross-dataset rows).
 
     Returns:
-        ``{"markdown": path, "csv": path[, "base_to_new_csv": path]}``.
+        ``{"markdown": path, "csv": path[, "base_to_new_csv": path][, "transfer_csv": path]}``.
     """
     out = Path(out_dir)
     files = {"markdown": str(out / "results.md"), "csv": str(out / "results.csv")}
-    atomic_write_text(files["markdown"], render_markdown(rows, intro))
+    atomic_write_text(files["markdown"], render_markdown(rows, intro, transfer))
     atomic_write_text(files["csv"], rows_to_csv(rows))
     b2n = base_to_new(rows)
     if b2n:
         files["base_to_new_csv"] = str(out / "base_to_new.csv")
         atomic_write_text(files["base_to_new_csv"], _csv(BASE_NEW_COLUMNS, [asdict(r) for r in b2n]))
+    if transfer:
+        files["transfer_csv"] = str(out / "transfer.csv")
+        atomic_write_text(files["transfer_csv"], transfer_to_csv(transfer))
     return files

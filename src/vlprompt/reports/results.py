@@ -34,6 +34,9 @@ class RunRecord:
             ``config["backbone"]["pretrained"]`` is ``"random"``.
         accuracy: top-1 test accuracy, percent.
         macro_f1, train_seconds, eval_seconds, peak_memory_mb, num_test: from ``metrics.json`` when present.
+        source: the dataset the evaluated prompt was trained on, for an evaluation of a prompt on another dataset
+            (``vlprompt eval``: ``config["source_dataset"]``, e.g. ImageNet for a domain-generalization target);
+            ``None`` for a run tested on its own training dataset (a base-to-new ``new`` evaluation included).
     """
 
     path: str
@@ -50,6 +53,12 @@ class RunRecord:
     eval_seconds: float | None = None
     peak_memory_mb: float | None = None
     num_test: int | None = None
+    source: str | None = None
+
+    @property
+    def is_transfer(self) -> bool:
+        """Whether this run tests a prompt learned on another dataset (domain generalization, cross-dataset)."""
+        return self.source is not None
 
 
 @dataclass
@@ -116,6 +125,7 @@ def read_run(folder: str | os.PathLike) -> RunRecord:
     method = str(config.get("method") or "")
     shots = config.get("shots")
     seed = config.get("seed")
+    source = config.get("source_dataset")
     return RunRecord(
         path=str(folder),
         label=str(config.get("label") or method or folder.name),
@@ -131,6 +141,7 @@ def read_run(folder: str | os.PathLike) -> RunRecord:
         eval_seconds=_opt_float(metrics, "eval_seconds"),
         peak_memory_mb=_opt_float(metrics, "peak_memory_mb"),
         num_test=None if metrics.get("num_test") is None else int(metrics["num_test"]),
+        source=str(source) if source and source != dataset else None,
     )
 
 

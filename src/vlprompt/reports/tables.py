@@ -239,3 +239,74 @@ def base_to_new(rows: list[Row]) -> list[BaseNewRow]:
     zero = {r.label for r in out if r.shots is None}
     order = {lab: i for i, lab in enumerate(label_order((r.label for r in out), zero))}
     return sorted(out, key=lambda r: (r.backbone, r.dataset == AVERAGE, r.dataset, order[r.label], r.shots or 0))
+
+
+#: The domain-generalization targets (ImageNet's variants), in the papers' column order; any other target of a
+#: prompt evaluated away from its training dataset is cross-dataset transfer.
+DG_TARGETS = ("imagenetv2", "imagenet_sketch", "imagenet_a", "imagenet_r")
+
+
+def target_order(targets: Iterable[str]) -> list[str]:
+    """Transfer targets in the papers' column order: the ImageNet variants as :data:`DG_TARGETS`, then the others
+    alphabetically."""
+    return sorted(set(targets), key=lambda d: (d not in DG_TARGETS, DG_TARGETS.index(d) if d in DG_TARGETS else 0, d))
+
+
+@dataclass
+class TransferRow:
+    """One method variant's prompt learned on ``source`` and evaluated on other datasets (a DG or XD table row).
+
+    Attributes:
+        kind: ``"dg"`` (targets among :data:`DG_TARGETS`) or ``"xd"`` (cross-dataset: any other target).
+        label, backbone, shots: as in :class:`Row` (zero-shot CLIP rows: ``shots`` ``None``, its own runs on each
+            dataset).
+        source: the training dataset; ``source_accuracy``: mean test accuracy over seeds of the runs on it
+            (``None`` if they are not in the runs folder).
+        targets: ``{target: mean accuracy over seeds}``; ``target_std``: the population std over seeds.
+        average: mean of the target means, when every target of the table is present (else ``None``).
+        n: the fewest seeds of any target.
+    """
+
+    kind: str
+    label: str
+    backbone: str
+    source: str
+    shots: int | None
+    source_accuracy: float | None
+    targets: dict[str, float]
+    target_std: dict[str, float | None]
+    average: float | None
+    n: int
+
+
+def transfer(rows: list[Row], records: Iterable[RunRecord]) -> list[TransferRow]:
+    """The domain-generalization and cross-dataset rows: transfer ``records`` (:attr:`RunRecord.is_transfer`)
+    aggregated over seeds per (backbone, source, kind), with each label's accuracy on the source from ``rows``
+    (:func:`aggregate` of the in-domain runs), plus zero-shot CLIP's own runs on the source and the targets."""
+    groups: dict[tuple, list[RunRecord]] = defaultdict(list)
+    for r in records:
+        if r.is_transfer:
+            groups[(r.backbone, r.source, "dg" if r.dataset in DG_TARGETS else "xd")].append(r)
+    own = {(r.backbone, r.label, r.dataset, r.shots): r for r in rows if r.subsample == "all" and not r.is_average}
+    out: list[TransferRow] = []
+    for (backbone, source, kind), group in sorted(groups.items()):
+        cells = [r for r in aggregate(group) if not r.is_average]
+        targets = target_order({r.dataset for r in cells})
+        by_key: dict[tuple, dict[str, Row]] = defaultdict(dict)
+        for r in cells:
+            by_key[(r.label, r.shots)][r.dataset] = r
+        for (b, label, dataset, shots), r in own.items():  # zero-shot CLIP: its own runs on the targets
+            if b == backbone and shots is None and dataset in targets:
+                by_key[(label, None)][dataset] = r
+        for (label, shots), per_target in by_key.items():
+            src = own.get((backbone, label, source, shots))
+            means = {t: per_target[t].accuracy_mean for t in targets if t in per_target}
+            out.append(TransferRow(
+                kind=kind, label=label, backbone=backbone, source=source, shots=shots,
+                source_accuracy=None if src is None else src.accuracy_mean, targets=means,
+                target_std={t: per_target[t].accuracy_std for t in means},
+                average=float(np.mean(list(means.values()))) if len(means) == len(targets) else None,
+                n=min(per_target[t].n for t in means)))
+    zero = {r.label for r in out if r.shots is None}
+    order = {lab: i for i, lab in enumerate(label_order((r.label for r in out), zero))}
+    return sorted(out, key=lambda r: (r.backbone, r.source, r.kind, order[r.label], r.shots or 0))

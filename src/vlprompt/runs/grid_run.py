@@ -1,0 +1,282 @@
+"""Execute a planned grid (:mod:`vlprompt.runs.grid`): each job through the engine's run functions, resumably.
+
+A job whose run folder already holds ``metrics.json`` is not trained again, and each of its evaluations that is
+finished is not repeated, so re-running the same command resumes an interrupted grid (a larger grid extends a
+smaller one, and a ``dg``/``xd`` grid reuses the ImageNet runs of a few-shot grid in the same ``RUNS_DIR``).
+``RUNS_DIR/benchmark.json`` records the settings the runs were made with; a resume with different settings is
+refused rather than mixing two recipes in one table. Image features of the test and few-shot sets are reused
+across the grid by the feature cache (its keys are the records, not the run). At the end the report
+(:func:`vlprompt.reports.write_report`) is written into ``RUNS_DIR``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from vlprompt import __version__
+from vlprompt._io import atomic_write_json
+from vlprompt.errors import ArtifactError, ConfigError, VLPromptError
+from vlprompt.runs.grid import BASELINES, BenchmarkConfig, Evaluation, Job, dataset_dirname, learner_of, plan
+
+_logger = logging.getLogger(__name__)
+
+SETTINGS_FILE = "benchmark.json"
+#: Version of ``benchmark.json`` (absent: written before the grid knew protocols, see :func:`_legacy_settings`).
+SETTINGS_FORMAT = 2
+
+
+@dataclass
+class BenchmarkSummary:
+    """What :func:`run_benchmark` did: finished runs, skipped (already finished) runs, failures, the report."""
+
+    jobs: list[Job]
+    ran: list[Job] = field(default_factory=list)
+    skipped: list[Job] = field(default_factory=list)
+    failed: list[tuple[Job, str]] = field(default_factory=list)
+    report: dict | None = None
+
+
+def job_recipe(job: Job, cfg: BenchmarkConfig) -> dict | None:
+    """``{"epochs", "batch_size"}`` a learned job will train with (the user's values, else its method's recipe, by
+    :func:`vlprompt.engine.recipe.resolve_train_config`); ``None`` for the baselines. Custom data is resolved as a
+    dataset that is not ImageNet (its name is known only once it is loaded)."""
+    if job.method in BASELINES:
+        return None
+    from vlprompt.data.benchmarks import BENCHMARKS
+    from vlprompt.engine.recipe import resolve_train_config
+
+    name = job.dataset if job.dataset in BENCHMARKS else None
+    train = resolve_train_config(cfg.train, learner_of(job.method)[0], job.shots, name)
+    return {"epochs": train.epochs, "batch_size": train.batch_size}
+
+
+def describe(job: Job, cfg: BenchmarkConfig) -> str:
+    """One line of ``--dry-run``: status, protocol, dataset, method, shots, seed, classes (base-to-new), recipe, run
+    folder, then each evaluation target and its folder."""
+    recipe = job_recipe(job, cfg)
+    parts = ["skip" if job.done else "run ", job.protocol, dataset_dirname(job.dataset), job.method,
+             f"shots {job.shots if job.shots is not None else 0}", f"seed {job.seed}"]
+    if job.subsample != "all":
+        parts.append(f"classes {job.subsample}")
+    if recipe:
+        parts.append(f"epochs {recipe['epochs']} batch {recipe['batch_size']}")
+    line = "  ".join(parts) + f"  → {job.out}"
+    for e in job.evaluations:
+        line += f"  | eval {e.name}{' (done)' if e.done else ''} → {e.out}"
+    return line
+
+
+def _spec(cfg: BenchmarkConfig, dataset: str, out: Path, shots: int | None, seed: int, subsample: str, **extra):
+    """A fresh :class:`~vlprompt.engine.run.RunSpec` of one run (``extra``: ``method``, ``learner``)."""
+    from vlprompt.engine.run import RunSpec
+
+    return RunSpec(dataset=dataset, out=str(out), root=cfg.root, shots=shots, seed=seed, subsample=subsample,
+                   backbone=cfg.backbone, pretrained=cfg.pretrained, train=cfg.train, device=cfg.device,
+                   cache_dir=cfg.cache_dir, tensorboard=cfg.tensorboard, **extra)
+
+
+def _zeroshot(cfg: BenchmarkConfig, dataset: str, out: Path, seed: int, subsample: str, backbone) -> dict:
+    from vlprompt.engine.run import zeroshot_run
+
+    spec = _spec(cfg, dataset, out, None, seed, subsample)
+    return zeroshot_run(spec, [dataset_template(dataset, cfg.root)], backbone=backbone)
+
+
+def _train(job: Job, cfg: BenchmarkConfig, backbone) -> dict:
+    """The job's own run: zero-shot, the linear probe, or a prompt trained with its method's recipe."""
+    if job.method == "zeroshot":
+        return _zeroshot(cfg, job.dataset, job.out, job.seed, job.subsample, backbone)
+    if job.method == "linear-probe":
+        from vlprompt.engine.baselines import linear_probe_run
+
+        return linear_probe_run(_spec(cfg, job.dataset, job.out, job.shots, job.seed, job.subsample),
+                                backbone=backbone)
+    from vlprompt.engine.run import train_run
+
+    # the registered learner and the variant's options (coop-csc: csc), then the user's; epochs and batch size the
+    # user left unset are filled from the method's own recipe by train_run (resolve_train_config)
+    method, opts = learner_of(job.method)
+    spec = _spec(cfg, job.dataset, job.out, job.shots, job.seed, job.subsample, method=method,
+                 learner={**opts, **cfg.learner})
+    return train_run(spec, backbone=backbone)
+
+
+def _evaluate(job: Job, ev: Evaluation, cfg: BenchmarkConfig, backbone) -> dict:
+    """One evaluation of the job's prompt (zero-shot: zero-shot CLIP itself) on ``ev``'s classes or dataset."""
+    if job.method == "zeroshot":
+        return _zeroshot(cfg, ev.dataset, ev.out, job.seed, ev.subsample, backbone)
+    from vlprompt.engine.run import eval_run
+
+    # the prompt is rebuilt from the run folder for the target's class names (PromptClassifier.load)
+    return eval_run(str(job.out), _spec(cfg, ev.dataset, ev.out, None, job.seed, ev.subsample))
+
+
+def run_job(job: Job, cfg: BenchmarkConfig, backbone=None) -> dict:
+    """Run one job into its folder (through :func:`vlprompt.engine.run.train_run`, ``zeroshot_run`` or
+    :func:`vlprompt.engine.baselines.linear_probe_run`), then each of its unfinished evaluations (``eval_run``);
+    ``backbone`` reuses a built one.
+
+    Returns:
+        The job's own metrics; with evaluations, plus ``"evaluations"``: ``{name: accuracy}`` of every evaluation.
+
+    Raises:
+        VLPromptError: the run failed (its evaluations are not attempted), or some evaluation failed: the others
+            were still run, and the message names every failed target.
+    """
+    if job.trained:  # an interrupted grid: the run finished, some evaluation did not
+        metrics = json.loads((job.out / "metrics.json").read_text(encoding="utf-8"))
+    else:
+        metrics = _train(job, cfg, backbone)
+    if not job.evaluations:
+        return metrics
+    accuracies, failures = {}, []
+    for ev in job.evaluations:
+        if ev.done:
+            accuracies[ev.name] = json.loads((ev.out / "metrics.json").read_text(encoding="utf-8"))["accuracy"]
+            continue
+        try:  # one missing target must not cost the others
+            accuracies[ev.name] = _evaluate(job, ev, cfg, backbone)["accuracy"]
+        except VLPromptError as e:
+            failures.append((ev, e))
+    if failures:
+        raise VLPromptError("; ".join(f"eval {ev.name} ({ev.out}): {e}" for ev, e in failures)) from failures[0][1]
+    return {**metrics, "evaluations": accuracies}
+
+
+def dataset_template(dataset: str, root: str | None) -> str:
+    """The hand-crafted zero-shot template of a benchmark (custom data: the template its loader reports)."""
+    from vlprompt.data import get_templates, load_dataset
+    from vlprompt.data.benchmarks import BENCHMARKS
+
+    if dataset in BENCHMARKS:
+        return get_templates("dataset", BENCHMARKS[dataset].template, dataset)[0]
+    return load_dataset(dataset, root).template
+
+
+#: The learner options the benchmark command recorded before the grid knew protocols, whatever the user passed
+#: (its flags had these defaults; CoOp's defaults, the only learner of those grids).
+_LEGACY_LEARNER_DEFAULTS = {"n_ctx": 16, "ctx_init": None, "class_token_position": "end"}
+
+
+def _legacy_settings(settings: dict) -> dict:
+    """Settings of a ``benchmark.json`` without ``format`` as this version records them: the learner options that
+    equal the old flag defaults were not chosen by the user (``--n-ctx N`` also sets ``ctx_init`` ``None``)."""
+    learner = dict(settings.get("learner") or {})
+    kept = {k: v for k, v in learner.items() if _LEGACY_LEARNER_DEFAULTS.get(k, object()) != v}
+    if "n_ctx" in kept:
+        kept.setdefault("ctx_init", None)
+    return {**settings, "learner": kept}
+
+
+def check_settings(cfg: BenchmarkConfig) -> None:
+    """Record the settings in ``RUNS_DIR/benchmark.json``, or refuse when the folder was started with others."""
+    path = Path(cfg.out) / SETTINGS_FILE
+    want = cfg.settings()
+    grids: dict = {}
+    if path.exists():
+        try:
+            recorded = json.loads(path.read_text())
+            have = recorded.get("settings", {})
+            grids = dict(recorded.get("grids") or {})
+        except (OSError, json.JSONDecodeError, AttributeError) as e:
+            raise ArtifactError(f"'{path}' is not valid JSON ({e}); delete it to restart the benchmark bookkeeping.") from e
+        if "format" not in recorded:
+            have = _legacy_settings(have)
+            grids.setdefault("fewshot", recorded.get("grid"))
+        diffs = _diff(have, want)
+        if diffs:
+            raise ConfigError(
+                f"--out '{cfg.out}' holds a benchmark made with other settings ({'; '.join(diffs)}); resuming would "
+                "mix two recipes in one table. Use the same flags, or another --out for the new settings.")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    grids[cfg.protocol] = cfg.grid()
+    atomic_write_json(path, {"format": SETTINGS_FORMAT, "vlprompt_version": __version__, "settings": want,
+                             "grid": cfg.grid(), "protocol": cfg.protocol, "grids": grids})
+
+
+def _diff(have: dict, want: dict, prefix: str = "") -> list[str]:
+    out = []
+    for key in sorted(set(have) | set(want)):
+        a, b = have.get(key), want.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _diff(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}: was {a!r}, now {b!r}")
+    return out
+
+
+def _build_backbone(cfg: BenchmarkConfig):
+    from vlprompt.backbones import create_backbone
+    from vlprompt.engine.pipeline import check_precision, resolve_device
+
+    device = resolve_device(cfg.device)
+    check_precision(cfg.train.precision, device)
+    return create_backbone(cfg.backbone, cfg.pretrained, device=device, precision=cfg.train.precision)
+
+
+def run_benchmark(
+    cfg: BenchmarkConfig,
+    *,
+    progress: bool = True,
+    report: bool = True,
+    on_result: Callable[[Job, dict | None, str | None], None] | None = None,
+) -> BenchmarkSummary:
+    """Run every unfinished job of the grid, then write the report into ``cfg.out``.
+
+    Args:
+        cfg: the grid and its settings.
+        progress: a progress bar over the grid (the runs themselves stay quiet).
+        report: write the report at the end (when at least one run is finished).
+        on_result: called after each job that ran, with ``(job, metrics, None)`` or ``(job, None, error message)``.
+
+    Returns:
+        The :class:`BenchmarkSummary`; failed runs (a :class:`VLPromptError`, e.g. a missing dataset) are listed
+        there and the grid goes on, unless ``cfg.fail_fast``.
+    """
+    from tqdm.auto import tqdm
+
+    if cfg.tensorboard:  # once for the grid, not as a failure of every run
+        from vlprompt.engine.tracking import require_tensorboard
+
+        require_tensorboard()
+    check_settings(cfg)
+    summary = BenchmarkSummary(plan(cfg))
+    backbone = None  # built at the first job that runs, then shared by the whole grid (it stays frozen)
+    bar = tqdm(summary.jobs, desc=f"benchmark ({cfg.protocol})", unit="run", disable=not progress)
+    for job in bar:
+        if job.done:
+            summary.skipped.append(job)
+            continue
+        bar.set_postfix_str(str(job))
+        if backbone is None:  # a backbone that cannot be built fails the whole grid: let the error through
+            backbone = _build_backbone(cfg)
+        try:
+            metrics = run_job(job, cfg, backbone)
+        except VLPromptError as e:
+            summary.failed.append((job, str(e)))
+            if on_result:
+                on_result(job, None, str(e))
+            else:
+                _logger.warning("%s failed: %s", job, e)
+            if cfg.fail_fast:
+                break
+            continue
+        summary.ran.append(job)
+        if on_result:
+            on_result(job, metrics, None)
+    bar.close()
+    _logger.info("benchmark: %d ran, %d already finished, %d failed", len(summary.ran), len(summary.skipped),
+                 len(summary.failed))
+    if report and (summary.ran or summary.skipped):
+        from vlprompt.reports import write_report
+
+        summary.report = write_report(cfg.out)
+    return summary
+
+
+__all__ = ["SETTINGS_FILE", "BenchmarkSummary", "check_settings", "dataset_template", "describe", "job_recipe",
+           "run_benchmark", "run_job"]
