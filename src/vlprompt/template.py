@@ -1,12 +1,33 @@
-"""The rule for one hand-crafted prompt template, below both :mod:`vlprompt.data` (split files, template files)
-and :mod:`vlprompt.prompts` (KgCoOp's ``template`` option), so that a prompt method never imports the data layer.
+"""Hand-crafted prompt templates below both :mod:`vlprompt.data` (split files, template files) and
+:mod:`vlprompt.prompts` (KgCoOp's templates and ``template`` option), so that a prompt method never imports the data
+layer: the rule for one template and the official per-benchmark table.
 
-Re-exported as ``vlprompt.data.templates.check_template``.
+Re-exported as ``vlprompt.data.templates.check_template`` and ``vlprompt.data.templates.CUSTOM_TEMPLATES``.
 """
 
 from __future__ import annotations
 
 from vlprompt.errors import ConfigError
+
+# One hand-crafted template per benchmark (``CUSTOM_TEMPLATES`` in the official ``ZeroshotCLIP``).
+CUSTOM_TEMPLATES: dict[str, str] = {
+    "oxford_pets": "a photo of a {}, a type of pet.",
+    "oxford_flowers": "a photo of a {}, a type of flower.",
+    "fgvc_aircraft": "a photo of a {}, a type of aircraft.",
+    "dtd": "{} texture.",
+    "eurosat": "a centered satellite photo of {}.",
+    "stanford_cars": "a photo of a {}.",
+    "food101": "a photo of {}, a type of food.",
+    "sun397": "a photo of a {}.",
+    "caltech101": "a photo of a {}.",
+    "ucf101": "a photo of a person doing {}.",
+    "imagenet": "a photo of a {}.",
+    "imagenet_sketch": "a photo of a {}.",
+    "imagenetv2": "a photo of a {}.",
+    "imagenet_a": "a photo of a {}.",
+    "imagenet_r": "a photo of a {}.",
+}
+
 
 
 def check_template(template: object, where: str = "template") -> str:
@@ -27,4 +48,4 @@ def check_template(template: object, where: str = "template") -> str:
     return template
 
 
-__all__ = ["check_template"]
+__all__ = ["CUSTOM_TEMPLATES", "check_template"]

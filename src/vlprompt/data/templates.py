@@ -9,26 +9,7 @@ from __future__ import annotations
 import os
 
 from vlprompt.errors import ConfigError
-from vlprompt.template import check_template  # re-exported: also used by prompts, below data
-
-# One hand-crafted template per benchmark (``CUSTOM_TEMPLATES`` in the official ``ZeroshotCLIP``).
-CUSTOM_TEMPLATES: dict[str, str] = {
-    "oxford_pets": "a photo of a {}, a type of pet.",
-    "oxford_flowers": "a photo of a {}, a type of flower.",
-    "fgvc_aircraft": "a photo of a {}, a type of aircraft.",
-    "dtd": "{} texture.",
-    "eurosat": "a centered satellite photo of {}.",
-    "stanford_cars": "a photo of a {}.",
-    "food101": "a photo of {}, a type of food.",
-    "sun397": "a photo of a {}.",
-    "caltech101": "a photo of a {}.",
-    "ucf101": "a photo of a person doing {}.",
-    "imagenet": "a photo of a {}.",
-    "imagenet_sketch": "a photo of a {}.",
-    "imagenetv2": "a photo of a {}.",
-    "imagenet_a": "a photo of a {}.",
-    "imagenet_r": "a photo of a {}.",
-}
+from vlprompt.template import CUSTOM_TEMPLATES, check_template  # noqa: F401 (re-exported; also used by prompts)
 
 # KgCoOp's own templates are the method's: ``vlprompt.prompts.kgcoop.KGCOOP_TEMPLATES``.
 

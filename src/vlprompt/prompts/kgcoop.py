@@ -34,33 +34,16 @@ from vlprompt.backbones.text import zero_shot_weights
 from vlprompt.errors import ConfigError
 from vlprompt.prompts.base import register_prompt_learner
 from vlprompt.prompts.coop import CoOp, CoOpConfig
-from vlprompt.template import check_template
+from vlprompt.template import CUSTOM_TEMPLATES, check_template
 
 _logger = logging.getLogger(__name__)
 
 DEFAULT_TEMPLATE = "a photo of a {}."
 
 # KgCoOp's own ``CUSTOM_TEMPLATES`` (``KgCoOp:KgCoOp/trainers/kgcoop.py`` l.37–54): its hand-crafted prompts for
-# the guidance term. They equal CoOp's (``vlprompt.data.templates.CUSTOM_TEMPLATES``) except DTD ("a photo of a {},
-# a type of texture." instead of "{} texture."). Written out here, as in the official file, so that the method
-# does not import the data layer.
-KGCOOP_TEMPLATES: dict[str, str] = {
-    "oxford_pets": "a photo of a {}, a type of pet.",
-    "oxford_flowers": "a photo of a {}, a type of flower.",
-    "fgvc_aircraft": "a photo of a {}, a type of aircraft.",
-    "dtd": "a photo of a {}, a type of texture.",
-    "eurosat": "a centered satellite photo of {}.",
-    "stanford_cars": "a photo of a {}.",
-    "food101": "a photo of {}, a type of food.",
-    "sun397": "a photo of a {}.",
-    "caltech101": "a photo of a {}.",
-    "ucf101": "a photo of a person doing {}.",
-    "imagenet": "a photo of a {}.",
-    "imagenet_sketch": "a photo of a {}.",
-    "imagenetv2": "a photo of a {}.",
-    "imagenet_a": "a photo of a {}.",
-    "imagenet_r": "a photo of a {}.",
-}
+# the guidance term. They equal CoOp's (:data:`vlprompt.template.CUSTOM_TEMPLATES`) except DTD ("a photo of a {},
+# a type of texture." instead of "{} texture.").
+KGCOOP_TEMPLATES: dict[str, str] = {**CUSTOM_TEMPLATES, "dtd": "a photo of a {}, a type of texture."}
 
 
 @dataclass(frozen=True)
