@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH_PIN)
-	$(BIN)/pip install -q -e ".[dev,hf,tensorboard,onnx]"
+	$(BIN)/pip install -q -e ".[dev,hf,tensorboard,onnx,cluster]"
 	touch $(STAMP)
 
 demo: install
