@@ -221,3 +221,14 @@ def test_paths_outside_the_dataset_root_need_the_flag(tmp_path, capsys):
     (inside / "split.json").write_text(json.dumps(split))
     assert main(["train", "--dataset", f"split:{inside / 'split.json'}", "--out", str(tmp_path / "t"), *BASE]) == 2
     assert "'/etc/0.png'" in _error_line(capsys)
+
+
+def test_benchmark_missing_dataset_is_one_line(tmp_path, capsys):
+    """`benchmark` has no required input since --datasets got per-protocol defaults, so the generic missing-input
+    test skips it: a dataset that does not exist is still one line (exit 2) before any run starts."""
+    missing = str(tmp_path / "missing_datasets")
+    assert main(["benchmark", "--datasets", missing, "--out", str(tmp_path / "out"), "--device", "cpu",
+                 "--cache-dir", ""]) == 2
+    line = _error_line(capsys)
+    assert "missing_datasets" in line and "folder:PATH" in line
+    assert not (tmp_path / "out").exists()
