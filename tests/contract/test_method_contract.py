@@ -1,0 +1,231 @@
+"""The contract every registered prompt-learning method keeps, parametrised over the registry (a newly registered
+method is held to it without touching this file): it trains (one optimiser step moves every parameter it declares
+trainable, with a gradient, and nothing of the frozen backbone), saves and loads (identical tensors, identical
+logits, its config through ``learner.json``), predicts from a ``vlprompt train`` run folder (probabilities that sum
+to 1, the run's own accuracy), re-evaluates (``vlprompt eval --run`` gives ``metrics.json``'s accuracy) and runs in
+the grid (``vlprompt benchmark --methods M``) with its own official recipe recorded in ``config.json``.
+
+Runs share module-scoped folders: one ``vlprompt train`` and one one-method grid per method, on tiny random-weights
+CLIPs, one thread.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import make_image
+from vlprompt.backbones import create_backbone
+from vlprompt.cli.main import main
+from vlprompt.engine.checkpoint import load_learner, read_learner_json, save_learner
+from vlprompt.engine.config import TrainConfig
+from vlprompt.engine.fit import FeatureBankBatches, fit
+from vlprompt.engine.model import PromptModel
+from vlprompt.engine.recipe import RECIPE_FIELDS, method_recipe
+from vlprompt.prompts import create_prompt_learner, get_prompt_learner_class, list_prompt_learners
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "baselines"))
+from baseline_layouts import single_thread, write_split_benchmark  # noqa: E402
+
+#: Every registered method: the contract covers a new one as soon as it is registered.
+METHODS = list_prompt_learners()
+#: One run folder / backbone per method for every test that takes ``method`` (module-scoped parameter).
+per_method = pytest.mark.parametrize("method", METHODS, scope="module")
+
+BACKBONE = ["--backbone", "vlp-tiny-vit", "--pretrained", "random", "--device", "cpu"]
+#: The official recipes of the methods the project ships, for 1 and 2 shots on a non-ImageNet dataset (epochs,
+#: batch size): CoOp:configs/trainers/CoOp/rn50_ep50.yaml / rn50_ep100.yaml (BATCH_SIZE 32; COOP.md: 1 shot → ep50,
+#: 2–4 → ep100), CoCoOp:vit_b16_c4_ep10_batch1_ctxv1.yaml (10, 1), KgCoOp:vit_b16_ep100_ctxv1.yaml (100, 128). A
+#: method registered later is held to its own ``method_recipe``.
+OFFICIAL = {"coop": {1: (50, 32), 2: (100, 32)}, "cocoop": {1: (10, 1), 2: (10, 1)},
+            "kgcoop": {1: (100, 128), 2: (100, 128)}}
+CLASSES = {"blue_jay": (40, 60, 200), "green_frog": (40, 180, 60), "red_fox": (200, 40, 40)}  # sorted: label order
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    yield from single_thread()
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """conftest's ``image_folder`` layout (3 colour classes, train/ and test/), smaller: 2 train, 2 test each."""
+    root = tmp_path_factory.mktemp("contract") / "data"
+    for split, n in (("train", 2), ("test", 2)):
+        for cls, col in CLASSES.items():
+            d = root / split / cls
+            d.mkdir(parents=True)
+            for i in range(n):
+                make_image(d / f"{i}.png", tuple(c + 9 * i for c in col), marker=(4 * i, 8))
+    return root
+
+
+@pytest.fixture(scope="module")
+def backbone():
+    return create_backbone("vlp-tiny-vit", "random")
+
+
+@pytest.fixture(scope="module")
+def features(backbone):
+    """L2-normalised image features ``[6, E]`` of fixed random images and their labels ``[6]`` (two per class)."""
+    gen = torch.Generator().manual_seed(0)
+    size = backbone.preprocess.image_size
+    images = torch.randn(6, 3, size, size, generator=gen)
+    with torch.no_grad():
+        feats = torch.nn.functional.normalize(backbone.encode_image(images).float(), dim=-1)
+    return feats, torch.tensor([0, 1, 2, 0, 1, 2])
+
+
+@pytest.fixture(scope="module")
+def trained(method, folder, tmp_path_factory):
+    """``vlprompt train --method M`` (1 epoch, no augmentation) on the image folder: the run folder."""
+    out = tmp_path_factory.mktemp(f"train-{method}") / "run"
+    assert main(["train", "--dataset", f"folder:{folder}", "--method", method, "--shots", "2", "--epochs", "1",
+                 "--augment", "none", "--out", str(out), "--cache-dir", "", *BACKBONE]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def grid(method, tmp_path_factory):
+    """``vlprompt benchmark --protocol fewshot --methods M --shots 1 --seeds 1`` on a 3-class DTD in its official
+    layout, with nothing of the recipe given (epochs and batch size are the method's own): the run folder."""
+    base = tmp_path_factory.mktemp(f"grid-{method}")
+    write_split_benchmark(base / "data", "dtd", sizes=(1, 1, 2))
+    runs = base / "runs"
+    assert main(["benchmark", "--protocol", "fewshot", "--datasets", "dtd", "--methods", method, "--shots", "1",
+                 "--seeds", "1", "--root", str(base / "data"), "--out", str(runs), "--augment", "none",
+                 "--cache-dir", "", "--no-report", *BACKBONE]) == 0
+    return runs / "dtd" / method / "1shots" / "seed1"
+
+
+def _json(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def _recipe(method: str, shots: int, dataset: str) -> dict[str, int]:
+    """The recipe a run must record: the official numbers where pinned above, else the resolver's."""
+    if method in OFFICIAL:
+        epochs, batch = OFFICIAL[method][shots]
+        return {"epochs": epochs, "batch_size": batch}
+    return method_recipe(method, shots, dataset)
+
+
+def _learner(method, backbone):
+    """The method's default learner on the 3 classes, its random initialisation seeded: with the tiny backbone's
+    32-d embedding CoCoOp's meta-net has 2 hidden ReLU units, and about one initialisation in six leaves both dead
+    for all six test features (then no gradient reaches ``meta_net.linear1``/``linear2.weight``); seed 0 does not."""
+    torch.manual_seed(0)
+    return create_prompt_learner(method, backbone, list(CLASSES), template="a photo of a {}.")
+
+
+def test_the_registry_holds_the_official_methods():
+    assert METHODS and {"coop", "cocoop", "kgcoop"} <= set(METHODS)
+
+
+@per_method
+def test_recipe_sets_only_recipe_fields(method):
+    cls = get_prompt_learner_class(method)
+    assert set(cls.recipe) <= set(RECIPE_FIELDS)
+    for shots, dataset in ((1, "dtd"), (16, "imagenet"), (None, None)):
+        recipe = method_recipe(method, shots, dataset)
+        assert set(recipe) == set(RECIPE_FIELDS) and all(isinstance(v, int) and v >= 1 for v in recipe.values())
+    for shots in (1, 2):
+        assert method_recipe(method, shots, "dtd") == _recipe(method, shots, "dtd")
+
+
+@per_method
+def test_one_step_moves_every_trainable_parameter_and_nothing_frozen(method, backbone, features):
+    learner = _learner(method, backbone)
+    model = PromptModel(backbone, learner)
+    trainable = {n: p.detach().clone() for n, p in learner.named_parameters() if p.requires_grad}
+    assert trainable, f"{method} declares no trainable parameter"
+    # what is saved is exactly what is learned (fixed token embeddings are non-persistent buffers)
+    assert set(learner.trainable_state_dict()) == set(trainable)
+    assert not any(p.requires_grad for p in backbone.parameters())
+    frozen = {k: v.clone() for k, v in backbone.state_dict().items()}
+
+    feats, labels = features
+    steps = []
+    # warmup_epochs=0: the step runs at the base lr 0.002, not the warm-up 1e-5 (a change float32 could lose)
+    cfg = TrainConfig(epochs=1, batch_size=len(labels), warmup_epochs=0)
+    batches = FeatureBankBatches(feats[None], labels, len(labels), torch.Generator().manual_seed(0))  # 1 batch
+    history = fit(model, batches, cfg, 1, images_are_features=True, on_step=steps.append, scaler=None)
+    assert len(steps) == 1 and len(history) == 1 and history[0]["lr"] == pytest.approx(0.002)
+
+    params = dict(learner.named_parameters())
+    for name, before in trainable.items():
+        p = params[name]
+        # a gradient (not only weight decay) reached it, and the step moved it
+        assert p.grad is not None and p.grad.abs().sum() > 0, f"{method}: no gradient reached '{name}'"
+        assert not torch.equal(p.detach(), before), f"{method}: the step did not change '{name}'"
+    assert not any(p.grad is not None for p in backbone.parameters())
+    after = backbone.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in frozen.items()), f"{method} changed the frozen backbone"
+
+
+@per_method
+def test_save_load_round_trip(method, backbone, features, tmp_path):
+    learner = _learner(method, backbone)
+    with torch.no_grad():  # move every learned tensor off its initial value, so that loading must restore it
+        for p in learner.parameters():
+            if p.requires_grad:
+                p.add_(0.01 * torch.randn_like(p))
+    save_learner(tmp_path, learner, backbone)
+
+    meta = read_learner_json(tmp_path)
+    assert meta["method"] == method and meta["classnames"] == list(CLASSES)
+    assert meta["config"] == learner.config_dict()  # config_dict through learner.json, as JSON
+    assert json.loads(json.dumps(learner.config_dict())) == learner.config_dict()
+
+    loaded = load_learner(tmp_path, backbone)
+    assert type(loaded) is type(learner) and loaded.config_dict() == learner.config_dict()
+    a, b = learner.trainable_state_dict(), loaded.trainable_state_dict()
+    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) and a[k].dtype == b[k].dtype for k in a)
+    rebuilt = create_prompt_learner(method, backbone, meta["classnames"], meta["config"])
+    assert rebuilt.config_dict() == learner.config_dict()
+
+    feats, _ = features
+    with torch.no_grad():
+        want = PromptModel(backbone, learner.eval()).predict_logits(feats)
+        got = PromptModel(backbone, loaded).predict_logits(feats)
+    assert got.shape == (len(feats), len(CLASSES)) and torch.equal(got, want)
+
+
+@per_method
+def test_train_run_predicts_and_reevaluates(method, trained, folder):
+    from vlprompt.api import PromptClassifier
+
+    cfg, metrics, learner = (_json(trained / f) for f in ("config.json", "metrics.json", "learner.json"))
+    assert cfg["method"] == method and learner["method"] == method and cfg["train"]["epochs"] == 1
+    assert cfg["learner"] == learner["config"]
+    assert cfg["train"]["batch_size"] == _recipe(method, 2, cfg["dataset"]["name"])["batch_size"]  # epochs: ours
+    assert learner["classnames"] == list(CLASSES)
+
+    clf = PromptClassifier.load(trained)
+    files = sorted((folder / "test").glob("*/*.png"))
+    pred = clf.predict(files)
+    assert pred.probs.shape == (len(files), len(CLASSES))
+    torch.testing.assert_close(pred.probs.sum(-1), torch.ones(len(files)), rtol=0, atol=1e-5)
+    assert all(label in CLASSES for label in pred.labels)
+    # the run's own test accuracy, from the image files through the public API
+    truth = [f.parent.name for f in files]
+    assert 100.0 * sum(p == t for p, t in zip(pred.labels, truth, strict=True)) / len(files) == pytest.approx(
+        metrics["accuracy"])
+
+    assert main(["eval", "--run", str(trained), "--dataset", f"folder:{folder}", "--device", "cpu",
+                 "--cache-dir", ""]) == 0
+    assert _json(trained / "eval_data" / "metrics.json")["accuracy"] == pytest.approx(metrics["accuracy"])
+
+
+@per_method
+def test_grid_run_records_the_methods_resolved_recipe(method, grid):
+    cfg, metrics, learner = (_json(grid / f) for f in ("config.json", "metrics.json", "learner.json"))
+    assert cfg["method"] == method and cfg["shots"] == 1 and cfg["seed"] == 1
+    recorded = {k: cfg["train"][k] for k in RECIPE_FIELDS}
+    assert recorded == method_recipe(method, 1, "dtd") == _recipe(method, 1, "dtd")
+    assert learner["method"] == method and learner["config"] == cfg["learner"]
+    assert metrics["num_test"] == 6 and 0 <= metrics["accuracy"] <= 100
