@@ -17,7 +17,7 @@ import contextlib
 import logging
 import platform
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
@@ -36,13 +36,20 @@ from vlprompt.engine.model import PromptModel
 from vlprompt.engine.recipe import method_template, resolve_train_config, train_drop_last
 from vlprompt.errors import ConfigError
 from vlprompt.prompts import CoOpConfig, create_prompt_learner, get_prompt_learner_class, list_prompt_learners
+from vlprompt.types import ReadOnlyDict
 
 _logger = logging.getLogger(__name__)
 
 
-@dataclass
+@dataclass(frozen=True)
 class RunSpec:
-    """Everything that defines a run (recorded in ``config.json``)."""
+    """Everything that defines a run (recorded in ``config.json``).
+
+    Frozen: no run function changes the spec it is given. What a run resolves (the learner's full config, the
+    method's recipe, a zero-shot run's templates) goes into a derived copy (:func:`dataclasses.replace`) that the
+    run passes down and records; the caller's spec stays as it was. ``learner`` and ``expect`` are held as
+    :class:`~vlprompt.types.ReadOnlyDict` deep copies of the mappings given, so they cannot be changed either.
+    """
 
     dataset: str
     out: str
@@ -53,7 +60,7 @@ class RunSpec:
     backbone: str = "RN50"
     pretrained: str | None = None
     method: str = "coop"
-    learner: dict = field(default_factory=dict)
+    learner: dict = field(default_factory=ReadOnlyDict)
     train: TrainConfig = field(default_factory=TrainConfig)
     device: str = "auto"
     cache_dir: str | None = None
@@ -83,6 +90,11 @@ class RunSpec:
             raise ConfigError(f"--shots must be ≥ 0 (0 = all training images), got {self.shots}.")
         if not 0 <= self.seed < 2**32:
             raise ConfigError(f"--seed must be in 0..2**32-1 (NumPy's seed range), got {self.seed}.")
+        # frozen: the mapping fields become read-only deep copies (object.__setattr__ is how a frozen dataclass
+        # sets its own fields while it is being built)
+        object.__setattr__(self, "learner", ReadOnlyDict.frozen_copy(self.learner))
+        if self.expect is not None:
+            object.__setattr__(self, "expect", ReadOnlyDict.frozen_copy(self.expect))
 
 
 def default_label(method: str, learner: dict) -> str:
@@ -169,7 +181,7 @@ def _base_config(spec: RunSpec, data: P.FewShotData, backbone, epochs: int | Non
         "subsample": spec.subsample,
         "data": _data_options(spec),  # issue 17: --root, --classnames, … as given (for re-runs)
         "backbone": backbone.identity(),
-        "learner": spec.learner,
+        "learner": dict(spec.learner),
         "train": {**spec.train.to_dict(), "epochs": epochs},
         "device": str(backbone.device),
         "threads": torch.get_num_threads(),
@@ -302,10 +314,11 @@ def _train_locked(spec: RunSpec, out: Path, progress: bool, stack: contextlib.Ex
     template = method_template(spec.method, data.splits.name, data.splits.template)  # KgCoOp: its own templates
     learner = create_prompt_learner(spec.method, backbone, data.splits.classnames, spec.learner,
                                     template=template).to(device)
-    spec.learner = learner.config_dict()
+    # The run's resolved spec, derived (the caller's is frozen and stays as given): the learner's full config, and
     # the user's values, else the method's own recipe (CoCoOp: batch 1, 10 epochs; KgCoOp: 128, 100), else CoOp's
-    # (batch 32, epochs by shot count): resolved once here, and recorded resolved in config.json
-    spec.train = resolve_train_config(spec.train, spec.method, spec.shots, data.splits.name)
+    # (batch 32, epochs by shot count): resolved once here, passed down, and recorded resolved in config.json
+    spec = replace(spec, learner=learner.config_dict(),
+                   train=resolve_train_config(spec.train, spec.method, spec.shots, data.splits.name))
     epochs = spec.train.epochs
     config = _base_config(spec, data, backbone, epochs, spec.label or default_label(spec.method, spec.learner))
     kept, start, prior, config = D.on_main(_open_folder, spec, out, config, epochs)
@@ -396,7 +409,7 @@ def zeroshot_run(spec: RunSpec, templates: list[str], progress: bool = False, ba
     if spec.tensorboard:
         T.require_tensorboard()
     _refuse_finished(spec)
-    spec.method, spec.learner = "zeroshot", {"templates": templates}
+    spec = replace(spec, method="zeroshot", learner={"templates": list(templates)})  # a derived copy: see RunSpec
     device, data, backbone = _load(spec, backbone)
     out = prepare_out(spec.out, spec.overwrite)  # after the inputs are validated: a failed call leaves no folder
     label = spec.label or ("Zero-shot CLIP" if len(templates) == 1 else f"Zero-shot CLIP ({len(templates)} templates)")
@@ -444,7 +457,7 @@ def _eval(run_dir: str, spec: RunSpec, progress: bool) -> dict:
                           allow_outside_root=spec.allow_outside_root)
     clf = PromptClassifier.load(run_dir, device=device, classnames=data.splits.classnames,
                                 pretrained=spec.pretrained)
-    spec.method, spec.backbone = clf.method, clf.backbone.name
+    spec = replace(spec, method=clf.method, backbone=clf.backbone.name)  # a derived copy: see RunSpec
     out = D.on_main(prepare_out, spec.out, spec.overwrite)  # after the inputs are validated: no folder on failure
     config = {**_base_config(spec, data, clf.backbone, None, src.get("label", clf.method)),
               "shots": src.get("shots"), "seed": src.get("seed", spec.seed), "learner": clf.learner_config,
@@ -462,6 +475,8 @@ def spec_to_dict(spec: RunSpec) -> dict:
     """JSON-serialisable form of a spec."""
     d = asdict(spec)
     d["train"] = spec.train.to_dict()
+    d["learner"] = dict(spec.learner)  # plain dicts: the result is the caller's to change
+    d["expect"] = None if spec.expect is None else dict(spec.expect)
     return d
 
 
