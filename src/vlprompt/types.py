@@ -1,4 +1,9 @@
-"""Small value types shared by every layer: a read-only mapping for the dict fields of frozen specs.
+"""Small value types shared by every layer: the closed choices of the specs, written once, and a read-only mapping
+for the dict fields of frozen specs.
+
+Each closed choice is one ``Literal`` type; its values (``typing.get_args``) are what the dataclasses check
+and what the command line offers (``argparse`` ``choices=``), so a value is spelled in one place. Method names are
+open (the prompt-learner registry) and are not a ``Literal``.
 
 Foundation layer (``tests/architecture/test_layering.py``): imports nothing of vlprompt.
 """
@@ -7,7 +12,30 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterable, Mapping
-from typing import Any, NoReturn
+from typing import Any, Literal, NoReturn, get_args
+
+#: Numeric precision of a run (``--precision``): fp32 (default), amp (autocast), fp16 (the official fp16 weights).
+Precision = Literal["fp32", "amp", "fp16"]
+PRECISIONS: tuple[Precision, ...] = get_args(Precision)
+
+#: Base-to-new class split (``--subsample``): every class, the first ``ceil(n/2)`` (base), or the rest (new).
+Subsample = Literal["all", "base", "new"]
+SUBSAMPLES: tuple[Subsample, ...] = get_args(Subsample)
+
+#: Where the class name goes in a CoOp-style prompt (``--class-token-position``).
+ClassTokenPosition = Literal["end", "middle", "front"]
+CLASS_TOKEN_POSITIONS: tuple[ClassTokenPosition, ...] = get_args(ClassTokenPosition)
+
+#: The mode of ``--augment`` (the option itself is ``online``, ``none`` or ``cached:K``; see
+#: :func:`vlprompt.engine.config.parse_augment`).
+AugmentMode = Literal["online", "none", "cached"]
+AUGMENT_MODES: tuple[AugmentMode, ...] = get_args(AugmentMode)
+
+#: The few-shot sampler a dataset's reader chose (:attr:`vlprompt.data.records.DatasetSplits.sampler`): ``coop``
+#: (Dassl's, for benchmarks and split files: the official images for a split, K and seed) or ``pure`` (explicitly
+#: seeded, for folder/CSV data).
+Sampler = Literal["coop", "pure"]
+SAMPLERS: tuple[Sampler, ...] = get_args(Sampler)
 
 
 class ReadOnlyDict(dict):
@@ -45,4 +73,5 @@ class ReadOnlyDict(dict):
         return cls(copy.deepcopy(dict(value or {})))
 
 
-__all__ = ["ReadOnlyDict"]
+__all__ = ["AUGMENT_MODES", "CLASS_TOKEN_POSITIONS", "PRECISIONS", "SAMPLERS", "SUBSAMPLES", "AugmentMode",
+           "ClassTokenPosition", "Precision", "ReadOnlyDict", "Sampler", "Subsample"]

@@ -23,6 +23,7 @@ from dataclasses import replace
 from vlprompt.data.images import format_list
 from vlprompt.data.records import DatasetSplits, Sample
 from vlprompt.errors import ConfigError, DataError
+from vlprompt.types import SUBSAMPLES, Subsample
 
 logger = logging.getLogger(__name__)
 
@@ -122,7 +123,7 @@ def apply_few_shot(splits: DatasetSplits, k: int | None, seed: int, strict: bool
     return replace(splits, train=train_k, val=splits.val if val_is_test else val_k, info=info)
 
 
-def subsample_classes(splits: DatasetSplits, which: str) -> DatasetSplits:
+def subsample_classes(splits: DatasetSplits, which: Subsample) -> DatasetSplits:
     """The base-to-new class split (``CoOp:datasets/oxford_pets.py::subsample_classes``).
 
     Labels present in train (all labels for test-only sets) are sorted; ``m = ceil(n / 2)``; ``base`` keeps the
@@ -132,7 +133,7 @@ def subsample_classes(splits: DatasetSplits, which: str) -> DatasetSplits:
     Raises:
         ConfigError: ``which`` is not ``base``, ``new`` or ``all``.
     """
-    if which not in ("base", "new", "all"):
+    if which not in SUBSAMPLES:
         raise ConfigError(f"subsample must be 'base', 'new' or 'all', got {which!r}")
     if which == "all":
         return splits

@@ -36,7 +36,7 @@ from vlprompt.engine.model import PromptModel
 from vlprompt.engine.recipe import method_template, resolve_train_config, train_drop_last
 from vlprompt.errors import ConfigError
 from vlprompt.prompts import CoOpConfig, create_prompt_learner, get_prompt_learner_class, list_prompt_learners
-from vlprompt.types import ReadOnlyDict
+from vlprompt.types import ReadOnlyDict, Subsample
 
 _logger = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ class RunSpec:
     root: str | None = None
     shots: int | None = 16
     seed: int = 1
-    subsample: str = "all"
+    subsample: Subsample = "all"
     backbone: str = "RN50"
     pretrained: str | None = None
     method: str = "coop"
