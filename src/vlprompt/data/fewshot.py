@@ -98,16 +98,16 @@ def sample_few_shot(records: Sequence[Sample], k: int | None, seed: int, strict:
 def apply_few_shot(splits: DatasetSplits, k: int | None, seed: int, strict: bool = False) -> DatasetSplits:
     """Draw the k-shot train/val subsets of ``splits`` with the sampler its reader chose.
 
-    Benchmarks and ``split:`` files (``info["sampler"] == "coop"``) use :func:`sample_few_shot_coop`; custom folder
+    Benchmarks and ``split:`` files (``splits.sampler == "coop"``) use :func:`sample_few_shot_coop`; custom folder
     and CSV data use :func:`sample_few_shot` on train (``k``) and val (``min(k, 4)``). When val is the test set
     (ImageNet), val is left whole, as in the official code. Short classes are warned about in both cases and
     refused under ``strict``. Test is never touched.
     """
     if k is None or k <= 0:
         return splits
-    val_is_test = bool(splits.info.get("val_is_test"))
+    val_is_test = splits.val_is_test
     val = [] if val_is_test else splits.val
-    if splits.info.get("sampler") == "coop":
+    if splits.sampler == "coop":
         for part, kk in ((splits.train, k), (val, min(k, 4))):
             short = _short_classes(part, kk)
             if short:

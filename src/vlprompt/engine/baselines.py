@@ -110,7 +110,7 @@ def selection_set(data: P.FewShotData, shots: int | None, seed: int) -> tuple[li
     test set, so ``min(K, 4)`` images per class are drawn from it with the explicitly seeded sampler instead — the
     official probe also draws its ``min(K, 4)`` val shots per class from ImageNet's val (= test) features.
     """
-    if not data.splits.info.get("val_is_test") or not data.val:
+    if not data.splits.val_is_test or not data.val:
         return data.val, "val-fewshot"
     from vlprompt.data.fewshot import sample_few_shot
 

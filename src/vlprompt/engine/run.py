@@ -367,7 +367,7 @@ def _train_locked(spec: RunSpec, out: Path, progress: bool, stack: contextlib.Ex
         text = model.class_text_features()  # once per evaluation, not per batch (None: per-image prompts)
         metrics, _ = P.evaluate_model(model, _test_features(spec, backbone, data, "test", data.splits.test, progress),
                                       P.labels_of(data.splits.test), text)
-        if data.val and not data.splits.info.get("val_is_test"):
+        if data.val and not data.splits.val_is_test:
             val_metrics, _ = P.evaluate_model(
                 model, _test_features(spec, backbone, data, "val-fewshot", data.val, progress),
                 P.labels_of(data.val), text)
