@@ -11,7 +11,7 @@ from vlprompt.errors import ConfigError
 from vlprompt.types import CLASS_TOKEN_POSITIONS, PRECISIONS, SUBSAMPLES
 
 if TYPE_CHECKING:  # importing the engine pulls in torch: only when a command runs, not for --help or usage errors
-    from vlprompt.engine.run import RunSpec
+    from vlprompt.engine.spec import RunSpec
 
 RECIPE_NOTE = ("Defaults reproduce each method's official recipe (SGD 0.002, momentum 0.9, wd 5e-4, one warm-up epoch "
                "at 1e-5, cosine; batch and epochs per method; see docs/recipes.md).")
@@ -236,7 +236,7 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
 
 def run_spec(args: argparse.Namespace) -> RunSpec:
     """RunSpec from parsed arguments."""
-    from vlprompt.engine.run import RunSpec
+    from vlprompt.engine.spec import RunSpec
 
     learner = learner_options(args)
     return RunSpec(
