@@ -25,10 +25,9 @@ from vlprompt.backbones.base import Backbone, PreprocessCfg
 from vlprompt.backbones.hf_loading import HF_PREFIX
 from vlprompt.backbones.open_clip import OpenClipBackbone
 from vlprompt.errors import BackboneError, ConfigError
+from vlprompt.types import PRECISIONS, Precision
 
 _logger = logging.getLogger(__name__)
-
-PRECISIONS = ("fp32", "amp", "fp16")
 
 #: ``--pretrained`` value asking for seeded random weights (recorded as such in ``config.json`` and reports).
 RANDOM = "random"
@@ -134,7 +133,7 @@ def create_backbone(
     pretrained: str | None = None,
     *,
     device: str | torch.device = "cpu",
-    precision: str = "fp32",
+    precision: Precision = "fp32",
 ) -> Backbone:
     """Build a frozen backbone.
 

@@ -7,6 +7,7 @@ import argparse
 import sys
 
 from vlprompt.cli.common import add_backbone_args, add_train_args, train_config
+from vlprompt.types import CLASS_TOKEN_POSITIONS
 
 DESCRIPTION = (
     "Run a protocol of the field as one run folder per dataset × method × shot count × seed. fewshot (CoOp paper): "
@@ -72,7 +73,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     lg.add_argument("--n-ctx", type=int, default=None, help="number of context vectors M, randomly initialised "
                                                             "(coop default 16)")
     lg.add_argument("--ctx-init", default=None, help="initialise the context from these words (sets M)")
-    lg.add_argument("--class-token-position", choices=["end", "middle", "front"], default=None,
+    lg.add_argument("--class-token-position", choices=CLASS_TOKEN_POSITIONS, default=None,
                     help="where the class name goes in the prompt (default end; coop and kgcoop)")
     add_train_args(p)
     p.set_defaults(func=run)

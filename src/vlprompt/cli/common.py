@@ -8,9 +8,10 @@ from typing import TYPE_CHECKING
 
 from vlprompt.engine.config import AUGMENT_HELP, TrainConfig
 from vlprompt.errors import ConfigError
+from vlprompt.types import CLASS_TOKEN_POSITIONS, PRECISIONS, SUBSAMPLES
 
 if TYPE_CHECKING:  # importing the engine pulls in torch: only when a command runs, not for --help or usage errors
-    from vlprompt.engine.run import RunSpec
+    from vlprompt.engine.spec import RunSpec
 
 RECIPE_NOTE = ("Defaults reproduce each method's official recipe (SGD 0.002, momentum 0.9, wd 5e-4, one warm-up epoch "
                "at 1e-5, cosine; batch and epochs per method; see docs/recipes.md).")
@@ -25,7 +26,7 @@ def add_data_args(p: argparse.ArgumentParser, shots: bool = True) -> None:
     if shots:
         g.add_argument("--shots", type=int, default=16, help="images per class for training; 0 = all (default 16)")
     g.add_argument("--seed", type=int, default=1, help="seed for few-shot sampling, init and shuffling (default 1)")
-    g.add_argument("--subsample", choices=["all", "base", "new"], default="all",
+    g.add_argument("--subsample", choices=SUBSAMPLES, default="all",
                    help="base-to-new class split: all classes, the first ceil(n/2) (base) or the rest (new)")
     g.add_argument("--classnames", dest="classnames_file", default=None,
                    help="file mapping folder/label names to readable class names (custom data)")
@@ -56,7 +57,7 @@ def add_backbone_args(p: argparse.ArgumentParser, default: str | None = "RN50") 
                         "weights, 'openai' where the architecture has them (shipped weights for microclip); for hf: "
                         "backbones, the local directory holding the model's files")
     g.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:N")
-    g.add_argument("--precision", choices=["fp32", "amp", "fp16"], default="fp32",
+    g.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="fp32 (default); amp: bf16/fp16 autocast on GPU; fp16: the official fp16 weights and context")
 
 
@@ -104,7 +105,7 @@ def add_learner_args(p: argparse.ArgumentParser) -> None:
                    help="initialise the context from these words, e.g. 'a photo of a' (sets M to the word count)")
     g.add_argument("--csc", action="store_true", default=None,
                    help="class-specific context (one context per class; coop and kgcoop)")
-    g.add_argument("--class-token-position", choices=["end", "middle", "front"], default=None,
+    g.add_argument("--class-token-position", choices=CLASS_TOKEN_POSITIONS, default=None,
                    help="where the class name goes in the prompt (default end; coop and kgcoop)")
     g.add_argument("--learner-opt", action="append", default=[], metavar="KEY=VALUE",
                    help="any other option of the method's config, repeatable, e.g. kg_weight=4 (kgcoop's λ, default "
@@ -235,7 +236,7 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
 
 def run_spec(args: argparse.Namespace) -> RunSpec:
     """RunSpec from parsed arguments."""
-    from vlprompt.engine.run import RunSpec
+    from vlprompt.engine.spec import RunSpec
 
     learner = learner_options(args)
     return RunSpec(

@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     if args.eval_batch_size < 1:
         raise ConfigError(f"--batch-size must be ≥ 1, got {args.eval_batch_size}.")
     spec = run_spec(args)
-    spec.train = replace(spec.train, eval_batch_size=args.eval_batch_size)
+    spec = replace(spec, train=replace(spec.train, eval_batch_size=args.eval_batch_size))  # RunSpec is frozen
     metrics = linear_probe_run(spec, progress=True, num_steps=args.search_steps, max_iter=args.max_iter)
     print_metrics(metrics, spec.out)
     print(f"C = {metrics['C']:.4g} (chosen on {metrics['selection']}; val accuracy {metrics['val_accuracy']:.2f}%)")

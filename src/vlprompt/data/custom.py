@@ -163,7 +163,8 @@ def finish_custom(name: str, root: str, classnames: list[str], pools: dict[str, 
         raise DataError(f"{source}: none of the {listed} listed image file(s) could be read (see the warning above)")
     train, val, test, info = assign_splits(pools, split_seed, source, strict)
     return DatasetSplits(name, root, classnames, train, val, test, "a photo of a {}.", {"sampler": "pure", **extra,
-                                                                                        **info})
+                                                                                        **info},
+                         val_is_test=False, sampler="pure")
 
 
 def read_folder(path: str, *, classnames_file: str | None = None, split_seed: int = 1,

@@ -251,7 +251,7 @@ def apply_dassl_fewshot(splits: DatasetSplits, path: str, k: int | None, seed: i
     """
     from vlprompt.data.benchmarks import get_benchmark
 
-    bname = splits.info.get("benchmark")
+    bname = splits.benchmark
     if not bname:
         raise DataError(f"--fewshot-file reads Dassl's split_fewshot files of the CoOp benchmarks; dataset "
                         f"'{splits.name}' is custom data (drop --fewshot-file: its subsets are drawn by --seed).")
@@ -268,7 +268,7 @@ def apply_dassl_fewshot(splits: DatasetSplits, path: str, k: int | None, seed: i
     if f.seed is not None and f.seed != seed:
         raise DataError(f"--fewshot-file {f.path!r} is the subset of seed {f.seed} but --seed is {seed}; pass "
                         f"--seed {f.seed} (the official run of seed {f.seed} used this file for its init too).")
-    val_is_test = bool(splits.info.get("val_is_test"))
+    val_is_test = splits.val_is_test
     if val_is_test and f.val is not None:
         raise DataError(f"--fewshot-file {f.path!r} has a 'val' list, but {b.official_name}'s files hold only "
                         "'train' (its val is the test set): it is not an ImageNet file.")

@@ -23,6 +23,7 @@ from dataclasses import replace
 from vlprompt.data.images import format_list
 from vlprompt.data.records import DatasetSplits, Sample
 from vlprompt.errors import ConfigError, DataError
+from vlprompt.types import SUBSAMPLES, Subsample
 
 logger = logging.getLogger(__name__)
 
@@ -97,16 +98,16 @@ def sample_few_shot(records: Sequence[Sample], k: int | None, seed: int, strict:
 def apply_few_shot(splits: DatasetSplits, k: int | None, seed: int, strict: bool = False) -> DatasetSplits:
     """Draw the k-shot train/val subsets of ``splits`` with the sampler its reader chose.
 
-    Benchmarks and ``split:`` files (``info["sampler"] == "coop"``) use :func:`sample_few_shot_coop`; custom folder
+    Benchmarks and ``split:`` files (``splits.sampler == "coop"``) use :func:`sample_few_shot_coop`; custom folder
     and CSV data use :func:`sample_few_shot` on train (``k``) and val (``min(k, 4)``). When val is the test set
     (ImageNet), val is left whole, as in the official code. Short classes are warned about in both cases and
     refused under ``strict``. Test is never touched.
     """
     if k is None or k <= 0:
         return splits
-    val_is_test = bool(splits.info.get("val_is_test"))
+    val_is_test = splits.val_is_test
     val = [] if val_is_test else splits.val
-    if splits.info.get("sampler") == "coop":
+    if splits.sampler == "coop":
         for part, kk in ((splits.train, k), (val, min(k, 4))):
             short = _short_classes(part, kk)
             if short:
@@ -122,7 +123,7 @@ def apply_few_shot(splits: DatasetSplits, k: int | None, seed: int, strict: bool
     return replace(splits, train=train_k, val=splits.val if val_is_test else val_k, info=info)
 
 
-def subsample_classes(splits: DatasetSplits, which: str) -> DatasetSplits:
+def subsample_classes(splits: DatasetSplits, which: Subsample) -> DatasetSplits:
     """The base-to-new class split (``CoOp:datasets/oxford_pets.py::subsample_classes``).
 
     Labels present in train (all labels for test-only sets) are sorted; ``m = ceil(n / 2)``; ``base`` keeps the
@@ -132,7 +133,7 @@ def subsample_classes(splits: DatasetSplits, which: str) -> DatasetSplits:
     Raises:
         ConfigError: ``which`` is not ``base``, ``new`` or ``all``.
     """
-    if which not in ("base", "new", "all"):
+    if which not in SUBSAMPLES:
         raise ConfigError(f"subsample must be 'base', 'new' or 'all', got {which!r}")
     if which == "all":
         return splits

@@ -43,7 +43,8 @@ def read_split_spec(path: str, *, allow_outside_root: bool = False, strict: bool
     info = {"split_file": os.path.basename(path), "split_sha256": extra["sha256"], "sampler": "coop"}
     # The dataset's name in run configs and reports: the file's "name" key, else its folder's name.
     name = extra.get("name") or os.path.basename(root) or "split"
-    return DatasetSplits(name, root, classnames, train, val, test, extra.get("template", "a photo of a {}."), info)
+    return DatasetSplits(name, root, classnames, train, val, test, extra.get("template", "a photo of a {}."), info,
+                         val_is_test=False, sampler="coop")
 
 
 def _rename(splits: DatasetSplits, classnames_file: str) -> DatasetSplits:
@@ -56,7 +57,7 @@ def _rename(splits: DatasetSplits, classnames_file: str) -> DatasetSplits:
 
     info = {**splits.info, "classnames_file_sha256": file_sha256(classnames_file)}
     test = re(splits.test)
-    val = test if splits.info.get("val_is_test") else re(splits.val)
+    val = test if splits.val_is_test else re(splits.val)
     return replace(splits, classnames=names, train=re(splits.train), val=val, test=test, info=info)
 
 

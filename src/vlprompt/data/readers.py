@@ -206,4 +206,5 @@ def load_benchmark(name: str, root: str | None, *, allow_outside_root: bool = Fa
             )
     info = {"benchmark": b.name, "official_name": b.official_name, "dataset_dir": b.dataset_dir,
             "sampler": "coop", **info}
-    return DatasetSplits(b.name, image_dir, classnames, train, val, test, b.template, info)
+    return DatasetSplits(b.name, image_dir, classnames, train, val, test, b.template, info,
+                         val_is_test=bool(info.get("val_is_test")), sampler="coop", benchmark=b.name)

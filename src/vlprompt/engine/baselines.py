@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from vlprompt._io import atomic_save_safetensors, atomic_write_json
@@ -43,8 +44,8 @@ def linear_probe_run(
     once for every method.
 
     Args:
-        spec: the run; ``spec.method``/``spec.learner`` are overwritten (``linear-probe`` and the probe settings),
-            ``spec.train`` only contributes ``precision``/``eval_batch_size``/``num_workers``.
+        spec: the run (left unchanged; the run records ``method`` ``linear-probe`` and the probe settings as its
+            ``learner``); ``spec.train`` only contributes ``precision``/``eval_batch_size``/``num_workers``.
         progress: show feature-extraction progress bars.
         backbone: reuse an already-built backbone (must be ``spec.backbone``).
         num_steps: rounds of the log-space search on ``C`` (official: 8).
@@ -67,10 +68,11 @@ def linear_probe_run(
     out = prepare_out(spec.out, spec.overwrite)
     for name in (PROBE_WEIGHTS, PROBE_JSON):
         (out / name).unlink(missing_ok=True)  # an unfinished earlier attempt must not leave a stale probe behind
-    spec.method = LINEAR_PROBE_METHOD
-    spec.learner = {"classifier": "LogisticRegression(solver=lbfgs, penalty=l2)", "num_steps": num_steps,
-                    "max_iter": max_iter, "features": "unnormalised image embedding, test transform",
-                    "fewshot": "same subsets as CoOp (vlprompt sampler), not the official lpclip NumPy draw"}
+    # the run's own spec, derived (the caller's is frozen and stays as given)
+    spec = replace(spec, method=LINEAR_PROBE_METHOD, learner={
+        "classifier": "LogisticRegression(solver=lbfgs, penalty=l2)", "num_steps": num_steps, "max_iter": max_iter,
+        "features": "unnormalised image embedding, test transform",
+        "fewshot": "same subsets as CoOp (vlprompt sampler), not the official lpclip NumPy draw"})
     device, data, backbone = _load(spec, backbone)
     P.seed_everything(spec.seed)
     config = _base_config(spec, data, backbone, None, spec.label or LINEAR_PROBE_LABEL)
@@ -108,7 +110,7 @@ def selection_set(data: P.FewShotData, shots: int | None, seed: int) -> tuple[li
     test set, so ``min(K, 4)`` images per class are drawn from it with the explicitly seeded sampler instead — the
     official probe also draws its ``min(K, 4)`` val shots per class from ImageNet's val (= test) features.
     """
-    if not data.splits.info.get("val_is_test") or not data.val:
+    if not data.splits.val_is_test or not data.val:
         return data.val, "val-fewshot"
     from vlprompt.data.fewshot import sample_few_shot
 

@@ -6,6 +6,7 @@ import re
 from dataclasses import asdict, dataclass
 
 from vlprompt.errors import ConfigError
+from vlprompt.types import AUGMENT_MODES, PRECISIONS, AugmentMode, Precision
 
 AUGMENT_HELP = (
     "online (official: image encoder on freshly augmented images every step), none (no augmentation: train images "
@@ -14,9 +15,9 @@ AUGMENT_HELP = (
 )
 
 
-def parse_augment(value: str) -> tuple[str, int]:
+def parse_augment(value: str) -> tuple[AugmentMode, int]:
     """Parse ``--augment``: returns ``(mode, K)`` with K = 1 for ``none``/``online``."""
-    if value in ("online", "none"):
+    if value != "cached" and value in AUGMENT_MODES:  # the modes without a K
         return value, 1
     m = re.fullmatch(r"cached:(\d+)", value)
     if m and int(m.group(1)) >= 1:
@@ -64,7 +65,7 @@ class TrainConfig:
     augment: str = "online"
     flip: bool = True
     crop_scale_min: float = 0.08
-    precision: str = "fp32"
+    precision: Precision = "fp32"
     eval_batch_size: int = 100
     num_workers: int = 0
     text_chunk: int | None = None
@@ -81,8 +82,8 @@ class TrainConfig:
             problems.append(f"--crop-scale-min must be in (0, 1], got {self.crop_scale_min}")
         if self.warmup_epochs < 0:
             problems.append(f"--warmup-epochs must be ≥ 0, got {self.warmup_epochs}")
-        if self.precision not in ("fp32", "amp", "fp16"):
-            problems.append(f"--precision '{self.precision}' is not one of fp32, amp, fp16")
+        if self.precision not in PRECISIONS:
+            problems.append(f"--precision '{self.precision}' is not one of {', '.join(PRECISIONS)}")
         if self.eval_batch_size < 1:
             problems.append(f"--eval-batch-size must be ≥ 1, got {self.eval_batch_size}")
         if self.num_workers < 0:

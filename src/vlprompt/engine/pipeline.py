@@ -20,6 +20,7 @@ from vlprompt.errors import ConfigError
 from vlprompt.eval.metrics import classification_metrics
 from vlprompt.features.cache import FeatureCache, default_cache_dir, records_digest
 from vlprompt.features.extract import extract_features as _extract_features
+from vlprompt.types import Precision, Subsample
 
 _logger = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ def resolve_device(device: str) -> torch.device:
     return dev
 
 
-def check_precision(precision: str, device: torch.device) -> None:
+def check_precision(precision: Precision, device: torch.device) -> None:
     """``amp`` is GPU autocast; refuse it on the CPU with the alternative."""
     if precision == "amp" and device.type != "cuda":
         raise ConfigError("--precision amp uses CUDA autocast and needs a GPU; on the CPU use --precision fp32.")
@@ -65,7 +66,7 @@ def prepare_data(
     shots: int | None,
     seed: int,
     *,
-    subsample: str = "all",
+    subsample: Subsample = "all",
     classnames_file: str | None = None,
     strict: bool = False,
     split_seed: int = 1,

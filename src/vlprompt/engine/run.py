@@ -17,7 +17,7 @@ import contextlib
 import logging
 import platform
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import fields, replace
 from pathlib import Path
 
 import torch
@@ -30,59 +30,15 @@ from vlprompt.engine import pipeline as P
 from vlprompt.engine import tracking as T
 from vlprompt.engine import train_state as TS
 from vlprompt.engine.checkpoint import LEARNER_JSON, LEARNER_WEIGHTS, save_learner
-from vlprompt.engine.config import TrainConfig, parse_augment
+from vlprompt.engine.config import parse_augment
 from vlprompt.engine.fit import FeatureBankBatches, fit, make_optimizer, make_scaler
 from vlprompt.engine.model import PromptModel
 from vlprompt.engine.recipe import method_template, resolve_train_config, train_drop_last
+from vlprompt.engine.spec import RunSpec, spec_to_dict
 from vlprompt.errors import ConfigError
 from vlprompt.prompts import CoOpConfig, create_prompt_learner, get_prompt_learner_class, list_prompt_learners
 
 _logger = logging.getLogger(__name__)
-
-
-@dataclass
-class RunSpec:
-    """Everything that defines a run (recorded in ``config.json``)."""
-
-    dataset: str
-    out: str
-    root: str | None = None
-    shots: int | None = 16
-    seed: int = 1
-    subsample: str = "all"
-    backbone: str = "RN50"
-    pretrained: str | None = None
-    method: str = "coop"
-    learner: dict = field(default_factory=dict)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    device: str = "auto"
-    cache_dir: str | None = None
-    classnames_file: str | None = None
-    strict: bool = False
-    label: str | None = None
-    overwrite: bool = False
-    resume: bool = False
-    allow_outside_root: bool = False
-    #: Dassl's ``split_fewshot/shot_K-seed_S.pkl``: train on exactly the official subsets (``--fewshot-file``).
-    fewshot_file: str | None = None
-    #: Save the resumable training state at most this often (seconds); 0 = after every epoch. A resumed run ends
-    #: identical either way; a larger value only means more epochs are redone after a kill. Not part of the recipe.
-    state_every_seconds: float = 0.0
-    #: Write TensorBoard events into ``out/tensorboard/`` (``--tensorboard``; :mod:`vlprompt.engine.tracking`):
-    #: train/* per step, epoch/* per epoch, eval/* at the end. Needs ``pip install 'vlprompt[tensorboard]'``. Not
-    #: part of the recipe: a run resumed with or without it computes the same thing.
-    tensorboard: bool = False
-    # --- re-running a recorded run (issue 17: --config RUN/config.json) ---
-    #: What a re-run must find as recorded (few-shot image lists, class names, weight fingerprint), checked before
-    #: training by :func:`vlprompt.engine.replay.check_recorded`; ``None``: nothing to check. Not recorded itself.
-    expect: dict | None = None
-    # --- end re-running ---
-
-    def __post_init__(self) -> None:
-        if self.shots is not None and (isinstance(self.shots, bool) or self.shots < 0):
-            raise ConfigError(f"--shots must be ≥ 0 (0 = all training images), got {self.shots}.")
-        if not 0 <= self.seed < 2**32:
-            raise ConfigError(f"--seed must be in 0..2**32-1 (NumPy's seed range), got {self.seed}.")
 
 
 def default_label(method: str, learner: dict) -> str:
@@ -169,7 +125,7 @@ def _base_config(spec: RunSpec, data: P.FewShotData, backbone, epochs: int | Non
         "subsample": spec.subsample,
         "data": _data_options(spec),  # issue 17: --root, --classnames, … as given (for re-runs)
         "backbone": backbone.identity(),
-        "learner": spec.learner,
+        "learner": dict(spec.learner),
         "train": {**spec.train.to_dict(), "epochs": epochs},
         "device": str(backbone.device),
         "threads": torch.get_num_threads(),
@@ -302,10 +258,11 @@ def _train_locked(spec: RunSpec, out: Path, progress: bool, stack: contextlib.Ex
     template = method_template(spec.method, data.splits.name, data.splits.template)  # KgCoOp: its own templates
     learner = create_prompt_learner(spec.method, backbone, data.splits.classnames, spec.learner,
                                     template=template).to(device)
-    spec.learner = learner.config_dict()
+    # The run's resolved spec, derived (the caller's is frozen and stays as given): the learner's full config, and
     # the user's values, else the method's own recipe (CoCoOp: batch 1, 10 epochs; KgCoOp: 128, 100), else CoOp's
-    # (batch 32, epochs by shot count): resolved once here, and recorded resolved in config.json
-    spec.train = resolve_train_config(spec.train, spec.method, spec.shots, data.splits.name)
+    # (batch 32, epochs by shot count): resolved once here, passed down, and recorded resolved in config.json
+    spec = replace(spec, learner=learner.config_dict(),
+                   train=resolve_train_config(spec.train, spec.method, spec.shots, data.splits.name))
     epochs = spec.train.epochs
     config = _base_config(spec, data, backbone, epochs, spec.label or default_label(spec.method, spec.learner))
     kept, start, prior, config = D.on_main(_open_folder, spec, out, config, epochs)
@@ -354,7 +311,7 @@ def _train_locked(spec: RunSpec, out: Path, progress: bool, stack: contextlib.Ex
         text = model.class_text_features()  # once per evaluation, not per batch (None: per-image prompts)
         metrics, _ = P.evaluate_model(model, _test_features(spec, backbone, data, "test", data.splits.test, progress),
                                       P.labels_of(data.splits.test), text)
-        if data.val and not data.splits.info.get("val_is_test"):
+        if data.val and not data.splits.val_is_test:
             val_metrics, _ = P.evaluate_model(
                 model, _test_features(spec, backbone, data, "val-fewshot", data.val, progress),
                 P.labels_of(data.val), text)
@@ -396,7 +353,7 @@ def zeroshot_run(spec: RunSpec, templates: list[str], progress: bool = False, ba
     if spec.tensorboard:
         T.require_tensorboard()
     _refuse_finished(spec)
-    spec.method, spec.learner = "zeroshot", {"templates": templates}
+    spec = replace(spec, method="zeroshot", learner={"templates": list(templates)})  # a derived copy: see RunSpec
     device, data, backbone = _load(spec, backbone)
     out = prepare_out(spec.out, spec.overwrite)  # after the inputs are validated: a failed call leaves no folder
     label = spec.label or ("Zero-shot CLIP" if len(templates) == 1 else f"Zero-shot CLIP ({len(templates)} templates)")
@@ -444,7 +401,7 @@ def _eval(run_dir: str, spec: RunSpec, progress: bool) -> dict:
                           allow_outside_root=spec.allow_outside_root)
     clf = PromptClassifier.load(run_dir, device=device, classnames=data.splits.classnames,
                                 pretrained=spec.pretrained)
-    spec.method, spec.backbone = clf.method, clf.backbone.name
+    spec = replace(spec, method=clf.method, backbone=clf.backbone.name)  # a derived copy: see RunSpec
     out = D.on_main(prepare_out, spec.out, spec.overwrite)  # after the inputs are validated: no folder on failure
     config = {**_base_config(spec, data, clf.backbone, None, src.get("label", clf.method)),
               "shots": src.get("shots"), "seed": src.get("seed", spec.seed), "learner": clf.learner_config,
@@ -456,13 +413,6 @@ def _eval(run_dir: str, spec: RunSpec, progress: bool) -> dict:
     metrics.update(train_seconds=0.0, eval_seconds=time.perf_counter() - t1, peak_memory_mb=P.peak_memory_mb(device))
     D.on_main(atomic_write_json, out / "metrics.json", metrics)
     return metrics
-
-
-def spec_to_dict(spec: RunSpec) -> dict:
-    """JSON-serialisable form of a spec."""
-    d = asdict(spec)
-    d["train"] = spec.train.to_dict()
-    return d
 
 
 __all__ = ["RunSpec", "train_run", "zeroshot_run", "eval_run", "default_label", "prepare_out", "spec_to_dict"]

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from torch import nn
@@ -23,10 +22,11 @@ from torch import nn
 from vlprompt.backbones.base import Backbone
 from vlprompt.errors import ConfigError
 from vlprompt.prompts.base import PromptLearner, register_prompt_learner
+from vlprompt.types import CLASS_TOKEN_POSITIONS, ClassTokenPosition
 
 _logger = logging.getLogger(__name__)
 
-POSITIONS = ("end", "middle", "front")
+POSITIONS = CLASS_TOKEN_POSITIONS  # ("end", "middle", "front"), written once in vlprompt.types
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ class CoOpConfig:
     n_ctx: int = 16
     ctx_init: str | None = None
     csc: bool = False
-    class_token_position: Literal["end", "middle", "front"] = "end"
+    class_token_position: ClassTokenPosition = "end"
     init_std: float = 0.02
     truncate: bool = True
 
