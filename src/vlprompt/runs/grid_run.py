@@ -140,44 +140,50 @@ def describe(job: Job, cfg: BenchmarkConfig) -> str:
 
 
 def _spec(cfg: BenchmarkConfig, dataset: str, out: Path, shots: int | None, seed: int, subsample: str, **extra):
-    """A fresh :class:`~vlprompt.engine.run.RunSpec` of one run (``extra``: ``method``, ``learner``)."""
+    """A fresh :class:`~vlprompt.engine.run.RunSpec` of one run (``extra``: ``method``, ``learner``, ``label``)."""
     from vlprompt.engine.run import RunSpec
 
     return RunSpec(dataset=dataset, out=str(out), root=cfg.root, shots=shots, seed=seed, subsample=subsample,
                    backbone=cfg.backbone, pretrained=cfg.pretrained, train=cfg.train, device=cfg.device,
-                   cache_dir=cfg.cache_dir, tensorboard=cfg.tensorboard, **extra)
+                   cache_dir=cfg.cache_dir, tensorboard=cfg.tensorboard,
+                   state_every_seconds=cfg.state_every_seconds, **extra)
 
 
-def _zeroshot(cfg: BenchmarkConfig, dataset: str, out: Path, seed: int, subsample: str, backbone) -> dict:
+def _labelled(job: Job) -> dict:
+    return {} if job.label is None else {"label": job.label}
+
+
+def _zeroshot(cfg: BenchmarkConfig, job: Job, dataset: str, out: Path, subsample: str, backbone) -> dict:
     from vlprompt.engine.run import zeroshot_run
 
-    spec = _spec(cfg, dataset, out, None, seed, subsample)
-    return zeroshot_run(spec, [dataset_template(dataset, cfg.root)], backbone=backbone)
+    spec = _spec(cfg, dataset, out, None, job.seed, subsample, **_labelled(job))
+    templates = list(job.templates) if job.templates else [dataset_template(dataset, cfg.root)]
+    return zeroshot_run(spec, templates, backbone=backbone)
 
 
 def _train(job: Job, cfg: BenchmarkConfig, backbone) -> dict:
     """The job's own run: zero-shot, the linear probe, or a prompt trained with its method's recipe."""
     if job.method == "zeroshot":
-        return _zeroshot(cfg, job.dataset, job.out, job.seed, job.subsample, backbone)
+        return _zeroshot(cfg, job, job.dataset, job.out, job.subsample, backbone)
     if job.method == "linear-probe":
         from vlprompt.engine.baselines import linear_probe_run
 
-        return linear_probe_run(_spec(cfg, job.dataset, job.out, job.shots, job.seed, job.subsample),
-                                backbone=backbone)
+        return linear_probe_run(_spec(cfg, job.dataset, job.out, job.shots, job.seed, job.subsample,
+                                      **_labelled(job)), backbone=backbone)
     from vlprompt.engine.run import train_run
 
-    # the registered learner and the variant's options (coop-csc: csc), then the user's; epochs and batch size the
-    # user left unset are filled from the method's own recipe by train_run (resolve_train_config)
+    # the registered learner and the variant's options (coop-csc: csc), the user's, then the job's own; epochs and
+    # batch size the user left unset are filled from the method's own recipe by train_run (resolve_train_config)
     method, opts = learner_of(job.method)
     spec = _spec(cfg, job.dataset, job.out, job.shots, job.seed, job.subsample, method=method,
-                 learner={**opts, **cfg.learner})
+                 learner={**opts, **cfg.learner, **job.learner}, **_labelled(job))
     return train_run(spec, backbone=backbone)
 
 
 def _evaluate(job: Job, ev: Evaluation, cfg: BenchmarkConfig, backbone) -> dict:
     """One evaluation of the job's prompt (zero-shot: zero-shot CLIP itself) on ``ev``'s classes or dataset."""
     if job.method == "zeroshot":
-        return _zeroshot(cfg, ev.dataset, ev.out, job.seed, ev.subsample, backbone)
+        return _zeroshot(cfg, job, ev.dataset, ev.out, ev.subsample, backbone)
     from vlprompt.engine.run import eval_run
 
     # the prompt is rebuilt from the run folder for the target's class names (PromptClassifier.load)
@@ -348,12 +354,12 @@ def _record(summary: BenchmarkSummary, job: Job, metrics: dict | None, error: st
 
 
 def _run_here(summary: BenchmarkSummary, cfg: BenchmarkConfig, progress: bool,
-              on_result: Callable[[Job, dict | None, str | None], None] | None) -> None:
+              on_result: Callable[[Job, dict | None, str | None], None] | None, desc: str | None = None) -> None:
     """The ``local`` executor: every unfinished job in this process, in plan order, sharing one backbone."""
     from tqdm.auto import tqdm
 
     backbone = None  # built at the first job that runs, then shared by the whole grid (it stays frozen)
-    bar = tqdm(summary.jobs, desc=f"benchmark ({cfg.protocol})", unit="run", disable=not progress)
+    bar = tqdm(summary.jobs, desc=desc or f"benchmark ({cfg.protocol})", unit="run", disable=not progress)
     for job in bar:
         if job.done:
             summary.skipped.append(job)
@@ -370,6 +376,84 @@ def _run_here(summary: BenchmarkSummary, cfg: BenchmarkConfig, progress: bool,
             continue
         _record(summary, job, metrics, None, on_result)
     bar.close()
+
+
+def run_jobs(
+    jobs: list[Job],
+    cfg: BenchmarkConfig,
+    *,
+    workers: int = 0,
+    progress: bool = True,
+    desc: str = "runs",
+    on_result: Callable[[Job, dict | None, str | None], None] | None = None,
+) -> BenchmarkSummary:
+    """Run the unfinished ``jobs`` (built by the caller, e.g. the demo's variants and folders) with ``cfg``'s
+    settings, as :func:`run_benchmark` runs a planned grid but without its bookkeeping or report.
+
+    Args:
+        jobs: the jobs; finished ones (``job.done``) are skipped.
+        cfg: the settings shared by the jobs (backbone, training, cache, ...); its grid fields are not used.
+        workers: 0 runs the jobs in this process sharing one backbone (the ``local`` executor); ``N`` runs them in
+            ``N`` single-threaded worker processes (spawned), each with its own backbone, in the order given.
+        progress: a progress bar (``desc``).
+        on_result: as for :func:`run_benchmark`.
+
+    Returns:
+        The :class:`BenchmarkSummary` (``failed``: the jobs that raised a :class:`VLPromptError`).
+    """
+    summary = BenchmarkSummary(list(jobs))
+    if workers <= 0:
+        _run_here(summary, cfg, progress, on_result, desc=desc)
+    else:
+        _run_pool(summary, cfg, workers, progress, on_result, desc)
+    return summary
+
+
+#: The backbone of each worker process of :func:`run_jobs`, built at its first job.
+_PROCESS_BACKBONES: dict[tuple, Any] = {}
+
+
+def _worker_init() -> None:
+    import torch
+
+    torch.set_num_threads(1)  # N single-threaded workers use N cores better than one N-threaded process
+    logging.getLogger("vlprompt").setLevel(logging.ERROR)
+
+
+def _pool_job(job: Job, cfg: BenchmarkConfig) -> tuple[dict | None, str | None]:
+    """One job in a worker process of :func:`run_jobs`: :func:`run_job` on the process's own backbone."""
+    key = (cfg.backbone, cfg.pretrained, cfg.device, cfg.train.precision)
+    if key not in _PROCESS_BACKBONES:
+        _PROCESS_BACKBONES[key] = _build_backbone(cfg)
+    try:
+        return run_job(job, cfg, _PROCESS_BACKBONES[key]), None
+    except VLPromptError as e:
+        return None, str(e)
+
+
+def _run_pool(summary: BenchmarkSummary, cfg: BenchmarkConfig, workers: int, progress: bool,
+              on_result: Callable[[Job, dict | None, str | None], None] | None, desc: str) -> None:
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    from tqdm.auto import tqdm
+
+    todo = [job for job in summary.jobs if not job.done]
+    summary.skipped.extend(job for job in summary.jobs if job.done)
+    results: dict[int, tuple[dict | None, str | None]] = {}
+    with tqdm(total=len(todo), desc=desc, unit="run", disable=not progress) as bar, \
+            ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_worker_init) as pool:
+        futures = {pool.submit(_pool_job, job, cfg): i for i, job in enumerate(todo)}
+        for fut in as_completed(futures):
+            i = futures[fut]
+            results[i] = fut.result()
+            _tell(results[i], todo[i], on_result)
+            bar.update()
+    for i in sorted(results):
+        if results[i][1] is None:
+            summary.ran.append(todo[i])
+        else:
+            summary.failed.append((todo[i], results[i][1]))
 
 
 class GridJob:
@@ -472,4 +556,4 @@ def _tell(result: tuple[dict | None, str | None], job: Job,
 
 
 __all__ = ["EXECUTORS", "SETTINGS_FILE", "BenchmarkSummary", "ExecutorConfig", "GridJob", "check_settings",
-           "dataset_template", "describe", "job_recipe", "require_submitit", "run_benchmark", "run_job"]
+           "dataset_template", "describe", "job_recipe", "require_submitit", "run_benchmark", "run_job", "run_jobs"]
