@@ -27,6 +27,14 @@ def test_demo_quick_writes_report_results_and_curves(tmp_path, capsys):
             for label in ("CoOp M=16", "CoOp M=4 'a photo of a'", "CoOp CSC M=16", "Linear probe"):
                 assert (task, label, k) in labels
     assert set(results["domain_shift"]) == {"Zero-shot CLIP", "CoOp M=16", "CoOp M=4 'a photo of a'", "CoOp CSC M=16"}
+    # the domain-shift numbers are evaluations run by the grid runner: one run folder per prompt and target, made
+    # from the prompt's own folder (eval_run), and zero-shot CLIP's own run on each target
+    for target, cell in results["domain_shift"]["CoOp M=16"].items():
+        ev = out / "runs" / "shapes" / "coop0" / "4shots" / "seed1" / f"eval_{target}"
+        assert json.loads((ev / "metrics.json").read_text())["accuracy"] == cell["mean"]
+        assert json.loads((ev / "config.json").read_text())["evaluated_from"].endswith("coop0/4shots/seed1")
+    for target, cell in results["domain_shift"]["Zero-shot CLIP"].items():
+        assert json.loads((out / "runs" / target / "zeroshot" / "metrics.json").read_text())["accuracy"] == cell["mean"]
     # the commentary is generated from the numbers it shows
     zs = results["summary"]["tasks"]["sizes"]["zero_shot"]
     assert f"zero-shot {zs:.1f}" in report and "## Domain shift" in report

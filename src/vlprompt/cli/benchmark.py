@@ -19,7 +19,10 @@ DESCRIPTION = (
     "Every method trains with its own official recipe where no value is given. Finished runs (metrics.json present) "
     "are skipped, so re-running the same command resumes an interrupted grid; --dry-run lists the runs. Image "
     "features are cached and shared by all runs of a dataset. At the end the report (results.md, results.csv, "
-    "fewshot_curves.png, results.json) is written into RUNS_DIR, as `vlprompt report RUNS_DIR` does."
+    "fewshot_curves.png, results.json) is written into RUNS_DIR, as `vlprompt report RUNS_DIR` does. --executor slurm "
+    "sends the unfinished runs to a SLURM cluster as one job array (submitit: pip install 'vlprompt[cluster]'), "
+    "waits for them and writes the report; a killed job resumes from its saved training state when the same "
+    "command is run again."
 )
 
 
@@ -67,6 +70,21 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="list the planned runs (protocol, dataset, method, shots, seed, recipe, run folder and the "
                         "evaluation targets), marking those already finished, and stop without loading anything")
     p.add_argument("--no-report", dest="report", action="store_false", help="do not write the report at the end")
+    ex = p.add_argument_group("executor", "Where the runs execute. The cluster options map to submitit's "
+                                          "update_parameters; each left out keeps the cluster's default.")
+    ex.add_argument("--executor", choices=["local", "slurm", "submitit-local"], default="local",
+                    help="local (default): one run after another in this process; slurm: the unfinished runs as "
+                         "one SLURM job array through submitit (pip install 'vlprompt[cluster]'), job files and "
+                         "logs in RUNS_DIR/.submitit; submitit-local: the same through submitit's local executor "
+                         "(one subprocess per run on this machine; for tests and debugging)")
+    ex.add_argument("--slurm-partition", default=None, help="SLURM partition (slurm_partition)")
+    ex.add_argument("--slurm-time-min", type=int, default=None, help="time limit of each job in minutes "
+                                                                     "(timeout_min); a job that reaches it is "
+                                                                     "requeued and resumes")
+    ex.add_argument("--slurm-gpus-per-node", type=int, default=None, help="GPUs per job (gpus_per_node)")
+    ex.add_argument("--slurm-cpus-per-task", type=int, default=None, help="CPUs per job (cpus_per_task)")
+    ex.add_argument("--slurm-array-parallelism", type=int, default=None,
+                    help="at most this many runs at once (slurm_array_parallelism; submitit's default 256)")
     add_backbone_args(p)
     lg = p.add_argument_group("prompt learners", "Options left out take each method's own defaults: coop M=16 "
                                                  "random init; cocoop and kgcoop M=4 from 'a photo of a'.")
@@ -114,6 +132,16 @@ def build_config(args: argparse.Namespace):
     )
 
 
+def build_executor(args: argparse.Namespace):
+    """:class:`vlprompt.runs.grid_run.ExecutorConfig` from parsed arguments."""
+    from vlprompt.runs.grid_run import ExecutorConfig
+
+    return ExecutorConfig(kind=args.executor, partition=args.slurm_partition, time_min=args.slurm_time_min,
+                          gpus_per_node=args.slurm_gpus_per_node, cpus_per_task=args.slurm_cpus_per_task,
+                          array_parallelism=args.slurm_array_parallelism,
+                          poll_seconds=10.0 if args.executor == "slurm" else 1.0)
+
+
 def _result_line(job, metrics: dict | None, error: str | None) -> str:
     if not metrics:
         return f"{job}: FAILED: {error}"
@@ -129,6 +157,7 @@ def run(args: argparse.Namespace) -> int:
     from vlprompt.benchmark import describe, plan, run_benchmark
 
     cfg = build_config(args)
+    executor = build_executor(args)
     if args.dry_run:
         jobs = plan(cfg)
         for job in jobs:
@@ -140,7 +169,8 @@ def run(args: argparse.Namespace) -> int:
     def on_result(job, metrics, error):
         tqdm.write(_result_line(job, metrics, error), file=sys.stderr)
 
-    summary = run_benchmark(cfg, progress=True, report=args.report, on_result=on_result)
+    summary = run_benchmark(cfg, progress=args.executor == "local", report=args.report, on_result=on_result,
+                            executor=executor)
     print(f"{len(summary.jobs)} runs: {len(summary.ran)} ran, {len(summary.skipped)} already finished, "
           f"{len(summary.failed)} failed")
     if summary.report:

@@ -11,7 +11,10 @@ test transform (``--augment none``, no flip), because on this 64×64 world a ran
 labels of the position and size tasks. Features are then computed once per few-shot subset (exact for a
 deterministic transform).
 
-Every run is a normal run folder under ``<out>/runs`` (re-running resumes: finished runs are skipped); the demo
+Every run is a normal run folder under ``<out>/runs``, built as grid jobs (:class:`vlprompt.runs.grid.Job`: the
+demo's own folders, labels and variants) and run by the grid runner (:func:`vlprompt.runs.grid_run.run_jobs`, in
+``workers`` processes); the domain-shift targets are evaluations of those jobs (``eval_run`` into
+``<run>/eval_<target>``; zero-shot: ``runs/<target>/zeroshot``). Re-running resumes (finished runs are skipped); the demo
 then writes ``report.md`` (tables and commentary generated from the numbers), ``results.json`` and
 ``fewshot_curves.png``.
 """
@@ -22,16 +25,15 @@ import json
 import logging
 import os
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from vlprompt._io import atomic_write_json, atomic_write_text
 from vlprompt.engine.config import TrainConfig
-from vlprompt.engine.run import RunSpec
+from vlprompt.errors import VLPromptError
+from vlprompt.runs.grid import BenchmarkConfig, Evaluation, Job
 
 _logger = logging.getLogger(__name__)
 
@@ -75,120 +77,56 @@ class DemoConfig:
         return cls(out=out, tasks=("sizes", "shapes"), shots=(1, 4), seeds=(1,))
 
 
-# --- jobs (run in worker processes) --------------------------------------------------------------------------
-_BACKBONE = None
+# --- jobs: grid jobs (vlprompt.runs.grid.Job) run by the grid runner (vlprompt.runs.grid_run.run_jobs) -------------
+def _settings(cfg: DemoConfig) -> BenchmarkConfig:
+    """The settings every demo run shares: micro-CLIP on the CPU, the test transform for training images, the
+    official epochs unless ``cfg.epochs``, the default feature cache; resume states at most once a minute (runs take
+    seconds: per-epoch states would only cost fsyncs)."""
+    return BenchmarkConfig(datasets=tuple(cfg.tasks), shots=tuple(cfg.shots), seeds=tuple(cfg.seeds),
+                           methods=("zeroshot", "linear-probe", "coop"), out=str(Path(cfg.out) / "runs"),
+                           backbone="microclip", device="cpu",
+                           train=TrainConfig(augment="none", flip=False, epochs=cfg.epochs),
+                           cache_dir=None, state_every_seconds=60.0)
 
 
-def _backbone():
-    global _BACKBONE
-    if _BACKBONE is None:
-        from vlprompt.backbones import create_backbone
-
-        _BACKBONE = create_backbone("microclip", device="cpu")
-    return _BACKBONE
-
-
-def _worker_init() -> None:
-    torch.set_num_threads(1)  # two single-threaded workers use two cores better than one two-threaded process
-    logging.getLogger("vlprompt").setLevel(logging.ERROR)
-
-
-def run_job(job: dict) -> dict:
-    """Run one demo job (a run folder): ``kind`` is coop | zeroshot | linear-probe | shift."""
-    if job["kind"] == "shift":
-        return _shift_job(job)
-    out = Path(job["spec"]["out"])
-    if (out / "metrics.json").exists():
-        return json.loads((out / "metrics.json").read_text())
-    spec = RunSpec(**{**job["spec"], "train": TrainConfig(**job["train"])})
-    if job["kind"] == "coop":
-        from vlprompt.engine.run import train_run
-
-        return train_run(spec, backbone=_backbone())
-    if job["kind"] == "zeroshot":
-        from vlprompt.engine.run import zeroshot_run
-
-        return zeroshot_run(spec, job["templates"], backbone=_backbone())
-    from vlprompt.engine.baselines import linear_probe_run
-
-    return linear_probe_run(spec, backbone=_backbone())
-
-
-def _shift_job(job: dict) -> dict:
-    """Accuracy of a learned prompt (or the zero-shot template) on a domain-shift target's test split."""
-    from vlprompt.api import PromptClassifier
-    from vlprompt.data import load_dataset
-    from vlprompt.data.transforms import build_transform, transform_fingerprint
-    from vlprompt.engine import pipeline as P
-    from vlprompt.eval.zeroshot import zero_shot_weights
-
-    bb = _backbone()
-    target = load_dataset(f"split:{job['target']}")
-    if job.get("run"):
-        text = PromptClassifier.load(job["run"], backbone=bb, classnames=target.classnames).text_features()
-    else:
-        text = zero_shot_weights(bb, target.classnames, job["templates"])
-    feats = P.cached_features(bb, target.test, transform_fingerprint(bb.preprocess, False),
-                              build_transform(bb.preprocess, train=False), dataset=target.name, split="test",
-                              root=target.root, precision="fp32", cache_dir=None)
-    metrics, _ = P.evaluate_features(text, feats, P.labels_of(target.test), bb.logit_scale)
-    return {"accuracy": metrics["accuracy"]}
-
-
-# --- orchestration ---------------------------------------------------------------------------------------------
-def _jobs(cfg: DemoConfig, split_files: dict[str, Path], runs: Path) -> tuple[list[dict], list[dict]]:
+def _jobs(cfg: DemoConfig, split_files: dict[str, Path], runs: Path) -> list[Job]:
+    """The demo's runs as grid jobs (its own folder layout and labels); the domain-shift targets are evaluations of
+    the zero-shot runs (with the source task's template) and of the CoOp runs at the largest shot count."""
     from vlprompt.microclip.tasks import DOMAIN_SHIFT, TASKS
 
-    train = {"augment": "none", "flip": False, "epochs": cfg.epochs}
-    jobs: list[dict] = []
-    shift: list[dict] = []
+    jobs: list[Job] = []
     for task in cfg.tasks:
-        base = {"dataset": f"split:{split_files[task]}", "backbone": "microclip", "device": "cpu", "cache_dir": None,
-                "state_every_seconds": 60.0}  # runs take seconds: per-epoch resume states would only cost fsyncs
-        jobs.append({"kind": "zeroshot", "templates": [TASKS[task].template], "train": train,
-                     "spec": {**base, "out": str(runs / task / "zeroshot"), "shots": None, "label": ZERO_SHOT}})
+        dataset = f"split:{split_files[task]}"
+        targets = DOMAIN_SHIFT.get(task, ()) if cfg.domain_shift else ()
+        jobs.append(Job(dataset, "zeroshot", None, 1, runs / task / "zeroshot", label=ZERO_SHOT,
+                        templates=(TASKS[task].template,), evaluations=_shift(targets, split_files, runs, None)))
         for shots in cfg.shots:
             for seed in cfg.seeds:
-                common = {**base, "shots": shots, "seed": seed}
-                jobs.append({"kind": "linear-probe", "train": train, "spec": {
-                    **common, "out": str(runs / task / "linear_probe" / f"{shots}shots" / f"seed{seed}"),
-                    "label": LINEAR_PROBE}})
+                jobs.append(Job(dataset, "linear-probe", shots, seed,
+                                runs / task / "linear_probe" / f"{shots}shots" / f"seed{seed}", label=LINEAR_PROBE))
                 for i, (label, learner) in enumerate(VARIANTS.items()):
                     out = runs / task / f"coop{i}" / f"{shots}shots" / f"seed{seed}"
-                    jobs.append({"kind": "coop", "train": train,
-                                 "spec": {**common, "out": str(out), "learner": learner, "label": label}})
-                    if cfg.domain_shift and task in DOMAIN_SHIFT and shots == max(cfg.shots):
-                        for target in DOMAIN_SHIFT[task]:
-                            shift.append({"kind": "shift", "label": label, "seed": seed, "target_name": target,
-                                          "target": str(split_files[target]), "run": str(out)})
-        if cfg.domain_shift and task in DOMAIN_SHIFT:
-            for target in DOMAIN_SHIFT[task]:
-                shift.append({"kind": "shift", "label": ZERO_SHOT, "seed": None, "target_name": target,
-                              "target": str(split_files[target]), "templates": [TASKS[task].template]})
+                    jobs.append(Job(dataset, "coop", shots, seed, out, label=label, learner=dict(learner),
+                                    evaluations=_shift(targets, split_files, runs, out) if shots == max(cfg.shots) else ()))
+    return jobs
+
+
+def _shift(targets, split_files: dict[str, Path], runs: Path, run: Path | None) -> tuple[Evaluation, ...]:
+    """The domain-shift evaluations of a prompt in ``run`` (into ``run/eval_<target>``), or of zero-shot CLIP
+    (``run`` ``None``: into ``runs/<target>/zeroshot``)."""
+    return tuple(Evaluation(t, f"split:{split_files[t]}", "all", run / f"eval_{t}" if run else runs / t / "zeroshot")
+                 for t in targets)
+
+
+def _execute(jobs: list[Job], cfg: DemoConfig, progress: bool) -> None:
+    """Run the unfinished jobs through the grid runner; a failed run stops the demo with every failure named."""
+    from vlprompt.runs.grid_run import run_jobs
+
     # Longest first, so the pool's tail is short: 16-shot CoOp runs train longest.
-    jobs.sort(key=lambda j: -(j["spec"].get("shots") or 0) * (j["kind"] == "coop"))
-    return jobs, shift
-
-
-def _execute(jobs: list[dict], workers: int, desc: str, progress: bool) -> list[dict]:
-    from tqdm.auto import tqdm
-
-    results: list[dict | None] = [None] * len(jobs)
-    bar = tqdm(total=len(jobs), desc=desc, unit="run", disable=not progress)
-    if workers <= 0:
-        for i, job in enumerate(jobs):
-            results[i] = run_job(job)
-            bar.update()
-    else:
-        import multiprocessing as mp
-
-        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_worker_init) as pool:
-            futures = {pool.submit(run_job, job): i for i, job in enumerate(jobs)}
-            for fut in as_completed(futures):
-                results[futures[fut]] = fut.result()
-                bar.update()
-    bar.close()
-    return results  # type: ignore[return-value]
+    order = sorted(jobs, key=lambda j: -(j.shots or 0) * (j.method == "coop"))
+    summary = run_jobs(order, _settings(cfg), workers=cfg.workers, progress=progress, desc="demo runs")
+    if summary.failed:
+        raise VLPromptError("demo runs failed: " + "; ".join(f"{job} ({job.out}): {e}" for job, e in summary.failed))
 
 
 def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
@@ -205,14 +143,13 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
     if cfg.domain_shift:
         needed |= {t for s in cfg.tasks for t in DOMAIN_SHIFT.get(s, ())}
     split_files = {name: write_task(name, cfg.task_dir) for name in sorted(needed)}
-    jobs, shift_jobs = _jobs(cfg, split_files, runs)
-    _execute(jobs, cfg.workers, "demo runs", progress)
-    shift_results = _execute(shift_jobs, cfg.workers, "domain shift", progress) if shift_jobs else []
+    jobs = _jobs(cfg, split_files, runs)
+    _execute(jobs, cfg, progress)
 
     rows = aggregate(r for r in collect_runs(runs) if r.dataset in cfg.tasks)
     out.mkdir(parents=True, exist_ok=True)
     png = plot_fewshot_curves(rows, out / "fewshot_curves.png")
-    shift = _shift_table(shift_jobs, shift_results, rows)
+    shift = _shift_table(jobs)
     summary = _summary(rows, cfg)
     elapsed = time.perf_counter() - t0
     results = {
@@ -232,11 +169,13 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
     return results
 
 
-def _shift_table(jobs: list[dict], results: list[dict], rows) -> dict:
-    """``{label: {target: [acc per seed]}}`` plus the source accuracy at the same shots."""
+def _shift_table(jobs: list[Job]) -> dict:
+    """``{label: {target: {"mean", "std", "n"}}}`` of the domain-shift evaluations (one accuracy per seed)."""
     table: dict[str, dict[str, list[float]]] = {}
-    for job, res in zip(jobs, results, strict=True):
-        table.setdefault(job["label"], {}).setdefault(job["target_name"], []).append(res["accuracy"])
+    for job in jobs:
+        for ev in job.evaluations:
+            accuracy = json.loads((ev.out / "metrics.json").read_text(encoding="utf-8"))["accuracy"]
+            table.setdefault(job.label, {}).setdefault(ev.name, []).append(accuracy)
     return {label: {t: {"mean": float(np.mean(v)), "std": float(np.std(v)), "n": len(v)} for t, v in d.items()}
             for label, d in table.items()}
 

@@ -170,6 +170,8 @@ class BenchmarkConfig:
             the recipe: a grid can be resumed with or without it.
         protocol: ``fewshot``, ``base2new``, ``dg`` or ``xd`` (see the module docstring).
         source: the training dataset of ``dg`` and ``xd`` (ImageNet in the papers).
+        state_every_seconds: save the resumable training state at most this often (0: after every epoch; see
+            :class:`~vlprompt.engine.run.RunSpec`). Not a setting of the recipe.
     """
 
     datasets: tuple[str, ...] = ()
@@ -188,6 +190,7 @@ class BenchmarkConfig:
     tensorboard: bool = False
     protocol: Protocol = "fewshot"
     source: str = "imagenet"
+    state_every_seconds: float = 0.0
 
     def __post_init__(self) -> None:
         if self.protocol not in PROTOCOLS:
@@ -281,6 +284,10 @@ class Job:
         protocol: the protocol that planned it.
         subsample: the classes it trains and tests on (``base`` for base-to-new, else ``all``).
         evaluations: the evaluations of its prompt on the protocol's targets (none for few-shot).
+        label: the run's label in ``config.json`` and the report (``None``: the method's default label).
+        learner: learner options of this job over the grid's (a grid of variants, e.g. the demo's).
+        templates: zero-shot templates of a ``zeroshot`` job and of its evaluations (``None``: the dataset's
+            hand-crafted template).
     """
 
     dataset: str
@@ -291,6 +298,9 @@ class Job:
     protocol: str = "fewshot"
     subsample: str = "all"
     evaluations: tuple[Evaluation, ...] = ()
+    label: str | None = None
+    learner: dict = field(default_factory=dict, hash=False)
+    templates: tuple[str, ...] | None = None
 
     @property
     def trained(self) -> bool:
