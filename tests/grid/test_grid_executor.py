@@ -168,7 +168,7 @@ def test_a_failed_job_is_reported_with_its_error_and_the_others_finish(data, tmp
 def test_a_crashed_job_is_summarised_from_its_remote_traceback(tmp_path):
     """A job that raises something else than a vlprompt error: submitit's FailedJobError carries the remote
     traceback; the summary keeps its exception line and points at the log."""
-    from vlprompt.runs.grid_run import _job_failure
+    from vlprompt.runs.executors import job_failure as _job_failure
 
     ex = submitit.AutoExecutor(folder=tmp_path, cluster="local")
     job = ex.submit(int, "not a number")

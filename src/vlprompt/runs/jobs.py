@@ -1,0 +1,162 @@
+"""One job of a grid (:class:`~vlprompt.runs.grid.Job`) through the engine's run functions: train, zero-shot or
+linear probe, then its evaluations; finished runs and evaluations are not repeated. Used by every executor
+(:mod:`vlprompt.runs.executors`) and by :func:`vlprompt.runs.grid_run.run_benchmark`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from vlprompt.errors import VLPromptError
+from vlprompt.runs.grid import BASELINES, BenchmarkConfig, Evaluation, Job, dataset_dirname, learner_of
+
+_logger = logging.getLogger(__name__)
+
+
+@dataclass
+class BenchmarkSummary:
+    """What :func:`run_benchmark` did: finished runs, skipped (already finished) runs, failures, the report."""
+
+    jobs: list[Job]
+    ran: list[Job] = field(default_factory=list)
+    skipped: list[Job] = field(default_factory=list)
+    failed: list[tuple[Job, str]] = field(default_factory=list)
+    report: dict | None = None
+
+
+def job_recipe(job: Job, cfg: BenchmarkConfig) -> dict | None:
+    """``{"epochs", "batch_size"}`` a learned job will train with (the user's values, else its method's recipe, by
+    :func:`vlprompt.engine.recipe.resolve_train_config`); ``None`` for the baselines. Custom data is resolved as a
+    dataset that is not ImageNet (its name is known only once it is loaded)."""
+    if job.method in BASELINES:
+        return None
+    from vlprompt.data.benchmarks import BENCHMARKS
+    from vlprompt.engine.recipe import resolve_train_config
+
+    name = job.dataset if job.dataset in BENCHMARKS else None
+    train = resolve_train_config(cfg.train, learner_of(job.method)[0], job.shots, name)
+    return {"epochs": train.epochs, "batch_size": train.batch_size}
+
+
+def describe(job: Job, cfg: BenchmarkConfig) -> str:
+    """One line of ``--dry-run``: status, protocol, dataset, method, shots, seed, classes (base-to-new), recipe, run
+    folder, then each evaluation target and its folder."""
+    recipe = job_recipe(job, cfg)
+    parts = ["skip" if job.done else "run ", job.protocol, dataset_dirname(job.dataset), job.method,
+             f"shots {job.shots if job.shots is not None else 0}", f"seed {job.seed}"]
+    if job.subsample != "all":
+        parts.append(f"classes {job.subsample}")
+    if recipe:
+        parts.append(f"epochs {recipe['epochs']} batch {recipe['batch_size']}")
+    line = "  ".join(parts) + f"  → {job.out}"
+    for e in job.evaluations:
+        line += f"  | eval {e.name}{' (done)' if e.done else ''} → {e.out}"
+    return line
+
+
+def _spec(cfg: BenchmarkConfig, dataset: str, out: Path, shots: int | None, seed: int, subsample: str, **extra):
+    """A fresh :class:`~vlprompt.engine.run.RunSpec` of one run (``extra``: ``method``, ``learner``, ``label``)."""
+    from vlprompt.engine.run import RunSpec
+
+    return RunSpec(dataset=dataset, out=str(out), root=cfg.root, shots=shots, seed=seed, subsample=subsample,
+                   backbone=cfg.backbone, pretrained=cfg.pretrained, train=cfg.train, device=cfg.device,
+                   cache_dir=cfg.cache_dir, tensorboard=cfg.tensorboard,
+                   state_every_seconds=cfg.state_every_seconds, **extra)
+
+
+def _labelled(job: Job) -> dict:
+    return {} if job.label is None else {"label": job.label}
+
+
+def _zeroshot(cfg: BenchmarkConfig, job: Job, dataset: str, out: Path, subsample: str, backbone) -> dict:
+    from vlprompt.engine.run import zeroshot_run
+
+    spec = _spec(cfg, dataset, out, None, job.seed, subsample, **_labelled(job))
+    templates = list(job.templates) if job.templates else [dataset_template(dataset, cfg.root)]
+    return zeroshot_run(spec, templates, backbone=backbone)
+
+
+def _train(job: Job, cfg: BenchmarkConfig, backbone) -> dict:
+    """The job's own run: zero-shot, the linear probe, or a prompt trained with its method's recipe."""
+    if job.method == "zeroshot":
+        return _zeroshot(cfg, job, job.dataset, job.out, job.subsample, backbone)
+    if job.method == "linear-probe":
+        from vlprompt.engine.baselines import linear_probe_run
+
+        return linear_probe_run(_spec(cfg, job.dataset, job.out, job.shots, job.seed, job.subsample,
+                                      **_labelled(job)), backbone=backbone)
+    from vlprompt.engine.run import train_run
+
+    # the registered learner and the variant's options (coop-csc: csc), the user's, then the job's own; epochs and
+    # batch size the user left unset are filled from the method's own recipe by train_run (resolve_train_config)
+    method, opts = learner_of(job.method)
+    spec = _spec(cfg, job.dataset, job.out, job.shots, job.seed, job.subsample, method=method,
+                 learner={**opts, **cfg.learner, **job.learner}, **_labelled(job))
+    return train_run(spec, backbone=backbone)
+
+
+def _evaluate(job: Job, ev: Evaluation, cfg: BenchmarkConfig, backbone) -> dict:
+    """One evaluation of the job's prompt (zero-shot: zero-shot CLIP itself) on ``ev``'s classes or dataset."""
+    if job.method == "zeroshot":
+        return _zeroshot(cfg, job, ev.dataset, ev.out, ev.subsample, backbone)
+    from vlprompt.engine.run import eval_run
+
+    # the prompt is rebuilt from the run folder for the target's class names (PromptClassifier.load)
+    return eval_run(str(job.out), _spec(cfg, ev.dataset, ev.out, None, job.seed, ev.subsample))
+
+
+def run_job(job: Job, cfg: BenchmarkConfig, backbone=None) -> dict:
+    """Run one job into its folder (through :func:`vlprompt.engine.run.train_run`, ``zeroshot_run`` or
+    :func:`vlprompt.engine.baselines.linear_probe_run`), then each of its unfinished evaluations (``eval_run``);
+    ``backbone`` reuses a built one.
+
+    Returns:
+        The job's own metrics; with evaluations, plus ``"evaluations"``: ``{name: accuracy}`` of every evaluation.
+
+    Raises:
+        VLPromptError: the run failed (its evaluations are not attempted), or some evaluation failed: the others
+            were still run, and the message names every failed target.
+    """
+    if job.trained:  # an interrupted grid: the run finished, some evaluation did not
+        metrics = json.loads((job.out / "metrics.json").read_text(encoding="utf-8"))
+    else:
+        metrics = _train(job, cfg, backbone)
+    if not job.evaluations:
+        return metrics
+    accuracies, failures = {}, []
+    for ev in job.evaluations:
+        if ev.done:
+            accuracies[ev.name] = json.loads((ev.out / "metrics.json").read_text(encoding="utf-8"))["accuracy"]
+            continue
+        try:  # one missing target must not cost the others
+            accuracies[ev.name] = _evaluate(job, ev, cfg, backbone)["accuracy"]
+        except VLPromptError as e:
+            failures.append((ev, e))
+    if failures:
+        raise VLPromptError("; ".join(f"eval {ev.name} ({ev.out}): {e}" for ev, e in failures)) from failures[0][1]
+    return {**metrics, "evaluations": accuracies}
+
+
+def dataset_template(dataset: str, root: str | None) -> str:
+    """The hand-crafted zero-shot template of a benchmark (custom data: the template its loader reports)."""
+    from vlprompt.data import get_templates, load_dataset
+    from vlprompt.data.benchmarks import BENCHMARKS
+
+    if dataset in BENCHMARKS:
+        return get_templates("dataset", BENCHMARKS[dataset].template, dataset)[0]
+    return load_dataset(dataset, root).template
+
+
+def build_backbone(cfg: BenchmarkConfig):
+    from vlprompt.backbones import create_backbone
+    from vlprompt.engine.pipeline import check_precision, resolve_device
+
+    device = resolve_device(cfg.device)
+    check_precision(cfg.train.precision, device)
+    return create_backbone(cfg.backbone, cfg.pretrained, device=device, precision=cfg.train.precision)
+
+
+__all__ = ["BenchmarkSummary", "build_backbone", "dataset_template", "describe", "job_recipe", "run_job"]
