@@ -21,7 +21,7 @@ import pytest
 SRC = Path(__file__).resolve().parents[2] / "src"
 
 FOUNDATION = "foundation"
-LIBRARY_LAYERS = ("foundation", "backbones", "data", "features", "prompts", "eval", "engine", "inference")
+LIBRARY_LAYERS = ("foundation", "backbones", "data", "features", "prompts", "adapters", "eval", "engine", "inference")
 APPLICATION_LAYERS = ("reports", "runs", "speed", "microclip", "cli")
 LIB = frozenset(LIBRARY_LAYERS)
 
@@ -43,14 +43,19 @@ LAYERS: dict[str, tuple[tuple[str, ...], frozenset[str]]] = {
     "features": (("vlprompt.features",), frozenset({"foundation", "backbones", "data"})),
     # Prompt methods talk to the backbone protocol only (DESIGN.md §3): not to data, features or evaluation.
     "prompts": (("vlprompt.prompts",), frozenset({"foundation", "backbones"})),
+    # Feature-space adapters (CLIP-Adapter, Tip-Adapter, TaskRes, CLAP, LP++): tensors in, logits out; they never see
+    # a backbone, a dataset or the test split.
+    "adapters": (("vlprompt.adapters",), frozenset({"foundation"})),
     # Metrics, the zero-shot classifier, the linear-probe fit: below the engine, which uses them to evaluate.
     "eval": (("vlprompt.eval",), frozenset({"foundation", "backbones"})),
     # The task (backbone + method + loss), the loop, optimiser and schedule, precision, the recipe resolver,
     # data/feature preparation, the execution strategy (one process or torchrun), checkpoints of the learned part.
-    "engine": (("vlprompt.engine",), frozenset({"foundation", "backbones", "data", "features", "prompts", "eval"})),
+    "engine": (("vlprompt.engine",), frozenset({"foundation", "backbones", "data", "features", "prompts", "adapters",
+                                                "eval"})),
     # Using a learned prompt: PromptClassifier, ONNX export, nearest-word interpretation of the context.
     "inference": (("vlprompt.api", "vlprompt.export", "vlprompt.interpret"),
-                  frozenset({"foundation", "backbones", "data", "features", "prompts", "eval", "engine"})),
+                  frozenset({"foundation", "backbones", "data", "features", "prompts", "adapters", "eval",
+                             "engine"})),
     # --- application -------------------------------------------------------------------------------------------
     # Tables and plots from run folders (reads JSON; uses the library's metrics only).
     "reports": (("vlprompt.reports",), LIB),

@@ -1,0 +1,17 @@
+"""Feature-space adapters: heads and caches over frozen, cached CLIP features (DESIGN.md §8).
+
+Each method is one module that registers itself; see :mod:`vlprompt.adapters.base`.
+"""
+
+from vlprompt.adapters.base import (
+    AdapterData,
+    FeatureAdapter,
+    create_adapter,
+    get_adapter_class,
+    is_adapter,
+    list_adapters,
+    register_adapter,
+)
+
+__all__ = ["AdapterData", "FeatureAdapter", "create_adapter", "get_adapter_class", "is_adapter", "list_adapters",
+           "register_adapter"]
