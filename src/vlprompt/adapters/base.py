@@ -1,9 +1,12 @@
 """Feature-space adapters (DESIGN.md §8): a head or a cache over frozen CLIP features — the towers never run.
 
-An adapter is fitted on **cached** features only: the few-shot images' L2-normalised image features (test
-transform, and optionally ``V`` augmented views of them), their labels, the optional few-shot validation features,
-and the zero-shot classifier (L2-normalised text features of the dataset's hand-crafted prompt). Its ``forward``
-maps L2-normalised image features ``[B, E]`` to logits ``[B, C]``; what it learned is its persistent state
+An adapter is fitted on **cached** features only: the few-shot images' image features (test transform, and
+optionally ``V`` augmented views of them), their labels, the optional few-shot validation features, and the zero-shot
+classifier (L2-normalised text features of the dataset's hand-crafted prompt). Image features are passed
+**unnormalised**, as the image encoder returns them, because the official codes differ in where they normalise
+(Tip-Adapter averages raw view features before normalising its keys; CLIP-Adapter's MLP reads the raw feature):
+each method normalises where its official code does. Its ``forward`` maps image features ``[B, E]`` to logits
+``[B, C]``; what it learned is its persistent state
 (``state_dict``: parameters and persistent buffers such as Tip-Adapter's cache keys), saved as safetensors, with
 :meth:`FeatureAdapter.record` (chosen hyper-parameters, search traces) saved as JSON.
 
@@ -40,14 +43,14 @@ class AdapterData:
     """Everything an adapter may be fitted on: cached features, never images.
 
     Attributes:
-        train: ``[N, E]`` L2-normalised fp32 image features of the few-shot training images (test transform).
+        train: ``[N, E]`` unnormalised fp32 image features of the few-shot training images (test transform).
         train_labels: ``LongTensor[N]`` in ``[0, C)``.
         text: ``[C, E]`` L2-normalised zero-shot classifier (the class text features of the dataset's template).
         logit_scale: CLIP's ``exp(logit_scale)`` (100 for OpenAI's weights); zero-shot logits are
             ``logit_scale · img @ text.T``.
-        views: ``[V, N, E]`` L2-normalised features of ``V`` augmented views of the training images (view ``v`` of
+        views: ``[V, N, E]`` unnormalised fp32 features of ``V`` augmented views of the training images (view ``v`` of
             image ``n`` is ``views[v, n]``), or ``None`` when the method does not use views.
-        val: ``[M, E]`` L2-normalised features of the few-shot validation images, or ``None``.
+        val: ``[M, E]`` unnormalised fp32 features of the few-shot validation images (test transform), or ``None``.
         val_labels: ``LongTensor[M]`` or ``None``.
         seed: the run's seed (for any randomness the method draws: initialisation, batch order).
     """
@@ -67,8 +70,9 @@ class AdapterData:
         return int(self.text.shape[0])
 
     def zero_shot_logits(self, features: torch.Tensor) -> torch.Tensor:
-        """``[B, C]`` zero-shot logits of L2-normalised ``features`` ``[B, E]``."""
-        return self.logit_scale * features.float() @ self.text.float().t()
+        """``[B, C]`` zero-shot logits of image ``features`` ``[B, E]`` (normalised here)."""
+        img = torch.nn.functional.normalize(features.float(), dim=-1)
+        return self.logit_scale * img @ self.text.float().t()
 
 
 def register_adapter(cls: type[FeatureAdapter]) -> type[FeatureAdapter]:
@@ -146,7 +150,7 @@ class FeatureAdapter(nn.Module):
         raise NotImplementedError
 
     def forward(self, image_features: torch.Tensor, text: torch.Tensor | None = None) -> torch.Tensor:
-        """``[B, C]`` logits of L2-normalised image features ``[B, E]``.
+        """``[B, C]`` logits of unnormalised image features ``[B, E]`` (the encoder's output, test transform).
 
         ``text`` ``[C', E]``: classify among other classes given their zero-shot text features (only where
         ``new_classes``); ``None``: the classes the adapter was fitted on."""
