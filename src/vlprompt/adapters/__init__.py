@@ -12,6 +12,8 @@ from vlprompt.adapters.base import (
     list_adapters,
     register_adapter,
 )
+from vlprompt.adapters.clip_adapter import ClipAdapter, ClipAdapterConfig
+from vlprompt.adapters.taskres import TaskRes, TaskResConfig
 
-__all__ = ["AdapterData", "FeatureAdapter", "create_adapter", "get_adapter_class", "is_adapter", "list_adapters",
-           "register_adapter"]
+__all__ = ["AdapterData", "ClipAdapter", "ClipAdapterConfig", "FeatureAdapter", "TaskRes", "TaskResConfig",
+           "create_adapter", "get_adapter_class", "is_adapter", "list_adapters", "register_adapter"]

@@ -53,6 +53,9 @@ class AdapterData:
         val: ``[M, E]`` unnormalised fp32 features of the few-shot validation images (test transform), or ``None``.
         val_labels: ``LongTensor[M]`` or ``None``.
         seed: the run's seed (for any randomness the method draws: initialisation, batch order).
+        text_norms: ``[C]`` L2 norms of the unnormalised class text features ``text`` was normalised from (one
+            template: ``‖encode_text(prompt_c)‖``), or ``None``. ``text · text_norms[:, None]`` is the raw text
+            feature, which TaskRes's official base classifier is (its residual is added before normalising).
     """
 
     train: torch.Tensor
@@ -63,6 +66,7 @@ class AdapterData:
     val: torch.Tensor | None = None
     val_labels: torch.Tensor | None = None
     seed: int = 1
+    text_norms: torch.Tensor | None = None
 
     @property
     def num_classes(self) -> int:
