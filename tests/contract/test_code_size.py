@@ -27,8 +27,6 @@ MODULE_ALLOW: dict[str, tuple[int, str]] = {
                                     "moves them to runs/ on frozen specs"),
     "vlprompt/microclip/world.py": (456, "the procedural world's attribute tables, caption phrasings and renderer; "
                                          "mostly data"),
-    "vlprompt/engine/distributed.py": (404, "every torchrun hook in one module; issue 13 replaces it with one "
-                                            "execution-strategy module"),
 }
 
 #: ``path:qualified.name`` → (lines when listed, why it is longer).
