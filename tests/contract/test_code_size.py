@@ -36,8 +36,6 @@ FUNCTION_ALLOW: dict[str, tuple[int, str]] = {
     "vlprompt/engine/fit.py:fit": (107, "the training loop: one body so the hot path (precision, sharding, "
                                         "divergence check, scaler) reads top to bottom; 37 lines of signature and "
                                         "docstring"),
-    "vlprompt/export.py:export_onnx": (98, "tracing, optional fp16 cast, checking the ONNX model against the PyTorch "
-                                           "one and writing the sidecar JSON; 31 lines of signature and docstring"),
     "vlprompt/speed/render.py:render_markdown": (97, "one markdown report built as one list of lines, section by "
                                                      "section"),
 }
