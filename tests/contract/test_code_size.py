@@ -31,8 +31,6 @@ MODULE_ALLOW: dict[str, tuple[int, str]] = {
 
 #: ``path:qualified.name`` → (lines when listed, why it is longer).
 FUNCTION_ALLOW: dict[str, tuple[int, str]] = {
-    "vlprompt/eval/linear_probe.py:fit_linear_probe": (114, "the official C search (coarse sweep, then bisection) "
-                                                            "in one body; its docstring alone is 35 lines"),
     "vlprompt/engine/fit.py:fit": (107, "the training loop: one body so the hot path (precision, sharding, "
                                         "divergence check, scaler) reads top to bottom; 37 lines of signature and "
                                         "docstring"),
