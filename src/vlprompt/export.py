@@ -31,59 +31,30 @@ not on the CPU in fp32 (the graph is traced and checked there).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import shutil
 import tempfile
-import warnings
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from vlprompt import __version__
 from vlprompt._io import atomic_write_json, file_sha256
 from vlprompt.errors import ArtifactError, ConfigError
+from vlprompt.onnx_graph import BATCH_AXIS, INPUT_NAME, OUTPUT_NAME, TORCHSCRIPT_OPSET, BakedClassifier, write_graph
 
 _logger = logging.getLogger(__name__)
 
 FORMATS = ("onnx",)
-INPUT_NAME = "images"
-OUTPUT_NAME = "probs"
-BATCH_AXIS = "batch"
 #: Largest |ONNX − torch| probability difference the export check accepts.
 CHECK_TOLERANCE = 1e-4
 #: Batch sizes the check runs (1 and a size other than the example batch of the export: the axis is dynamic).
 CHECK_BATCH_SIZES = (1, 3)
-#: The TorchScript exporter's opset when it is the fallback (supported by onnxruntime ≥ 1.12).
-TORCHSCRIPT_OPSET = 17
 ONNX_INSTALL_HINT = "pip install 'vlprompt[onnx]'"
 SIDECAR_SUFFIX = ".json"
-
-
-class BakedClassifier(nn.Module):
-    """Image tower plus baked class weights: ``float32[B, 3, S, S]`` preprocessed images → ``float32[B, C]``
-    softmax probabilities, the computation :meth:`PromptClassifier.predict` runs for a fixed classifier.
-
-    Args:
-        backbone: the (frozen, fp32) backbone; only its image tower takes part in the graph.
-        class_weights: ``[C, E]`` L2-normalised class text features.
-        logit_scale: 0-dim ``exp(logit_scale)`` of the backbone.
-    """
-
-    def __init__(self, backbone: nn.Module, class_weights: torch.Tensor, logit_scale: torch.Tensor):
-        super().__init__()
-        self.backbone = backbone
-        self.register_buffer("class_weights", class_weights.detach().float().clone())  # (C, E)
-        self.register_buffer("logit_scale", logit_scale.detach().float().clone().reshape(()))
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:  # noqa: D102
-        feats = F.normalize(self.backbone.encode_image(images).float(), dim=-1)  # (B, E)
-        logits = self.logit_scale * feats @ self.class_weights.t()  # (B, C), as PromptModel.logits
-        return F.softmax(logits, dim=-1)  # (B, C), as PromptClassifier.predict
 
 
 def sidecar_path(out: str | os.PathLike) -> Path:
@@ -207,47 +178,6 @@ def load_for_export(run_dir: str | os.PathLike, *, pretrained: str | None = None
     return PromptClassifier.load(run_dir, device="cpu", pretrained=pretrained)
 
 
-@contextlib.contextmanager
-def _quiet_logger(name: str):
-    """Raise logger ``name`` to ERROR for the block (the optimiser's notes are noise to a user), then restore."""
-    log = logging.getLogger(name)
-    level = log.level
-    log.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        log.setLevel(level)
-
-
-def _export_graph(model: nn.Module, example: torch.Tensor, path: Path, opset: int | None, exporter: str) -> str:
-    """Write ``model`` to ``path`` with a dynamic batch axis; returns the exporter used (``dynamo``/``torchscript``)."""
-    names = {"input_names": [INPUT_NAME], "output_names": [OUTPUT_NAME]}
-    if exporter in ("auto", "dynamo"):
-        try:
-            with _quiet_logger("onnxscript.optimizer"):  # "Skipping constant folding for op Split ...": not ours
-                program = torch.onnx.export(model, (example,), dynamo=True, opset_version=opset, verbose=False,
-                                            **names, dynamic_shapes={INPUT_NAME: {0: torch.export.Dim(BATCH_AXIS)}})
-            program.save(str(path))  # weights over 2 GB go to path + ".data" beside it
-            return "dynamo"
-        except Exception as e:  # noqa: BLE001 -- any exporter failure: try the other exporter, say why
-            if exporter == "dynamo":
-                raise ArtifactError(f"the dynamo ONNX exporter failed: {type(e).__name__}: {e}") from e
-            _logger.warning("the dynamo ONNX exporter failed (%s: %s); falling back to the TorchScript exporter",
-                            type(e).__name__, str(e).splitlines()[0] if str(e) else "")
-            for leftover in (path, path.with_name(path.name + ".data")):  # a partial write of the failed try
-                leftover.unlink(missing_ok=True)
-    with warnings.catch_warnings():
-        # Chosen deliberately (its deprecation notice is noise here); tracer warnings about shape asserts turned
-        # into constants are what the onnxruntime check at two batch sizes is for.
-        warnings.simplefilter("ignore", DeprecationWarning)
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        torch.onnx.export(model, (example,), str(path), dynamo=False, opset_version=opset or TORCHSCRIPT_OPSET,
-                          verbose=False, **names, dynamic_axes={INPUT_NAME: {0: BATCH_AXIS}, OUTPUT_NAME: {0: BATCH_AXIS}})
-    return "torchscript"
-
-
-
-
 def _check_with_onnxruntime(path: Path, model: nn.Module, size: int) -> dict:
     """Run the written graph with onnxruntime on seeded random batches; compare with ``model`` in torch."""
     import numpy as np
@@ -270,6 +200,64 @@ def _check_with_onnxruntime(path: Path, model: nn.Module, size: int) -> dict:
                             f"(> {CHECK_TOLERANCE:g}) under onnxruntime {ort.__version__}; nothing was written.")
     return {"runtime": f"onnxruntime {ort.__version__}", "batch_sizes": list(CHECK_BATCH_SIZES),
             "input": "seeded standard-normal batches", "max_abs_diff": worst, "tolerance": CHECK_TOLERANCE}
+
+
+
+def _refuse_unexportable(clf) -> None:
+    """Refuse a classifier the graph cannot represent: a conditional prompt, or one not on the CPU in fp32.
+
+    Raises:
+        ConfigError: naming the reason and what to do instead.
+    """
+    if clf.conditional:
+        raise ConfigError(
+            f"the {clf.method} prompt cannot be exported as a fixed classifier: its class weights depend on each "
+            "image (a meta-network turns the image feature into a context shift, and the text encoder then runs "
+            "once per image and class), so there are no class weights to bake into the graph. Export a CoOp or "
+            "KgCoOp prompt, or serve this one with PromptClassifier.predict / `vlprompt predict`.")
+    if clf.backbone.dtype != torch.float32 or clf.backbone.device.type != "cpu":
+        # The graph is traced, and checked against onnxruntime's CPU kernels, on the CPU in fp32: a GPU trace would
+        # be compared through TF32 convolutions, and fp16 weights would be baked into the graph.
+        raise ConfigError(f"export traces the model on the CPU in fp32; this classifier is on "
+                          f"{clf.backbone.device} in {str(clf.backbone.dtype).removeprefix('torch.')}. Load it with "
+                          "PromptClassifier.load(run) (CPU, fp32 by default).")
+
+
+def _sidecar(clf, out: Path, exporter: dict, checked: dict | None, source: str | os.PathLike | None) -> dict:
+    """The sidecar's content (before ``model_sha256``): what the graph takes, returns and was made from."""
+    size = int(clf.backbone.preprocess.image_size)
+    return {
+        "format": "vlprompt-onnx-classifier",
+        "vlprompt_version": __version__,
+        "model_file": out.name,
+        "method": clf.method,
+        "learner": clf.learner_config,
+        "classnames": list(clf.classnames),
+        "num_classes": len(clf.classnames),
+        "input": {"name": INPUT_NAME, "shape": [BATCH_AXIS, 3, size, size], "dtype": "float32",
+                  "layout": "NCHW, RGB, preprocessed as 'preprocessing' says"},
+        "output": {"name": OUTPUT_NAME, "shape": [BATCH_AXIS, len(clf.classnames)], "dtype": "float32",
+                   "meaning": "softmax class probabilities; column c is classnames[c]"},
+        "preprocessing": _preprocessing(clf.backbone.preprocess),
+        "logit_scale": float(clf.logit_scale),
+        "backbone": clf.backbone.identity(),
+        "exporter": exporter,
+        "check": checked,
+        "source_run": str(Path(source).resolve()) if source is not None else None,
+    }
+
+
+def _install(tmp_dir: Path, out: Path, meta: dict) -> None:
+    """Move the written files from ``tmp_dir`` beside ``out`` under their final names, then write the sidecar."""
+    side = sidecar_path(out)
+    # An old sidecar goes first, so an interruption never leaves a new graph beside a stale description; then
+    # the weights file (if the graph was saved with external data), then the graph, then the new sidecar.
+    side.unlink(missing_ok=True)
+    for f in sorted(tmp_dir.iterdir(), key=lambda f: f.name == out.name):
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(f, out.parent / f.name)
+    atomic_write_json(side, meta)
 
 
 def export_onnx(
@@ -305,72 +293,26 @@ def export_onnx(
     """
     if exporter not in ("auto", "dynamo", "torchscript"):
         raise ConfigError(f"exporter {exporter!r} is not one of auto, dynamo, torchscript.")
-    if clf.conditional:
-        raise ConfigError(
-            f"the {clf.method} prompt cannot be exported as a fixed classifier: its class weights depend on each "
-            "image (a meta-network turns the image feature into a context shift, and the text encoder then runs "
-            "once per image and class), so there are no class weights to bake into the graph. Export a CoOp or "
-            "KgCoOp prompt, or serve this one with PromptClassifier.predict / `vlprompt predict`.")
-    if clf.backbone.dtype != torch.float32 or clf.backbone.device.type != "cpu":
-        # The graph is traced, and checked against onnxruntime's CPU kernels, on the CPU in fp32: a GPU trace would
-        # be compared through TF32 convolutions, and fp16 weights would be baked into the graph.
-        raise ConfigError(f"export traces the model on the CPU in fp32; this classifier is on "
-                          f"{clf.backbone.device} in {str(clf.backbone.dtype).removeprefix('torch.')}. Load it with "
-                          "PromptClassifier.load(run) (CPU, fp32 by default).")
+    _refuse_unexportable(clf)
     versions = require_onnx(check)
-    import onnx
-
     out = check_out_path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    side = sidecar_path(out)
-    cfg = clf.backbone.preprocess
-    size = int(cfg.image_size)
+    size = int(clf.backbone.preprocess.image_size)
     model = BakedClassifier(clf.backbone, clf.text_features(), clf.logit_scale).eval()
-    example = torch.zeros(2, 3, size, size)  # batch 2: a batch of 1 would be specialised
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
         graph = tmp_dir / out.name  # the final name: an external-data file, if any, keeps its reference
-        used = _export_graph(model, example, graph, opset, exporter)
-        proto = onnx.load(str(graph), load_external_data=False)
-        opset_used = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
-        inputs = [i.name for i in proto.graph.input]
-        if inputs != [INPUT_NAME]:
-            raise ArtifactError(f"the exported graph has inputs {inputs}, expected ['{INPUT_NAME}'].")
+        used, opset_used = write_graph(model, size, graph, opset, exporter)
         checked = _check_with_onnxruntime(graph, model, size) if check else None
-        meta = {
-            "format": "vlprompt-onnx-classifier",
-            "vlprompt_version": __version__,
-            "model_file": out.name,
-            "method": clf.method,
-            "learner": clf.learner_config,
-            "classnames": list(clf.classnames),
-            "num_classes": len(clf.classnames),
-            "input": {"name": INPUT_NAME, "shape": [BATCH_AXIS, 3, size, size], "dtype": "float32",
-                      "layout": "NCHW, RGB, preprocessed as 'preprocessing' says"},
-            "output": {"name": OUTPUT_NAME, "shape": [BATCH_AXIS, len(clf.classnames)], "dtype": "float32",
-                       "meaning": "softmax class probabilities; column c is classnames[c]"},
-            "preprocessing": _preprocessing(cfg),
-            "logit_scale": float(clf.logit_scale),
-            "backbone": clf.backbone.identity(),
-            "exporter": {"name": used, "opset": opset_used, "torch": torch.__version__,
-                         **{k: v for k, v in versions.items() if k != "onnxruntime"}},
-            "check": checked,
-            "source_run": str(Path(source).resolve()) if source is not None else None,
-        }
+        meta = _sidecar(clf, out, {"name": used, "opset": opset_used, "torch": torch.__version__,
+                                   **{k: v for k, v in versions.items() if k != "onnxruntime"}}, checked, source)
         meta["model_sha256"] = file_sha256(graph)  # binds the sidecar to this graph
-        # An old sidecar goes first, so an interruption never leaves a new graph beside a stale description; then
-        # the weights file (if the graph was saved with external data), then the graph, then the new sidecar.
-        side.unlink(missing_ok=True)
-        for f in sorted(tmp_dir.iterdir(), key=lambda f: f.name == out.name):
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-            os.replace(f, out.parent / f.name)
-        atomic_write_json(side, meta)
+        _install(tmp_dir, out, meta)
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
-    _logger.info("exported %s (%s exporter, opset %s) and %s", out, used, opset_used, side)
+    _logger.info("exported %s (%s exporter, opset %s) and %s", out, used, opset_used, sidecar_path(out))
     return meta
 
 
-__all__ = ["BakedClassifier", "CHECK_TOLERANCE", "FORMATS", "check_out_path", "check_run", "export_onnx",
-           "load_for_export", "require_onnx", "sidecar_path"]
+__all__ = ["BakedClassifier", "CHECK_TOLERANCE", "FORMATS", "TORCHSCRIPT_OPSET", "check_out_path", "check_run",
+           "export_onnx", "load_for_export", "require_onnx", "sidecar_path"]

@@ -124,14 +124,8 @@ def nearest_tokens(
     return euc_ids, euc_dist, cos_ids, cos_sim
 
 
-def interpret_run(
-    run_dir: str | Path,
-    top_k: int = 3,
-    *,
-    device: str | torch.device = "cpu",
-    pretrained: str | None = None,
-    backbone: Backbone | None = None,
-) -> PromptInterpretation:
+def interpret_run(run_dir: str | Path, top_k: int = 3, *, device: str | torch.device = "cpu",
+                  pretrained: str | None = None, backbone: Backbone | None = None) -> PromptInterpretation:
     """Nearest vocabulary words of every learned context vector of a training run.
 
     Args:
@@ -145,22 +139,10 @@ def interpret_run(
         ConfigError: ``top_k`` outside ``1..vocabulary size``.
         ArtifactError: not a training run, a damaged file, a learner without context vectors, or another backbone.
     """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     from vlprompt.backbones import create_backbone, recorded_pretrained
-    from vlprompt.engine.checkpoint import LEARNER_WEIGHTS, check_backbone, read_learner_json
+    from vlprompt.engine.checkpoint import check_backbone
 
-    meta = read_learner_json(run_dir)
-    path = Path(run_dir) / LEARNER_WEIGHTS
-    try:
-        state = load_file(str(path))
-    except (OSError, SafetensorError) as e:
-        raise ArtifactError(f"'{path}' could not be read ({e}); the run folder is damaged — retrain it.") from e
-    if "ctx" not in state:
-        raise ArtifactError(f"'{path}' holds {sorted(state)} but no 'ctx' context vectors; `vlprompt interpret` "
-                            f"explains prompts learned as context vectors (CoOp), not method '{meta['method']}'.")
-    ctx = state["ctx"].float()  # (M, D) unified or (C, M, D) class-specific
+    meta, path, ctx = _read_context(run_dir)  # ctx: (M, D) unified or (C, M, D) class-specific
     if backbone is None:
         ident = meta["backbone"]
         backbone = create_backbone(ident["name"], pretrained or recorded_pretrained(ident), device=device)
@@ -195,6 +177,29 @@ def interpret_run(
         for row in range(flat.shape[0])
     ]
     return PromptInterpretation(str(run_dir), backbone.name, csc, n_ctx, top_k, vectors)
+
+
+def _read_context(run_dir: str | Path) -> tuple[dict, Path, torch.Tensor]:
+    """``(learner.json, the weights file, its float context vectors)`` of a training run.
+
+    Raises:
+        ArtifactError: not a training run, a damaged file, or a learner without context vectors.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from vlprompt.engine.checkpoint import LEARNER_WEIGHTS, read_learner_json
+
+    meta = read_learner_json(run_dir)
+    path = Path(run_dir) / LEARNER_WEIGHTS
+    try:
+        state = load_file(str(path))
+    except (OSError, SafetensorError) as e:
+        raise ArtifactError(f"'{path}' could not be read ({e}); the run folder is damaged — retrain it.") from e
+    if "ctx" not in state:
+        raise ArtifactError(f"'{path}' holds {sorted(state)} but no 'ctx' context vectors; `vlprompt interpret` "
+                            f"explains prompts learned as context vectors (CoOp), not method '{meta['method']}'.")
+    return meta, path, state["ctx"].float()
 
 
 def format_table(interp: PromptInterpretation) -> str:

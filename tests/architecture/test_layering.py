@@ -52,8 +52,8 @@ LAYERS: dict[str, tuple[tuple[str, ...], frozenset[str]]] = {
     # data/feature preparation, the execution strategy (one process or torchrun), checkpoints of the learned part.
     "engine": (("vlprompt.engine",), frozenset({"foundation", "backbones", "data", "features", "prompts", "adapters",
                                                 "eval"})),
-    # Using a learned prompt: PromptClassifier, ONNX export, nearest-word interpretation of the context.
-    "inference": (("vlprompt.api", "vlprompt.export", "vlprompt.interpret"),
+    # Using a learned prompt: PromptClassifier, ONNX export (and its graph), nearest-word interpretation of the context.
+    "inference": (("vlprompt.api", "vlprompt.export", "vlprompt.onnx_graph", "vlprompt.interpret"),
                   frozenset({"foundation", "backbones", "data", "features", "prompts", "adapters", "eval",
                              "engine"})),
     # --- application -------------------------------------------------------------------------------------------

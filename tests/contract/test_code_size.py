@@ -23,28 +23,14 @@ FUNCTION_LIMIT = 80
 
 #: module (relative to ``src/``) → (lines when listed, why it is longer).
 MODULE_ALLOW: dict[str, tuple[int, str]] = {
-    "vlprompt/cli/config_file.py": (672, "--config FILE: reading and validating a YAML/JSON file and mapping a "
-                                         "recorded config.json back onto each command's flags, in one module; to be "
-                                         "split (reader / record mapping)"),
     "vlprompt/engine/run.py": (468, "the run functions on the mutable RunSpec with their on_main wrappers; issue 13 "
                                     "moves them to runs/ on frozen specs"),
     "vlprompt/microclip/world.py": (456, "the procedural world's attribute tables, caption phrasings and renderer; "
                                          "mostly data"),
-    "vlprompt/engine/distributed.py": (404, "every torchrun hook in one module; issue 13 replaces it with one "
-                                            "execution-strategy module"),
 }
 
 #: ``path:qualified.name`` → (lines when listed, why it is longer).
 FUNCTION_ALLOW: dict[str, tuple[int, str]] = {
-    "vlprompt/eval/linear_probe.py:fit_linear_probe": (114, "the official C search (coarse sweep, then bisection) "
-                                                            "in one body; its docstring alone is 35 lines"),
-    "vlprompt/engine/fit.py:fit": (107, "the training loop: one body so the hot path (precision, sharding, "
-                                        "divergence check, scaler) reads top to bottom; 37 lines of signature and "
-                                        "docstring"),
-    "vlprompt/export.py:export_onnx": (98, "tracing, optional fp16 cast, checking the ONNX model against the PyTorch "
-                                           "one and writing the sidecar JSON; 31 lines of signature and docstring"),
-    "vlprompt/speed/render.py:render_markdown": (97, "one markdown report built as one list of lines, section by "
-                                                     "section"),
 }
 
 

@@ -78,10 +78,8 @@ def _read_rows(path: str, base: str, allow_outside_root: bool) -> list[tuple[str
     return rows
 
 
-def _build(path: str, base: str, rows: list[tuple[str, str, str, int]], classnames_file: str | None,
-           split_seed: int, strict: bool) -> DatasetSplits:
-    """Turn the rows into labelled records and splits (label rules in the module docstring)."""
-    labels = {r[1] for r in rows}
+def _label_lookup(path: str, labels: set[str], classnames_file: str | None) -> tuple[list[str], dict[str, int]]:
+    """The class names and the label text → class index map (label rules in the module docstring)."""
     if classnames_file:
         classes = parse_class_list(classnames_file, labels)[0]
         lookup = {k: i for i, (k, _) in enumerate(classes)}
@@ -106,6 +104,13 @@ def _build(path: str, base: str, rows: list[tuple[str, str, str, int]], classnam
     else:
         classnames = sorted(labels)
         lookup = {s: i for i, s in enumerate(classnames)}
+    return classnames, lookup
+
+
+def _build(path: str, base: str, rows: list[tuple[str, str, str, int]], classnames_file: str | None,
+           split_seed: int, strict: bool) -> DatasetSplits:
+    """Turn the rows into labelled records and splits (label rules in the module docstring)."""
+    classnames, lookup = _label_lookup(path, {r[1] for r in rows}, classnames_file)
 
     unknown = [r for r in rows if r[1] not in lookup]
     if unknown:

@@ -10,8 +10,7 @@ learned in fp16 loads into an fp32 learner (and vice versa): tensors are convert
 safetensors header repeats the method, the backbone fingerprint and a hash of the class list, so a
 ``learner.json`` edited to name another backbone or class list is detected too. Every defect of these files
 (invalid JSON, wrong types, missing or extra tensors, wrong shapes, non-float or unrecorded dtypes, NaN values,
-truncation) is an
-:class:`~vlprompt.errors.ArtifactError` naming the file, never an exception from deep inside torch.
+truncation) is an :class:`~vlprompt.errors.ArtifactError` naming the file, never an exception from deep inside torch.
 
 The *training state* (see :func:`save_train_state`) is what resuming an interrupted run needs after each epoch.
 """
@@ -329,8 +328,7 @@ def check_state(path: Path, state: dict[str, torch.Tensor], expected: dict[str, 
                         "class names)")
             raise ArtifactError(
                 f"'{path}': tensor '{k}' is {tuple(v.shape)} {v.dtype}, expected {tuple(want.shape)} {expected_dtype}"
-                f"{hint}; "
-                "the file is damaged or from another run."
+                f"{hint}; the file is damaged or from another run."
             )
         if v.is_floating_point() and not torch.isfinite(v.float()).all():
             raise ArtifactError(f"'{path}': tensor '{k}' contains NaN or Inf values; the run diverged or the file is "

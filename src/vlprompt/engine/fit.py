@@ -68,20 +68,80 @@ def make_scaler(cfg: TrainConfig, device: torch.device) -> torch.amp.GradScaler 
     return torch.amp.GradScaler("cuda") if use else None
 
 
-def fit(
-    model: PromptModel,
-    batches: Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]] | FeatureBankBatches,
-    cfg: TrainConfig,
-    epochs: int,
-    *,
-    images_are_features: bool,
-    progress: bool = False,
-    on_epoch: Callable[[dict], None] | None = None,
-    on_step: Callable[[dict], None] | None = None,
-    start_epoch: int = 1,
-    optimizer: torch.optim.Optimizer | None = None,
-    scaler: torch.amp.GradScaler | None | str = "auto",
-) -> list[dict]:
+class _TrainStep:
+    """One optimiser step of :func:`fit` on one batch, the hot path: the image features (frozen tower, no grad),
+    the training loss under autocast, the divergence check, backward (scaled under fp16 autocast), the gradient
+    all-reduce under torchrun, the (scaled) SGD step. Holds what every step shares, so the loop reads as a loop."""
+
+    def __init__(self, model: PromptModel, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None,
+                 cfg: TrainConfig, images_are_features: bool):
+        self.model, self.optimizer, self.scaler, self.cfg = model, optimizer, scaler, cfg
+        self.device, self.images_are_features = model.backbone.device, images_are_features
+        self.shard = D.BatchShard() if D.active() else None  # under torchrun: batch rows split over ranks
+
+    def set_lr(self, lr: float) -> float:
+        """Set the learning rate of every parameter group (once per epoch); returns ``lr``."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        return lr
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, epoch: int, step: int) -> tuple[float, int, int]:
+        """Train on ``x [B, ...]``, ``y [B]``; returns the (global) ``(mean loss, correct predictions, rows)``.
+
+        Raises:
+            TrainingDivergedError: the loss is not finite (before the step: the parameters stay as they were).
+        """
+        model, device, cfg, shard, scaler, optimizer = (self.model, self.device, self.cfg, self.shard, self.scaler,
+                                                        self.optimizer)
+        if shard is not None:
+            x, y = shard.split(x, y)  # this rank's rows of the global batch: (B_r, ...), (B_r,)
+        y = y.to(device)
+        if self.images_are_features:
+            img = x.to(device)
+        else:
+            with torch.no_grad(), autocast_context(device, cfg.precision):
+                img = model.image_features(x.to(device))
+        with autocast_context(device, cfg.precision):
+            # cross-entropy plus the learner's own regularizer, if it has one (KgCoOp)
+            loss, logits = model.training_loss(img, y)  # (), (B, C)
+        if shard is None:
+            step_loss, step_correct, rows = loss.item(), (logits.argmax(-1) == y).sum().item(), y.numel()
+        else:  # this rank's share of the global loss; loss, correct count and rows summed over ranks
+            loss = loss * shard.share
+            step_loss, step_correct, rows = shard.stats(loss, (logits.argmax(-1) == y).sum(), y.numel())
+        if not math.isfinite(step_loss):
+            raise TrainingDivergedError(divergence_message(step_loss, epoch, step, cfg))
+        optimizer.zero_grad(set_to_none=True)
+        (scaler.scale(loss) if scaler is not None else loss).backward()
+        if shard is not None:
+            shard.reduce_grads(optimizer)  # Σ over ranks: every rank holds the global gradient
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        return step_loss, step_correct, rows
+
+
+def _epoch_record(epoch: int, epochs: int, lr: float, total_loss: float, correct: int, seen: int, t0: float) -> dict:
+    """An epoch's entry of :func:`fit`'s history (loss and accuracy over the rows seen), logged."""
+    record = {
+        "epoch": epoch,
+        "lr": lr,
+        "loss": total_loss / max(seen, 1) if seen else math.nan,
+        "train_accuracy": 100.0 * correct / max(seen, 1),
+        "seconds": time.perf_counter() - t0,
+    }
+    _logger.info("epoch %d/%d lr %.3e loss %.4f acc %.2f", epoch, epochs, lr, record["loss"],
+                 record["train_accuracy"])
+    return record
+
+
+def fit(model: PromptModel, batches: Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]] | FeatureBankBatches,
+        cfg: TrainConfig, epochs: int, *, images_are_features: bool, progress: bool = False,
+        on_epoch: Callable[[dict], None] | None = None, on_step: Callable[[dict], None] | None = None,
+        start_epoch: int = 1, optimizer: torch.optim.Optimizer | None = None,
+        scaler: torch.amp.GradScaler | None | str = "auto") -> list[dict]:
     """Train ``model.learner`` with the official recipe and return one record per epoch.
 
     Args:
@@ -105,13 +165,10 @@ def fit(
     Returns:
         ``[{"epoch", "lr", "loss", "train_accuracy", "seconds"}, ...]``.
     """
-    if optimizer is None:
-        optimizer = make_optimizer(model.learner, cfg)
-    device = model.backbone.device
-    if isinstance(scaler, str):
-        scaler = make_scaler(cfg, device)
+    optimizer = make_optimizer(model.learner, cfg) if optimizer is None else optimizer
+    scaler = make_scaler(cfg, model.backbone.device) if isinstance(scaler, str) else scaler
+    train_step = _TrainStep(model, optimizer, scaler, cfg, images_are_features)
     history = []
-    shard = D.BatchShard() if D.active() else None  # under torchrun: batch rows split over ranks (distributed.py)
     # optimiser steps before start_epoch (every epoch has len(batches) steps); only needed for on_step
     global_step = (start_epoch - 1) * len(batches) if on_step is not None else 0
     model.learner.train()
@@ -119,38 +176,10 @@ def fit(
     try:
         for epoch in bar:
             t0 = time.perf_counter()
-            lr = coop_lr(epoch, epochs, cfg.lr, cfg.warmup_epochs, cfg.warmup_lr)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
+            lr = train_step.set_lr(coop_lr(epoch, epochs, cfg.lr, cfg.warmup_epochs, cfg.warmup_lr))
             total_loss, correct, seen = 0.0, 0, 0
             for step, (x, y) in enumerate(batches, start=1):
-                if shard is not None:
-                    x, y = shard.split(x, y)  # this rank's rows of the global batch: (B_r, ...), (B_r,)
-                y = y.to(device)
-                if images_are_features:
-                    img = x.to(device)
-                else:
-                    with torch.no_grad(), autocast_context(device, cfg.precision):
-                        img = model.image_features(x.to(device))
-                with autocast_context(device, cfg.precision):
-                    # cross-entropy plus the learner's own regularizer, if it has one (KgCoOp)
-                    loss, logits = model.training_loss(img, y)  # (), (B, C)
-                if shard is None:
-                    step_loss, step_correct, rows = loss.item(), (logits.argmax(-1) == y).sum().item(), y.numel()
-                else:  # this rank's share of the global loss; loss, correct count and rows summed over ranks
-                    loss = loss * shard.share
-                    step_loss, step_correct, rows = shard.stats(loss, (logits.argmax(-1) == y).sum(), y.numel())
-                if not math.isfinite(step_loss):
-                    raise TrainingDivergedError(divergence_message(step_loss, epoch, step, cfg))
-                optimizer.zero_grad(set_to_none=True)
-                (scaler.scale(loss) if scaler is not None else loss).backward()
-                if shard is not None:
-                    shard.reduce_grads(optimizer)  # Σ over ranks: every rank holds the global gradient
-                if scaler is not None:
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    optimizer.step()
+                step_loss, step_correct, rows = train_step(x, y, epoch, step)
                 total_loss += step_loss * rows
                 correct += step_correct
                 seen += rows
@@ -158,17 +187,9 @@ def fit(
                     global_step += 1
                     on_step({"epoch": epoch, "step": step, "global_step": global_step, "loss": step_loss,
                              "accuracy": 100.0 * step_correct / max(rows, 1), "lr": lr, "rows": rows})
-            record = {
-                "epoch": epoch,
-                "lr": lr,
-                "loss": total_loss / max(seen, 1) if seen else math.nan,
-                "train_accuracy": 100.0 * correct / max(seen, 1),
-                "seconds": time.perf_counter() - t0,
-            }
+            record = _epoch_record(epoch, epochs, lr, total_loss, correct, seen, t0)
             history.append(record)
             bar.set_postfix(loss=f"{record['loss']:.3f}", acc=f"{record['train_accuracy']:.1f}")
-            _logger.info("epoch %d/%d lr %.3e loss %.4f acc %.2f", epoch, epochs, lr, record["loss"],
-                         record["train_accuracy"])
             if on_epoch is not None:
                 on_epoch(record, optimizer)
     finally:

@@ -120,15 +120,8 @@ class _Fitter:
         return 100.0 * correct / len(self.sel_y)
 
 
-def fit_linear_probe(
-    train_x: Any,
-    train_y: Any,
-    val_x: Any,
-    val_y: Any,
-    *,
-    num_steps: int = 8,
-    max_iter: int = 1000,
-) -> LinearProbeResult:
+def fit_linear_probe(train_x: Any, train_y: Any, val_x: Any, val_y: Any, *, num_steps: int = 8,
+                     max_iter: int = 1000) -> LinearProbeResult:
     """Fit the linear probe, choosing ``C`` on val exactly as the official ``lpclip/linear_probe.py`` does.
 
     Semantics (``acc`` = number of correct val predictions; every fit is
@@ -167,6 +160,26 @@ def fit_linear_probe(
     tx, ty = _as_numpy(train_x, np.float64), _as_numpy(train_y, np.int64)
     vx = _as_numpy(val_x if val_x is not None else [], np.float64)
     vy = _as_numpy(val_y if val_y is not None else [], np.int64)
+    empty_val = _check_inputs(tx, ty, vx, vy, num_steps)
+    if empty_val:
+        logger.warning(
+            "linear probe: the val set is empty, so C is chosen by the coarse grid on TRAIN accuracy (not the "
+            "official protocol, which selects C on the few-shot val set)"
+        )
+    fit = _Fitter(tx, ty, *((tx, ty) if empty_val else (vx, vy)), max_iter)  # scored on val (train if it is empty)
+
+    trace: list[dict[str, Any]] = []
+    c_final = _coarse_grid(fit, trace)
+    clf_final, correct_final, _ = fit(c_final)
+    if empty_val:
+        return _result(c_final, clf_final, fit.pct(correct_final), "train-grid", trace)
+    c_final, clf_final, correct_final = _search(fit, c_final, clf_final, correct_final, num_steps, trace)
+    logger.info("linear probe: C = %.4g (val accuracy %.2f%%)", c_final, fit.pct(correct_final))
+    return _result(float(c_final), clf_final, fit.pct(correct_final), "val", trace)
+
+
+def _check_inputs(tx: np.ndarray, ty: np.ndarray, vx: np.ndarray, vy: np.ndarray, num_steps: int) -> bool:
+    """Validate the probe's inputs (see :func:`fit_linear_probe`'s Raises); returns whether the val set is empty."""
     if tx.ndim != 2 or ty.ndim != 1 or len(tx) != len(ty) or len(tx) == 0:
         raise DataError(
             f"linear probe: train features must be [N, D] with N = len(train labels) > 0, got features "
@@ -185,27 +198,24 @@ def fit_linear_probe(
             f"linear probe: val features {tuple(vx.shape)} / labels {tuple(vy.shape)} do not match train features "
             f"{tuple(tx.shape)}; val must be [M, D] with the same D and M labels."
         )
-    if empty_val:
-        logger.warning(
-            "linear probe: the val set is empty, so C is chosen by the coarse grid on TRAIN accuracy (not the "
-            "official protocol, which selects C on the few-shot val set)"
-        )
-        fit = _Fitter(tx, ty, tx, ty, max_iter)
-    else:
-        fit = _Fitter(tx, ty, vx, vy, max_iter)
+    return empty_val
 
-    trace: list[dict[str, Any]] = []
+
+def _coarse_grid(fit: _Fitter, trace: list[dict[str, Any]]) -> float:
+    """Step 1 of :func:`fit_linear_probe`: every ``C`` of :data:`COARSE_GRID`; returns the first best one."""
     grid_correct = []
     for c in COARSE_GRID:
         _, correct, converged = fit(c)
         grid_correct.append(correct)
         trace.append({"stage": "grid", "C": c, "accuracy": fit.pct(correct), "converged": converged})
     peak = int(np.argmax(grid_correct))  # first maximum, as np.argmax in the official code
-    c_final = COARSE_GRID[peak]
-    clf_final, correct_final, _ = fit(c_final)
-    if empty_val:
-        return _result(c_final, clf_final, fit.pct(correct_final), "train-grid", trace)
+    return COARSE_GRID[peak]
 
+
+def _search(fit: _Fitter, c_final: float, clf_final: Any, correct_final: int, num_steps: int,
+            trace: list[dict[str, Any]]) -> tuple[float, Any, int]:
+    """Step 2 of :func:`fit_linear_probe`: ``num_steps`` rounds of the log-space search around the grid's
+    ``c_final``; returns the ``(C, classifier, correct)`` kept in the last round (the grid's with no round)."""
     c_left, c_right = 1e-1 * c_final, 1e1 * c_final
     for step in range(num_steps):
         clf_l, acc_l, _ = fit(c_left)
@@ -232,8 +242,7 @@ def fit_linear_probe(
         )
         # np.power on numpy float64 scalars, as the official code, so the next C values are bit-identical.
         c_left, c_right = float(np.power(10, new_l)), float(np.power(10, new_r))
-    logger.info("linear probe: C = %.4g (val accuracy %.2f%%)", c_final, fit.pct(correct_final))
-    return _result(float(c_final), clf_final, fit.pct(correct_final), "val", trace)
+    return c_final, clf_final, correct_final
 
 
 def _result(C: float, clf: Any, acc: float, selection: str, trace: list[dict[str, Any]]) -> LinearProbeResult:

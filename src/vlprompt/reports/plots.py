@@ -56,32 +56,10 @@ def plot_fewshot_curves(rows: list[Row], path: str | os.PathLike, *, dpi: int = 
     fig = Figure(figsize=(4.0 * ncols, height))
     FigureCanvasAgg(fig)
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
-    handles: dict[str, object] = {}
+    handles: dict[str, object] = {}  # series name → its line, for the shared legend
     for ax, panel in zip(axes, panels):
-        panel_rows = [r for r in rows if r.dataset == panel]
-        for name in names:
-            mine = [r for r in panel_rows if series(r) == name]
-            flat = [r for r in mine if r.shots is None]
-            curve = sorted((r for r in mine if r.shots is not None), key=lambda r: r.shots)
-            for r in flat:
-                handles[name] = ax.axhline(r.accuracy_mean, color=colors[name], linestyle="--", linewidth=1.5)
-            if curve:
-                xs = [r.shots for r in curve]
-                ys = [r.accuracy_mean for r in curve]
-                (handles[name],) = ax.plot(xs, ys, color=colors[name], marker="o", markersize=4, linewidth=1.5)
-                if panel != AVERAGE and any(r.accuracy_std for r in curve):
-                    std = [r.accuracy_std or 0.0 for r in curve]
-                    lo = [y - s for y, s in zip(ys, std)]
-                    hi = [y + s for y, s in zip(ys, std)]
-                    ax.fill_between(xs, lo, hi, color=colors[name], alpha=0.15, linewidth=0)
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(shots)
-        ax.set_xticklabels([str(s) for s in shots])
-        ax.set_xlim(shots[0] / 1.25, shots[-1] * 1.25)
-        ax.set_title(panel if panel != AVERAGE else f"Average over {len(datasets)} datasets", fontsize=11)
-        ax.set_xlabel("Number of labeled training examples per class")
-        ax.set_ylabel("Score (%)")
-        ax.grid(True, linestyle=":", linewidth=0.6)
+        _draw_panel(ax, panel, [r for r in rows if r.dataset == panel], names, series, colors, handles, shots,
+                    len(datasets))
     for ax in axes[len(panels) :]:
         ax.set_visible(False)
     ordered = [n for n in names if n in handles]
@@ -89,3 +67,32 @@ def plot_fewshot_curves(rows: list[Row], path: str | os.PathLike, *, dpi: int = 
     fig.tight_layout(rect=(0, legend_h / height, 1, 1))
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=dpi))
     return str(Path(path))
+
+
+def _draw_panel(ax, panel: str, panel_rows: list[Row], names: list[str], series, colors: dict[str, str],
+                handles: dict[str, object], shots: list[int], n_datasets: int) -> None:
+    """One panel of :func:`plot_fewshot_curves`: each series' dashed line (zero-shot) or curve with its ±std band
+    (not on the average panel), on a log2 shots axis; records each series' line in ``handles``."""
+    for name in names:
+        mine = [r for r in panel_rows if series(r) == name]
+        flat = [r for r in mine if r.shots is None]
+        curve = sorted((r for r in mine if r.shots is not None), key=lambda r: r.shots)
+        for r in flat:
+            handles[name] = ax.axhline(r.accuracy_mean, color=colors[name], linestyle="--", linewidth=1.5)
+        if curve:
+            xs = [r.shots for r in curve]
+            ys = [r.accuracy_mean for r in curve]
+            (handles[name],) = ax.plot(xs, ys, color=colors[name], marker="o", markersize=4, linewidth=1.5)
+            if panel != AVERAGE and any(r.accuracy_std for r in curve):
+                std = [r.accuracy_std or 0.0 for r in curve]
+                lo = [y - s for y, s in zip(ys, std)]
+                hi = [y + s for y, s in zip(ys, std)]
+                ax.fill_between(xs, lo, hi, color=colors[name], alpha=0.15, linewidth=0)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(shots)
+    ax.set_xticklabels([str(s) for s in shots])
+    ax.set_xlim(shots[0] / 1.25, shots[-1] * 1.25)
+    ax.set_title(panel if panel != AVERAGE else f"Average over {n_datasets} datasets", fontsize=11)
+    ax.set_xlabel("Number of labeled training examples per class")
+    ax.set_ylabel("Score (%)")
+    ax.grid(True, linestyle=":", linewidth=0.6)

@@ -31,8 +31,15 @@ def _ratio(row: dict, key: str, digits: int = 1) -> str:
 
 def render_markdown(result: dict) -> str:
     """Environment, per-step table, one-time costs, projection, end-to-end check and targets, as markdown."""
-    opts, env, an = result["options"], result["environment"], result["analysis"]
-    lines = [
+    lines = [*_environment(result), *_per_step(result), *_onetime(result), *_projection(result),
+             *_e2e_check(result), *_targets(result)]
+    return "\n".join(lines) + "\n"
+
+
+def _environment(result: dict) -> list[str]:
+    """The title, the command, the machine and how the numbers were measured."""
+    opts, env = result["options"], result["environment"]
+    return [
         "# vlprompt speed benchmark",
         "",
         f"Command: `{result.get('command') or 'vlprompt bench'}`",
@@ -52,6 +59,13 @@ def render_markdown(result: dict) -> str:
         "SGD update (the text encoder dominates); image s = image encoder, or the feature lookup for cached:K. "
         "CPU s: CPU time of the process (both threads) for the same step — far less sensitive than wall time to "
         "other processes on the machine, so its ratios are the more stable ones on a shared CPU.",
+    ]
+
+
+def _per_step(result: dict) -> list[str]:
+    """The per-training-step table, one row per backbone, class count and configuration (in :data:`LABELS` order)."""
+    opts, an = result["options"], result["analysis"]
+    lines = [
         "",
         "## Per training step",
         "",
@@ -77,9 +91,15 @@ def render_markdown(result: dict) -> str:
                   "text time is the same configuration at the smallest class count scaled linearly in the class "
                   "count (the image side is measured); their memory ratios use the same linear estimate of the "
                   "peak (`est.`) — and the bound against the limit, which (a) exceeded."]
-    lines += ["", "## One-time costs (per unit; minimum of the measurements before and after the steps)", "",
-              "| backbone | encode 1 image | load + augment 1 image | load 1 test image | text features, "
-              f"{opts['proj_classes']} classes (official, 77 tokens) | same, vlprompt |", "|---|---|---|---|---|---|"]
+    return lines
+
+
+def _onetime(result: dict) -> list[str]:
+    """One-time costs per unit, one row per backbone (the minimum over its measurements)."""
+    opts = result["options"]
+    lines = ["", "## One-time costs (per unit; minimum of the measurements before and after the steps)", "",
+             "| backbone | encode 1 image | load + augment 1 image | load 1 test image | text features, "
+             f"{opts['proj_classes']} classes (official, 77 tokens) | same, vlprompt |", "|---|---|---|---|---|---|"]
     seen = set()
     for m in result["onetime"]:
         if m.get("backbone") in seen or "encode_per_image_s" not in m:
@@ -90,12 +110,18 @@ def render_markdown(result: dict) -> str:
         lines.append(f"| {m['backbone']} | {_f(one['encode_per_image_s'] * 1e3, 1)} ms "
                      f"| {_f(one['load_train_per_image_s'] * 1e3, 1)} ms | {_f(one['load_test_per_image_s'] * 1e3, 1)} ms "
                      f"| {_t(one['text_eval_official_s'])} | {_t(one['text_eval_prefix_s'])} |")
-    lines += ["", f"## Projected {opts['shots']}-shot, {opts['proj_classes']}-class run under the official schedule",
-              "", f"{opts['epochs']} epochs × {opts['shots'] * opts['proj_classes'] // opts['batch']} steps; evaluation "
-              f"on {opts['proj_test']} test images (vlprompt also encodes {opts['proj_val']} few-shot val images). "
-              "Official: image encoder every step and the full text encoder for every test batch; vlprompt: test "
-              "features once (cached on disk for every later run), text features once. Image loading is included.",
-              "", "| backbone | pipeline | train | eval | total | speed-up vs (a) |", "|---|---|---|---|---|---|"]
+    return lines
+
+
+def _projection(result: dict) -> list[str]:
+    """The projected official-schedule run of each backbone, official vs vlprompt's pipelines."""
+    opts, an = result["options"], result["analysis"]
+    lines = ["", f"## Projected {opts['shots']}-shot, {opts['proj_classes']}-class run under the official schedule",
+             "", f"{opts['epochs']} epochs × {opts['shots'] * opts['proj_classes'] // opts['batch']} steps; evaluation "
+             f"on {opts['proj_test']} test images (vlprompt also encodes {opts['proj_val']} few-shot val images). "
+             "Official: image encoder every step and the full text encoder for every test batch; vlprompt: test "
+             "features once (cached on disk for every later run), text features once. Image loading is included.",
+             "", "| backbone | pipeline | train | eval | total | speed-up vs (a) |", "|---|---|---|---|---|---|"]
     names = {"official": "(a) official", "online": "vlprompt exact, online augmentation",
              "cached": f"vlprompt cached:{opts['k']}"}
     for bb, proj in an["projections"].items():
@@ -105,8 +131,13 @@ def render_markdown(result: dict) -> str:
             p = proj[v]
             lines.append(f"| {bb} | {label} | {_t(p['train_s'])} | {_t(p['eval_s'])} | {_t(p['total_s'])} "
                          f"| {p['speedup']:.1f}× |")
-    chk, e2e = an.get("e2e_check"), result.get("e2e")
-    lines += ["", "## Projection check: measured end-to-end run", ""]
+    return lines
+
+
+def _e2e_check(result: dict) -> list[str]:
+    """The measured end-to-end run against its projection (or why it did not run)."""
+    chk, e2e = result["analysis"].get("e2e_check"), result.get("e2e")
+    lines = ["", "## Projection check: measured end-to-end run", ""]
     if chk:
         lines += [f"`train_run` on a generated folder of {e2e['classes']} classes ({e2e['n_train']} train, "
                   f"{e2e['n_val']} val, {e2e['n_test']} test JPEGs), {e2e['backbone']}, {e2e['epochs']} epochs, "
@@ -120,9 +151,14 @@ def render_markdown(result: dict) -> str:
                   f"{_t(chk['measured']['wall_s'])})."]
     else:
         lines.append("Not run" + (f" (failed: {e2e.get('error')})" if e2e and e2e.get("error") else "") + ".")
-    lines += ["", "## Targets (issue 5)", "", "| backbone | target | measured | goal | met |", "|---|---|---|---|---|"]
-    for t in an["targets"]:
+    return lines
+
+
+def _targets(result: dict) -> list[str]:
+    """The issue's speed targets, measured and met or not."""
+    lines = ["", "## Targets (issue 5)", "", "| backbone | target | measured | goal | met |", "|---|---|---|---|---|"]
+    for t in result["analysis"]["targets"]:
         goal = ("≥ " if t["higher"] else "≤ ") + f"{t['goal']:.2f}×"
         met = {True: "yes", False: "**no**", None: "–"}[t["met"]]
         lines.append(f"| {t['backbone']} | {t['target']} | {_f(t['value'], 2, '×')} | {goal} | {met} |")
-    return "\n".join(lines) + "\n"
+    return lines

@@ -199,13 +199,17 @@ def run_benchmark(opts: BenchOptions, out_dir: str | os.PathLike, command: str =
                     save()
         onetime("after")
         if opts.e2e_backbone:
-            k = opts.e2e_k or opts.k
-            say(f"end-to-end check: {opts.e2e_backbone}, {opts.proj_classes} classes, {opts.e2e_epochs} epochs, "
-                f"cached:{k}")
-            spec = _spec(opts, "e2e", opts.e2e_backbone, opts.proj_classes, model_dir, shots=opts.shots, k=k,
-                         epochs=opts.e2e_epochs, test_per_class=opts.e2e_test_per_class, memory_limit_gb=None)
-            res["e2e"] = _measure(spec, opts, tmp)
+            res["e2e"] = _measure_e2e(opts, model_dir, tmp, say)
     return save()
+
+
+def _measure_e2e(opts: BenchOptions, model_dir: str | None, tmp: Path, say) -> dict:
+    """The end-to-end check: one real ``train_run`` whose measured time is compared with the projection."""
+    k = opts.e2e_k or opts.k
+    say(f"end-to-end check: {opts.e2e_backbone}, {opts.proj_classes} classes, {opts.e2e_epochs} epochs, cached:{k}")
+    spec = _spec(opts, "e2e", opts.e2e_backbone, opts.proj_classes, model_dir, shots=opts.shots, k=k,
+                 epochs=opts.e2e_epochs, test_per_class=opts.e2e_test_per_class, memory_limit_gb=None)
+    return _measure(spec, opts, tmp)
 
 
 def _write(out_dir: Path, opts: BenchOptions, env: dict, res: dict, command: str, t_start: float) -> dict:
