@@ -4,9 +4,10 @@ whose features are already cached (issue 16): the towers never run, so this is t
 The inputs are fixed synthetic tensors (seeded, not a real dataset, so accuracy is not the point; it is reported
 only to show the fit did something): ``C`` classes of unit text features ``text [C, E]``; unnormalised image
 features ``train [N = shots·C, E]`` scattered (Gaussian, 0.2 along any direction) around a class centre that is
-off its text feature (cosine 0.6), scaled to norm about 10 as CLIP's raw features, so zero-shot is imperfect and the shots carry signal;
-``views [V, N, E]`` (``V`` = the method's ``recipe["num_views"]``, default 10, only for methods with ``uses_views``)
-as small perturbations of them; ``val [val_shots·C, E]`` and ``test [test_per_class·C, E]`` drawn like ``train``.
+off its text feature (cosine 0.6), scaled to norm about 10 as CLIP's raw features, so that zero-shot is imperfect
+and the shots carry signal; ``views [V, N, E]`` (``V`` = the method's ``recipe["num_views"]``, default 10, only
+for methods with ``uses_views``) as small perturbations of them; ``text_norms [C]`` in [6, 10] where the interface
+has them; ``val [val_shots·C, E]`` and ``test [test_per_class·C, E]`` drawn like ``train``.
 
 Each adapter runs in a fresh child process with ``--threads`` torch threads (default 2), so its peak resident
 memory (``ru_maxrss``) is its own: the child reports the resident memory after building the inputs and the peak
@@ -95,8 +96,11 @@ def synthetic(classes: int, dim: int, shots: int, val_shots: int, test_per_class
         bank = torch.empty(views, *train.shape)  # (V, N, E): filled in place, one view at a time
         for v in range(views):
             bank[v] = train + 0.1 * scale * torch.randn(train.shape, generator=g)
+    extra = {}
+    if "text_norms" in AdapterData.__dataclass_fields__:  # [C] norms of the raw text features (TaskRes's base)
+        extra["text_norms"] = 6.0 + 4.0 * torch.rand(classes, generator=g)
     data = AdapterData(train=train, train_labels=train_labels, text=text, logit_scale=100.0, views=bank, val=val,
-                       val_labels=val_labels, seed=1)
+                       val_labels=val_labels, seed=1, **extra)
     return data, test, test_labels
 
 
@@ -164,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--test-per-class", type=int, default=10)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--methods", default="", help="comma-separated (default: every registered adapter)")
+    p.add_argument("--timeout", type=float, default=900.0, help="seconds per adapter before it is stopped")
     p.add_argument("--stand-in", action="store_true", help=f"register the trivial '{STAND_IN}' adapter")
     p.add_argument("--child", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
@@ -183,7 +188,13 @@ def main(argv: list[str] | None = None) -> int:
            "--test-per-class", a.test_per_class, "--threads", a.threads] + (["--stand-in"] if a.stand_in else [])
     rows = []
     for m in methods:
-        done = subprocess.run([sys.executable, __file__, "--child", m, *map(str, own)], capture_output=True, text=True)
+        try:
+            done = subprocess.run([sys.executable, __file__, "--child", m, *map(str, own)], capture_output=True,
+                                  text=True, timeout=a.timeout)
+        except subprocess.TimeoutExpired:
+            rows.append({"method": m, "error": f"not finished within --timeout {a.timeout:g} s"})
+            print(json.dumps(rows[-1]), flush=True)
+            continue
         if done.returncode:
             rows.append({"method": m, "error": (done.stderr.strip().splitlines() or ["?"])[-1]})
         else:

@@ -7,11 +7,11 @@ on one micro-CLIP task, git main's view path and the cached one side by side in 
 - **after** — this branch: :func:`vlprompt.engine.pipeline.cached_views`, one cache entry per view, keyed by the
   images, view index and augmentation seed (= the run's seed); the three methods of a seed train on the same
   few-shot images, so the first one encodes the views and the other two read them.
-- **after, re-run** — the same grid again on the warm cache (a restarted grid, another learning rate, a later
-  method on the same subsets): no view is encoded.
+- **after, re-run** — each job again on the warm cache, right after its "after" run (a restarted grid, another
+  learning rate, a later method on the same subsets): no view is encoded.
 
-Jobs alternate before/after (one machine load for both); each phase has its own test/val feature cache, warmed
-by its first run, as in main. Image-encoder passes are counted by wrapping ``encode_image`` (images encoded, total
+The three phases of a job run back to back (one machine load for all three); "before" has its own test/val
+feature cache, warmed by its first run, as in main. Image-encoder passes are counted by wrapping ``encode_image`` (images encoded, total
 and inside the view step); "views s" is the wall time of the view step alone, "wall s" the whole ``train_run``
 (training, evaluation, run-folder writes). CoOp M = 16 (random init), CoOp M = 4 from "a photo of a", KgCoOp (its
 defaults): official optimiser, schedule and epochs for 16 shots unless ``--epochs``.
@@ -138,11 +138,9 @@ def main(argv: list[str] | None = None) -> int:
     bb = create_backbone("microclip", device="cpu")
     meter, rows, t_start = Meter(bb), [], time.perf_counter()
     jobs = [(label, seed) for seed in seeds for label in METHODS]
-    for label, seed in jobs:  # before and after alternate: the same machine load for both
-        for phase in PHASES[:2]:
+    for label, seed in jobs:  # the phases of a job back to back: the same machine load for all three
+        for phase in PHASES:
             rows.append(run_job(meter, bb, phase, label, seed, a, work, split))
-    for label, seed in jobs:
-        rows.append(run_job(meter, bb, PHASES[2], label, seed, a, work, split))
     result = {"command": "python benchmarks/views_grid.py " + " ".join(sys.argv[1:] if argv is None else argv),
               "task": a.task, "seeds": seeds, "shots": a.shots, "k": a.k, "epochs": a.epochs, "threads": a.threads,
               "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs",

@@ -43,3 +43,12 @@ def test_a_tiny_run_with_the_stand_in_writes_one_row_per_adapter(tmp_path):
     assert 0 <= row["accuracy"] <= 100 and row["target_s"] is None
     assert f"| {bench.STAND_IN} | 10 |" in (tmp_path / "adapters_speed.md").read_text()
     assert bench.TARGETS["tip-adapter"] == 10 and bench.TARGETS["clap"] == 60  # the targets
+
+
+def test_an_adapter_over_the_timeout_is_reported_not_waited_for(tmp_path):
+    bench = _bench()
+    argv = ["--out", str(tmp_path), "--stand-in", "--methods", bench.STAND_IN, "--classes", "10", "--timeout", "0.2"]
+    assert bench.main(argv) == 1
+    [row] = json.loads((tmp_path / "adapters_speed.json").read_text())["rows"]
+    assert row == {"method": bench.STAND_IN, "error": "not finished within --timeout 0.2 s"}
+    assert "failed: not finished within --timeout 0.2 s" in (tmp_path / "adapters_speed.md").read_text()

@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 from torchvision import transforms as T
 
 from vlprompt.data.images import load_image
+from vlprompt.errors import ConfigError
 from vlprompt.features.views import SeededViews
 
 PREPROCESS_SIZE = 32  # vlp-tiny-vit
@@ -130,6 +131,9 @@ def test_fewer_views_hit_damaged_views_are_rebuilt_and_workers_agree(textured_fo
     uncached = _views(bb, records, textured_folder, "", 2)  # cache disabled: encoded, equal to the cached views
     assert sum(calls) == 2 * len(records)
     torch.testing.assert_close(uncached, ten[:2], atol=1e-5, rtol=0)
+    assert _views(bb, [], textured_folder, cache, 3).shape == (3, 0, bb.embed_dim)
+    with pytest.raises(ConfigError, match=r"num_views=0: .* K ≥ 1"):
+        _views(bb, records, textured_folder, cache, 0)
 
 
 _CHILD = """

@@ -212,8 +212,10 @@ def cached_views(
     tf = build_transform(backbone.preprocess, train=True, flip=flip, crop_scale=crop_scale)
     kw = dict(aug_seed=aug_seed, root=root, transform=tf, desc=f"{split} views", batch_size=batch_size,
               num_workers=num_workers, precision=precision, progress=progress)
-    if not records or num_views < 1:
-        return torch.empty(max(num_views, 0), len(records), backbone.embed_dim)
+    if num_views < 1:
+        raise ConfigError(f"num_views={num_views}: augmented views need at least 1 view (--augment cached:K, K ≥ 1).")
+    if not records:
+        return torch.empty(num_views, 0, backbone.embed_dim)
     if cache_dir == "":
         return _encode_views(backbone, records, list(range(num_views)), **kw)
     base = _feature_key(backbone, records, transform_fp=transform_fingerprint(backbone.preprocess, True, flip,
