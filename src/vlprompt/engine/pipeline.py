@@ -222,27 +222,30 @@ def cached_views(
                         crop_scale), dataset=dataset, split=split, root=root, precision=precision)
     keys = [view_key(base, v, aug_seed) for v in range(num_views)]
     cache = FeatureCache(cache_dir or default_cache_dir())
+    found = _read_entries(cache, keys)
+    missing = [v for v in range(num_views) if v not in found]
+    _logger.info("%s: %d of %d augmented views from the feature cache", split, num_views - len(missing), num_views)
+    if missing:
+        new = _encode_views(backbone, records, missing, **kw)  # (len(missing), N, E)
+        D.on_main(lambda: [cache.put(keys[v], t) for v, t in zip(missing, new, strict=True)])  # rank 0 writes
+        found.update(zip(missing, new, strict=True))
+    return torch.stack([found[v] for v in range(num_views)])  # (V, N, E)
+
+
+def _read_entries(cache: FeatureCache, keys: list[dict]) -> dict[int, torch.Tensor]:
+    """``{i: tensor}`` for every valid entry ``keys[i]``, on every rank: rank 0 reads them (a damaged entry is
+    absent) and, under torchrun, broadcasts them stacked."""
     found: dict[int, torch.Tensor] = {}
 
     def lookup() -> list[int]:  # rank 0 (or the only process)
-        found.update({v: t for v, key in enumerate(keys) if (t := cache.get(key)) is not None})
+        found.update({i: t for i, key in enumerate(keys) if (t := cache.get(key)) is not None})
         return sorted(found)
 
-    def store(views: list[int], feats: torch.Tensor) -> None:
-        for v, t in zip(views, feats, strict=True):
-            cache.put(keys[v], t)  # (N, E)
-
     hits = D.on_main(lookup)
-    if D.active() and hits:  # rank 0's entries, to every rank
-        found = dict(zip(hits, D.broadcast_tensor(torch.stack([found[v] for v in hits]) if D.is_main() else None),
-                         strict=True))
-    missing = [v for v in range(num_views) if v not in found]
-    _logger.info("%s: %d of %d augmented views from the feature cache", split, len(hits), num_views)
-    if missing:
-        new = _encode_views(backbone, records, missing, **kw)  # (len(missing), N, E)
-        D.on_main(store, missing, new)
-        found.update(zip(missing, new, strict=True))
-    return torch.stack([found[v] for v in range(num_views)])  # (V, N, E)
+    if D.active() and hits:
+        stacked = D.broadcast_tensor(torch.stack([found[i] for i in hits]) if D.is_main() else None)  # (H, N, E)
+        found = dict(zip(hits, stacked, strict=True))
+    return found
 
 
 def evaluate_features(
