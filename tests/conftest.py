@@ -88,3 +88,17 @@ def image_folder(tmp_path):
                 jitter = tuple(int(c + rng.integers(-20, 20)) for c in col)
                 make_image(d / f"{i}.png", jitter)
     return tmp_path / "data"
+
+
+@pytest.fixture
+def textured_folder(tmp_path):
+    """Like :func:`image_folder` (3 classes, 8 train and 4 test images each, 40×30 px) but every image is seeded
+    noise, so that different random crops and flips of it give different pixels (a solid colour hides them)."""
+    rng = np.random.default_rng(1)
+    for split, n in (("train", 8), ("test", 4)):
+        for cls in ("red_fox", "green_frog", "blue_jay"):
+            d = tmp_path / "textured" / split / cls
+            d.mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)).save(d / f"{i}.png")
+    return tmp_path / "textured"

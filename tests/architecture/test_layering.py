@@ -39,7 +39,8 @@ LAYERS: dict[str, tuple[tuple[str, ...], frozenset[str]]] = {
     "backbones": (("vlprompt.backbones",), frozenset({"foundation"})),
     # Records, readers, few-shot sampling, the Dataset, transforms, templates. Independent of backbones.
     "data": (("vlprompt.data",), frozenset({"foundation"})),
-    # The on-disk cache of frozen image features and their extraction (a backbone over a dataset).
+    # The on-disk cache of frozen image features and their extraction (a backbone over a dataset), and the augmented
+    # views seeded per (augmentation seed, view, image) that the cache stores (features/views.py).
     "features": (("vlprompt.features",), frozenset({"foundation", "backbones", "data"})),
     # Prompt methods talk to the backbone protocol only (DESIGN.md §3): not to data, features or evaluation.
     "prompts": (("vlprompt.prompts",), frozenset({"foundation", "backbones"})),

@@ -171,16 +171,18 @@ def _features(backbone, records, cache_dir: str, log: Path) -> dict[str, torch.T
     FeatureCache.put = logged_put
     try:
         test_tf = build_transform(backbone.preprocess, train=False)
-        train_tf = build_transform(backbone.preprocess, train=True)
         kw = dict(dataset="d", split="train", root="/", precision="fp32", cache_dir=cache_dir, batch_size=5)
         first = P.cached_features(backbone, records, "fp", test_tf, **kw)  # a miss: computed, then stored
         again = P.cached_features(backbone, records, "fp", test_tf, **kw)  # a hit: read by rank 0, shared
         torch.manual_seed(7)
-        views = P.extract_features(backbone, records, train_tf, batch_size=5, augmented=True)
-        after = torch.rand(3)  # the global RNG continues as after the single-process pass over all records
+        # 2 views: a miss, each rank augments and encodes its half of the 2N (view, image) items; then 3 views: 2
+        # hits read by rank 0 and shared, 1 miss encoded sharded (N items over 2 ranks)
+        views2 = P.cached_views(backbone, records, num_views=2, aug_seed=5, **kw)
+        views3 = P.cached_views(backbone, records, num_views=3, aug_seed=5, **kw)
+        after = torch.rand(3)  # the global RNG continues as in the single process
     finally:
         FeatureCache.put = put
-    return {"first": first, "again": again, "views": views, "rng_after": after}
+    return {"first": first, "again": again, "views2": views2, "views3": views3, "rng_after": after}
 
 
 def _model_worker(rank: int, ports: list[int], out: str, folder: str) -> None:
@@ -193,8 +195,8 @@ def _model_worker(rank: int, ports: list[int], out: str, folder: str) -> None:
         save_file({k: v.contiguous() for k, v in result.items()}, f"{out}/rank{rank}.safetensors")
 
 
-def test_sharded_text_features_and_extraction_equal_single_process(image_folder, tmp_path):
-    run_ranks(_model_worker, str(tmp_path), str(image_folder))
+def test_sharded_text_features_and_extraction_equal_single_process(textured_folder, tmp_path):
+    run_ranks(_model_worker, str(tmp_path), str(textured_folder))
     expected = {}
     for csc in (False, True):
         model = _model(csc)
@@ -202,14 +204,18 @@ def test_sharded_text_features_and_extraction_equal_single_process(image_folder,
         expected.update({f"{k}_csc{int(csc)}": v for k, v in _text_step(model).items()})
     single = tmp_path / "single"
     single.mkdir()
-    expected.update(_features(_model(False).backbone, _records(image_folder), str(single / "cache"),
+    expected.update(_features(_model(False).backbone, _records(textured_folder), str(single / "cache"),
                               single / "puts.log"))
     for rank in range(2):
         got = load_file(str(tmp_path / f"rank{rank}.safetensors"))
         assert got.keys() == expected.keys()
         for k, v in expected.items():
             torch.testing.assert_close(got[k], v, atol=1e-5, rtol=1e-5, msg=lambda m, k=k, r=rank: f"{k} on rank {r}: {m}")
-    # the cache entry was written once, by rank 0, and the second lookup was a hit
-    assert (tmp_path / "puts.log").read_text() == "put by rank 0\n"
-    assert len(list((tmp_path / "cache").glob("*.json"))) == 1
-    assert json.loads(next((tmp_path / "cache").glob("*.json")).read_text())["shape"] == list(expected["first"].shape)
+    # every entry was written once, by rank 0 (test features, then views 0, 1, then view 2), and the lookups after
+    # the first were hits
+    assert (tmp_path / "puts.log").read_text() == "put by rank 0\n" * 4
+    assert len(list((tmp_path / "cache").glob("*.json"))) == 4
+    shapes = [json.loads(p.read_text())["shape"] for p in (tmp_path / "cache").glob("*.json")]
+    assert sorted(shapes) == [list(expected["first"].shape)] * 4
+    assert torch.equal(expected["views3"][:2], expected["views2"])
+    assert (expected["views3"][0] - expected["views3"][1]).abs().max() > 1e-3  # the views differ: a real check

@@ -11,7 +11,8 @@ from vlprompt.types import AUGMENT_MODES, PRECISIONS, AugmentMode, Precision
 AUGMENT_HELP = (
     "online (official: image encoder on freshly augmented images every step), none (no augmentation: train images "
     "through the test transform, features computed once — a different recipe, used by the micro-CLIP demo), or "
-    "cached:K (approximation: K augmented views per image precomputed once; each epoch draws one view per image)"
+    "cached:K (approximation: K augmented views per image encoded once and kept in the feature cache, shared by "
+    "every method and re-run on the same images; each epoch draws one view per image)"
 )
 
 

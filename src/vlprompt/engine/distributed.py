@@ -6,12 +6,12 @@ backbone and learner from the same seeds, so every rank sees the same few-shot s
 the same global batch order. Work is then split by rank ``r`` of ``W`` and the results gathered, so that the run
 equals the single-process run up to float rounding:
 
-- **Feature extraction** (test/val features, the ``cached:K`` views): rank ``r`` encodes the contiguous shard
-  ``records[lo_r:hi_r]`` (:func:`shard_range`) and :func:`gather_rows` concatenates the shards in rank order, so
-  every rank ends with the full ``[N, E]`` in record order. A random (augmenting) transform is still *applied* by
-  every rank to every record, so that the global RNG produces exactly the single-process views; only the encoding
-  is sharded. Only rank 0 reads and writes the feature cache and the run folder (:func:`on_main`); the others wait
-  for it, then receive its result.
+- **Feature extraction** (test/val features, the ``cached:K`` views): rank ``r`` loads and encodes the contiguous
+  shard ``records[lo_r:hi_r]`` (:func:`shard_range`; views: of the flat view-major (view, image) list) and
+  :func:`gather_rows` concatenates the shards in rank order, so every rank ends with the full ``[N, E]`` in record
+  order. A view's augmentation is seeded per (seed, view, image) (:mod:`vlprompt.features.views`), so it does not
+  matter which rank draws it. Only rank 0 reads and writes the feature cache and the run folder (:func:`on_main`);
+  the others wait for it, then receive its result.
 - **Text encoding** (training and evaluation): the ``C`` class prompts are split the same way; rank ``r`` encodes
   ``[C_r, L, D] → [C_r, E]`` and :func:`all_gather_rows` gives every rank the full ``[C, E]`` *with gradient
   support*: its backward sums the ``[C, E]`` gradient over ranks (an all-reduce, which gloo also supports for

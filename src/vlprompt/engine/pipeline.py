@@ -104,23 +104,23 @@ def relative_paths(records: list[Sample], root: str) -> list[str]:
     return [os.path.relpath(r.path, root) for r in records]
 
 
-def extract_features(
-    backbone: Backbone, records: list[Sample], transform, *, augmented: bool = False, **kwargs
-) -> torch.Tensor:
+def extract_features(backbone: Backbone, records: list[Sample], transform, **kwargs) -> torch.Tensor:
     """:func:`vlprompt.features.extract.extract_features` (same ``kwargs``), sharded across ranks under torchrun.
 
     Each rank encodes its contiguous shard of ``records`` and every rank gets the gathered ``[N, E]`` in record
-    order. ``augmented``: ``transform`` is random, so every rank still applies it to every record (the global RNG
-    then yields exactly the single-process views) and only the encoding is sharded.
+    order. ``transform`` is deterministic (augmented views: :func:`cached_views`).
     """
     if not D.active() or not records:
         return _extract_features(backbone, records, transform, **kwargs)
     lo, hi = D.shard_range(len(records))
-    if augmented:
-        local = _extract_features(backbone, records, transform, encode_range=(lo, hi), **kwargs)
-    else:
-        local = _extract_features(backbone, records[lo:hi], transform, **kwargs)
-    return D.gather_rows(local, len(records))  # (N, E)
+    return D.gather_rows(_extract_features(backbone, records[lo:hi], transform, **kwargs), len(records))  # (N, E)
+
+
+def _feature_key(backbone: Backbone, records: list[Sample], *, transform_fp: str, dataset: str, split: str,
+                 root: str, precision: str) -> dict:
+    """The cache key of ``records``' features (see :mod:`vlprompt.features.cache`)."""
+    return {"backbone": backbone.identity(), "precision": precision, "dataset": dataset, "split": split,
+            "records": records_digest(records, root), "num": len(records), "transform": transform_fp}
 
 
 def cached_features(
@@ -151,19 +151,101 @@ def cached_features(
 
     if cache_dir == "" or not records:
         return compute()
-    key = {
-        "backbone": backbone.identity(),
-        "precision": precision,
-        "dataset": dataset,
-        "split": split,
-        "records": records_digest(records, root),
-        "num": len(records),
-        "transform": transform_fp,
-    }
+    key = _feature_key(backbone, records, transform_fp=transform_fp, dataset=dataset, split=split, root=root,
+                       precision=precision)
     cache = FeatureCache(cache_dir or default_cache_dir())
     if D.active():  # rank 0 reads and writes the cache; the others wait for it and receive the tensor
         return D.cached_on_main(lambda: cache.get(key), compute, lambda t: cache.put(key, t))
     return cache.get_or_compute(key, compute)
+
+
+def _encode_views(backbone: Backbone, records: list[Sample], views: list[int], *, aug_seed: int, root: str,
+                  transform, desc: str, **kwargs) -> torch.Tensor:
+    """Views ``views`` of ``records`` encoded: ``[len(views), N, E]``. Under torchrun each rank loads, augments and
+    encodes only its shard of the flat (view, image) list (the seeds make a view independent of where it is
+    computed) and the shards are gathered in order."""
+    from torch.utils.data import Subset
+
+    from vlprompt.features.extract import encode_dataset
+    from vlprompt.features.views import SeededViews
+
+    items = SeededViews(records, transform, views, aug_seed=aug_seed, root=root)  # len(views) * N items
+    if D.active():
+        lo, hi = D.shard_range(len(items))
+        flat = D.gather_rows(encode_dataset(backbone, Subset(items, range(lo, hi)), desc=desc, **kwargs), len(items))
+    else:
+        flat = encode_dataset(backbone, items, desc=desc, **kwargs)  # (len(views) * N, E)
+    return flat.reshape(len(views), len(records), -1)
+
+
+def cached_views(
+    backbone: Backbone,
+    records: list[Sample],
+    *,
+    dataset: str,
+    split: str,
+    root: str,
+    num_views: int,
+    aug_seed: int,
+    crop_scale: tuple[float, float] = (0.08, 1.0),
+    flip: bool = True,
+    precision: str = "fp32",
+    cache_dir: str | None = None,
+    batch_size: int = 100,
+    num_workers: int = 0,
+    progress: bool = False,
+) -> torch.Tensor:
+    """``num_views`` augmented views of ``records``: unnormalised fp32 features ``[V, N, E]``, view-major.
+
+    View ``v`` of image ``n`` is a pure function of ``(aug_seed, v, image)`` (:mod:`vlprompt.features.views`) and
+    each view is one cache entry (:func:`vlprompt.features.views.view_key`: backbone identity, precision,
+    ``dataset``, ``split``, the records, the train transform's fingerprint of ``crop_scale``/``flip``/size, the view
+    index and ``aug_seed``). So a request for ``V`` views reuses the first ``V`` of any earlier request on the same
+    images, whichever method made it (CoOp's ``cached:K``, Tip-Adapter's cache keys), and encodes only the missing
+    ones; a damaged entry is rebuilt (:class:`~vlprompt.features.cache.FeatureCache`). A run's training images are
+    ``split="train-fewshot"`` and its ``aug_seed`` is its seed. ``cache_dir=""`` disables the cache, ``None`` is
+    :func:`default_cache_dir`. Under torchrun rank 0 alone reads and writes the cache and the encoding is sharded.
+    """
+    from vlprompt.data.transforms import build_transform, transform_fingerprint
+    from vlprompt.features.views import view_key
+
+    tf = build_transform(backbone.preprocess, train=True, flip=flip, crop_scale=crop_scale)
+    kw = dict(aug_seed=aug_seed, root=root, transform=tf, desc=f"{split} views", batch_size=batch_size,
+              num_workers=num_workers, precision=precision, progress=progress)
+    if num_views < 1:
+        raise ConfigError(f"num_views={num_views}: augmented views need at least 1 view (--augment cached:K, K ≥ 1).")
+    if not records:
+        return torch.empty(num_views, 0, backbone.embed_dim)
+    if cache_dir == "":
+        return _encode_views(backbone, records, list(range(num_views)), **kw)
+    base = _feature_key(backbone, records, transform_fp=transform_fingerprint(backbone.preprocess, True, flip,
+                        crop_scale), dataset=dataset, split=split, root=root, precision=precision)
+    keys = [view_key(base, v, aug_seed) for v in range(num_views)]
+    cache = FeatureCache(cache_dir or default_cache_dir())
+    found = _read_entries(cache, keys)
+    missing = [v for v in range(num_views) if v not in found]
+    _logger.info("%s: %d of %d augmented views from the feature cache", split, num_views - len(missing), num_views)
+    if missing:
+        new = _encode_views(backbone, records, missing, **kw)  # (len(missing), N, E)
+        D.on_main(lambda: [cache.put(keys[v], t) for v, t in zip(missing, new, strict=True)])  # rank 0 writes
+        found.update(zip(missing, new, strict=True))
+    return torch.stack([found[v] for v in range(num_views)])  # (V, N, E)
+
+
+def _read_entries(cache: FeatureCache, keys: list[dict]) -> dict[int, torch.Tensor]:
+    """``{i: tensor}`` for every valid entry ``keys[i]``, on every rank: rank 0 reads them (a damaged entry is
+    absent) and, under torchrun, broadcasts them stacked."""
+    found: dict[int, torch.Tensor] = {}
+
+    def lookup() -> list[int]:  # rank 0 (or the only process)
+        found.update({i: t for i, key in enumerate(keys) if (t := cache.get(key)) is not None})
+        return sorted(found)
+
+    hits = D.on_main(lookup)
+    if D.active() and hits:
+        stacked = D.broadcast_tensor(torch.stack([found[i] for i in hits]) if D.is_main() else None)  # (H, N, E)
+        found = dict(zip(hits, stacked, strict=True))
+    return found
 
 
 def evaluate_features(

@@ -181,14 +181,15 @@ def _train_batches(spec: RunSpec, model: PromptModel, data: P.FewShotData, progr
         feats = _test_features(spec, backbone, data, "train-fewshot", data.train, progress)
         bank = torch.nn.functional.normalize(feats, dim=-1).unsqueeze(0)  # (1, N, E)
         return FeatureBankBatches(bank.to(backbone.device), labels, cfg.batch_size, gen), True
+    if mode == "cached":  # K views from the feature cache, shared with every method and re-run on these images
+        feats = P.cached_views(backbone, data.train, dataset=data.splits.name, split="train-fewshot",
+                               root=data.splits.root, num_views=k, aug_seed=spec.seed,
+                               crop_scale=(cfg.crop_scale_min, 1.0), flip=cfg.flip, precision=cfg.precision,
+                               cache_dir=spec.cache_dir, batch_size=cfg.eval_batch_size, num_workers=cfg.num_workers,
+                               progress=progress)  # (K, N, E)
+        bank = torch.nn.functional.normalize(feats, dim=-1)
+        return FeatureBankBatches(bank.to(backbone.device), labels, cfg.batch_size, gen), True
     tf = build_transform(backbone.preprocess, train=True, flip=cfg.flip, crop_scale=(cfg.crop_scale_min, 1.0))
-    if mode == "cached":
-        views = []
-        for v in range(k):  # K augmented views, each from the seeded global RNG stream
-            f = P.extract_features(backbone, data.train, tf, batch_size=cfg.eval_batch_size, precision=cfg.precision,
-                                   progress=progress, desc=f"view {v + 1}/{k}", augmented=True)
-            views.append(torch.nn.functional.normalize(f, dim=-1))
-        return FeatureBankBatches(torch.stack(views).to(backbone.device), labels, cfg.batch_size, gen), True
     loader = DataLoader(ImageDataset(data.train, tf), batch_size=cfg.batch_size, shuffle=True, generator=gen,
                         drop_last=train_drop_last(len(data.train), cfg.batch_size), num_workers=cfg.num_workers)
     return loader, False

@@ -24,6 +24,29 @@ def autocast_context(device: torch.device, precision: str) -> contextlib.Abstrac
 
 
 @torch.no_grad()
+def encode_dataset(
+    backbone: Backbone,
+    dataset: torch.utils.data.Dataset,
+    *,
+    batch_size: int = 100,
+    num_workers: int = 0,
+    precision: str = "fp32",
+    progress: bool = False,
+    desc: str = "features",
+) -> torch.Tensor:
+    """Encode every ``(image, label)`` item of ``dataset`` in order: unnormalised fp32 features ``[len, E]`` (CPU)."""
+    from torch.utils.data import DataLoader
+
+    if not len(dataset):
+        return torch.empty(0, backbone.embed_dim)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    out = []
+    for images, _ in tqdm(loader, desc=desc, disable=not progress, leave=False, unit="batch"):
+        with autocast_context(backbone.device, precision):
+            out.append(backbone.encode_image(images.to(backbone.device)).float().cpu())  # (B, E)
+    return torch.cat(out)
+
+
 def extract_features(
     backbone: Backbone,
     records: Sequence[Sample],
@@ -34,31 +57,13 @@ def extract_features(
     precision: str = "fp32",
     progress: bool = False,
     desc: str = "features",
-    encode_range: tuple[int, int] | None = None,
 ) -> torch.Tensor:
     """Encode every record's image: returns unnormalised fp32 features ``[N, E]`` in record order (on CPU).
 
-    ``encode_range=(lo, hi)`` still loads and transforms every record (a random transform draws from the global
-    RNG exactly as for the whole list) but encodes and returns only ``records[lo:hi]``: ``[hi - lo, E]``. Used to
-    shard augmented views across processes (:mod:`vlprompt.engine.distributed`).
+    ``transform`` should be deterministic (the test pipeline); augmented views, whose randomness must not depend on
+    the global RNG, are :mod:`vlprompt.features.views`.
     """
-    from torch.utils.data import DataLoader
-
     from vlprompt.data.dataset import ImageDataset
 
-    if not records:
-        return torch.empty(0, backbone.embed_dim)
-    loader = DataLoader(
-        ImageDataset(list(records), transform), batch_size=batch_size, shuffle=False, num_workers=num_workers
-    )
-    out, start = [], 0
-    for images, _ in tqdm(loader, desc=desc, disable=not progress, leave=False, unit="batch"):
-        if encode_range is not None:  # keep only the rows of this batch inside [lo, hi)
-            lo, hi = (max(0, bound - start) for bound in encode_range)
-            start += images.shape[0]
-            images = images[lo:hi]
-            if not images.shape[0]:
-                continue
-        with autocast_context(backbone.device, precision):
-            out.append(backbone.encode_image(images.to(backbone.device)).float().cpu())  # (B, E)
-    return torch.cat(out) if out else torch.empty(0, backbone.embed_dim)
+    return encode_dataset(backbone, ImageDataset(list(records), transform), batch_size=batch_size,
+                          num_workers=num_workers, precision=precision, progress=progress, desc=desc)
