@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from vlprompt._io import atomic_save_safetensors
 from vlprompt.adapters import AdapterData, create_adapter, get_adapter_class, list_adapters
-from vlprompt.adapters.tip_adapter import TipAdapterConfig, normalise, search_grid
+from vlprompt.adapters.tip_adapter import TipAdapterConfig, count_correct, normalise, search_grid
 from vlprompt.errors import ArtifactError, ConfigError
 
 C, K, E, V = 3, 2, 8, 4
@@ -134,6 +134,8 @@ def test_state_dict_round_trip_through_prepare(tmp_path, method, keys):
 def test_refusals():
     data = make_data()
     tip = create_adapter("tip-adapter")
+    with pytest.raises(ConfigError, match="has no cache yet: call fit"):
+        tip(torch.randn(2, E))
     tip.fit(data)
     with pytest.raises(ConfigError, match="caches 3 classes and cannot classify 5 others"):
         tip(torch.randn(2, E), torch.nn.functional.normalize(torch.randn(5, E), dim=-1))
@@ -148,3 +150,19 @@ def test_refusals():
     other.prepare(C, E, data.text, 100.0, shapes)
     with pytest.raises(ArtifactError, match="not one-hot labels"):
         other.load_state_dict(bad)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_pruned_grid_count_equals_the_dense_argmax(seed):
+    """count_correct keeps only the classes that can win somewhere on the α grid; it must count exactly what the
+    official dense ``argmax(clip + cache · α)`` does, ties included (small integers make exact ties common)."""
+    g = torch.Generator().manual_seed(seed)
+    m, c = 64, 50
+    clip = torch.randint(0, 6, (m, c), generator=g).float()
+    cache = torch.randint(0, 4, (m, c), generator=g).float() * torch.rand(m, 1, generator=g).round()
+    labels = torch.randint(0, c, (m,), generator=g)
+    alphas = torch.tensor(search_grid(3, 20))
+    dense = torch.stack([((clip + cache * a).argmax(dim=1) == labels).sum() for a in alphas.tolist()])
+    assert torch.equal(count_correct(clip, cache, alphas, labels), dense)
+    no_cache = torch.stack([(clip.argmax(dim=1) == labels).sum()] * len(alphas))  # every class flat in α
+    assert torch.equal(count_correct(clip, torch.zeros(m, c), alphas, labels), no_cache)

@@ -24,6 +24,7 @@ and ``tests/fidelity/test_tip_adapter_figures.py`` compares with the official fu
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -115,13 +116,15 @@ def build_cache(views: torch.Tensor, labels: torch.Tensor, num_classes: int) -> 
     return keys, values
 
 
-def cache_logits(affinity: torch.Tensor, classes: torch.Tensor, num_classes: int, beta: Any) -> torch.Tensor:
-    """``[B, C]`` = ``exp(-(β - β · affinity)) @ values`` for one-hot ``values`` whose row ``n`` is class
-    ``classes[n]``: the same sums, added per class (``index_add``) instead of a dense ``[N, C]`` product (which on a
-    1000-class, 16-shot cache is 1000 times the work)."""
-    weights = ((-1) * (beta - beta * affinity)).exp()  # [B, N], the official expression
-    out = weights.new_zeros(weights.shape[0], num_classes)
-    return out.index_add(1, classes, weights)
+def cache_logits(affinity_t: torch.Tensor, classes: torch.Tensor, num_classes: int, beta: Any) -> torch.Tensor:
+    """``[B, C]`` = ``exp(-(β - β · affinity)) @ values`` from the transposed affinity ``[N, B]`` and one-hot values
+    whose row ``n`` is class ``classes[n]``.
+
+    The same floats as the official expression (``fl(fl(β·a) − β) = −fl(β − fl(β·a))``, computed in place), and the
+    same sums, added per class along contiguous rows (``index_add`` on dim 0) instead of a dense ``[N, C]`` product,
+    which on a 1000-class, 16-shot cache is 1000 times the work."""
+    weights = (affinity_t * beta).sub_(beta).exp_()  # [N, B]
+    return weights.new_zeros(num_classes, weights.shape[1]).index_add_(0, classes, weights).t()
 
 
 def search_grid(scale: float, steps: int) -> list[float]:
@@ -129,12 +132,28 @@ def search_grid(scale: float, steps: int) -> list[float]:
     return [i * (scale - 0.1) / steps + 0.1 for i in range(steps)]
 
 
-def search_alpha_beta(affinity_fn: Any, val: torch.Tensor, val_labels: torch.Tensor, text: torch.Tensor,
+def count_correct(clip: torch.Tensor, cache: torch.Tensor, alphas: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """``[A]``: for each α of the ascending ``alphas``, how many rows ``argmax(clip + cache · α)`` gets right
+    (``clip``, ``cache`` ``[m, C]``, ``cache ≥ 0``).
+
+    Exactly the dense argmax (first index on ties), over fewer classes: ``clip + cache · α`` is non-decreasing in α
+    (``cache ≥ 0``, rounding is monotone), so a class whose value at the largest α is below the best value at the
+    smallest α never wins; the others (usually a handful) are kept in class order."""
+    upper = clip + cache * alphas[-1]  # [m, C]
+    floor = (clip + cache * alphas[0]).amax(dim=1, keepdim=True)  # [m, 1]: some class stays above it
+    keep = int((upper >= floor).sum(dim=1).max())
+    idx = upper.topk(keep, dim=1).indices.sort(dim=1).values  # [m, t]: every candidate, in class order
+    values = clip.gather(1, idx).unsqueeze(0) + cache.gather(1, idx).unsqueeze(0) * alphas[:, None, None]  # [A, m, t]
+    pred = idx.unsqueeze(0).expand(len(alphas), -1, -1).gather(2, values.argmax(dim=2, keepdim=True)).squeeze(2)
+    return (pred == labels).sum(dim=1)
+
+
+def search_alpha_beta(affinity_fn: Callable[[torch.Tensor], torch.Tensor], val: torch.Tensor, val_labels: torch.Tensor, text: torch.Tensor,
                       logit_scale: float, classes: torch.Tensor, settings: dict[str, Any]) -> dict[str, Any]:
     """``search_hp`` on the validation split: accuracy of every grid point, the first best (β outer, α inner).
 
     Args:
-        affinity_fn: L2-normalised features ``[B, E]`` → affinity ``[B, N]`` (the cache keys or the fine-tuned ones).
+        affinity_fn: L2-normalised features ``[B, E]`` → transposed affinity ``[N, B]`` (cache or fine-tuned keys).
         val: ``[M, E]`` unnormalised validation features; val_labels: ``[M]``.
         text: ``[C, E]`` zero-shot classifier; classes: ``[N]`` the cache's class per key.
         settings: :meth:`TipAdapterConfig.resolved`.
@@ -145,19 +164,18 @@ def search_alpha_beta(affinity_fn: Any, val: torch.Tensor, val_labels: torch.Ten
     """
     betas = search_grid(settings["search_scale"][0], settings["search_step"][0])
     alphas = search_grid(settings["search_scale"][1], settings["search_step"][1])
-    alpha_t = torch.tensor(alphas, dtype=torch.float32)[:, None, None]  # [A, 1, 1]
+    alpha_t = torch.tensor(alphas, dtype=torch.float32)  # what the kernels make of the official Python floats
     correct = torch.zeros(len(betas), len(alphas), dtype=torch.long)
     rows = max(1, _BLOCK_ELEMENTS // max(1, classes.shape[0]))
     with torch.no_grad():
         for start in range(0, val.shape[0], rows):
             f = normalise(val[start:start + rows])
             y = val_labels[start:start + rows]
-            affinity = affinity_fn(f)  # [m, N]
+            affinity_t = affinity_fn(f)  # [N, m]
             clip = logit_scale * f @ text.float().t()  # [m, C]
             for i, beta in enumerate(betas):
-                cache = cache_logits(affinity, classes, text.shape[0], beta)
-                pred = (clip.unsqueeze(0) + cache.unsqueeze(0) * alpha_t).argmax(dim=-1)  # [A, m]
-                correct[i] += (pred == y).sum(dim=1)
+                cache = cache_logits(affinity_t, classes, text.shape[0], beta).contiguous()
+                correct[i] += count_correct(clip, cache, alpha_t, y)
     best, trace, beta, alpha = 0, [], 0.0, 0.0
     for i, b in enumerate(betas):  # the official loop order and its strict ">"
         for j, a in enumerate(alphas):
@@ -200,9 +218,9 @@ class TipAdapter(FeatureAdapter):
         return "cache_keys"
 
     def _affinity(self, features: torch.Tensor) -> torch.Tensor:
-        """``[B, N]`` cosine of L2-normalised ``features`` with each key (``torch.nn.functional.linear``, as
-        Tip-Adapter-F's ``adapter(features)``)."""
-        return torch.nn.functional.linear(features, self.cache_keys)
+        """``[N, B]``: the cosine of each key with L2-normalised ``features`` ``[B, E]`` — the official
+        ``features @ cache_keys`` (``[B, N]``) transposed, so that :func:`cache_logits` sums contiguous rows."""
+        return self.cache_keys @ features.t()
 
     def _classes(self) -> torch.Tensor:
         return self.cache_values.argmax(dim=1)  # [N]: one-hot rows (checked on load)
@@ -283,6 +301,9 @@ class TipAdapter(FeatureAdapter):
     def forward(self, image_features: torch.Tensor, text: torch.Tensor | None = None) -> torch.Tensor:
         """``[B, C]`` logits of unnormalised ``image_features`` ``[B, E]``; ``text`` may only be the zero-shot
         classifier of the cached classes (a per-class cache cannot classify new classes)."""
+        if self.cache_values.dim() != 2:
+            raise ConfigError(f"{self.method} has no cache yet: call fit(data), or prepare(...) and load_state_dict "
+                              "for a saved one, before classifying.")
         if text is not None and text.shape[0] != self.cache_values.shape[1]:
             raise ConfigError(f"{self.method} caches {self.cache_values.shape[1]} classes and cannot classify "
                               f"{text.shape[0]} others (new_classes is false); use a method that can, such as "
@@ -291,4 +312,4 @@ class TipAdapter(FeatureAdapter):
 
 
 __all__ = ["DEFAULT_DATASET", "OFFICIAL_CONFIGS", "TipAdapter", "TipAdapterConfig", "build_cache", "cache_logits",
-           "normalise", "search_alpha_beta", "search_grid"]
+           "count_correct", "normalise", "search_alpha_beta", "search_grid"]

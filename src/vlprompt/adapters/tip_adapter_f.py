@@ -58,7 +58,8 @@ class TipAdapterF(TipAdapter):
         return "adapter.weight"
 
     def _affinity(self, features: torch.Tensor) -> torch.Tensor:
-        return self.adapter(features)
+        # the official adapter(features) = features @ weight.T, [B, N], transposed (see TipAdapter._affinity)
+        return self.adapter.weight @ features.t()
 
     def _train(self, data: AdapterData, views: torch.Tensor, settings: dict[str, Any]) -> dict[str, Any]:
         """Fine-tune the keys (module docstring); returns the per-epoch record and the chosen epoch."""
