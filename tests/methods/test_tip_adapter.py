@@ -12,8 +12,8 @@ from safetensors.torch import load_file
 
 from vlprompt._io import atomic_save_safetensors
 from vlprompt.adapters import AdapterData, create_adapter, get_adapter_class, list_adapters
-from vlprompt.adapters.tip_adapter import TipAdapterConfig, count_correct, normalise, search_grid
-from vlprompt.errors import ArtifactError, ConfigError
+from vlprompt.adapters.tip_adapter import TipAdapterConfig, count_correct, normalise, official_config, search_grid
+from vlprompt.errors import ArtifactError, ConfigError, TrainingDivergedError
 
 C, K, E, V = 3, 2, 8, 4
 
@@ -55,6 +55,7 @@ def test_official_settings_per_dataset(dataset, expected):
     s = TipAdapterConfig(dataset=dataset).resolved()
     assert (s["search_scale"], s["init_alpha"], s["train_epoch"]) == expected
     assert (s["init_beta"], s["search_step"], s["lr"], s["batch_size"]) == (1.0, (200, 20), 0.001, 256)
+    assert {k: s[k] for k in official_config(dataset, 4)} == official_config(dataset)  # shots change nothing
     assert s["official_config"] == (dataset if dataset in ("eurosat", "fgvc_aircraft", "oxford_flowers", "food101",
                                                            "imagenet") else "imagenet")
 
@@ -166,3 +167,13 @@ def test_pruned_grid_count_equals_the_dense_argmax(seed):
     assert torch.equal(count_correct(clip, cache, alphas, labels), dense)
     no_cache = torch.stack([(clip.argmax(dim=1) == labels).sum()] * len(alphas))  # every class flat in α
     assert torch.equal(count_correct(clip, torch.zeros(m, c), alphas, labels), no_cache)
+
+
+def test_tip_adapter_f_refuses_a_diverged_loss():
+    data = make_data()
+    views = data.views.clone()
+    views[1, 0, 0] = float("nan")  # a NaN feature (in a view, hence in its cache key): the loss is not finite
+    bad = AdapterData(train=data.train, train_labels=data.train_labels, text=data.text, logit_scale=100.0,
+                      views=views, val=data.val, val_labels=data.val_labels, seed=3)
+    with pytest.raises(TrainingDivergedError, match="tip-adapter-f: the training loss became nan; rerun with a lower lr"):
+        create_adapter("tip-adapter-f", {"train_epoch": 2}).fit(bad)

@@ -56,6 +56,14 @@ DEFAULT_DATASET = "imagenet"
 _BLOCK_ELEMENTS = 1 << 22
 
 
+def official_config(dataset: str | None, shots: int | None = None) -> dict[str, Any]:
+    """The official settings of ``dataset`` (``configs/<dataset>.yaml``; ImageNet's for a dataset without one) as
+    :class:`TipAdapterConfig` options. The configs are written for 16 shots and the README changes only ``shots``
+    for fewer, so ``shots`` changes nothing."""
+    source = dataset if dataset in OFFICIAL_CONFIGS else DEFAULT_DATASET
+    return {"init_beta": 1.0, **OFFICIAL_CONFIGS[source]}
+
+
 @dataclass(frozen=True)
 class TipAdapterConfig:
     """Tip-Adapter(-F) settings; ``None`` fields take the official value of ``dataset`` (:data:`OFFICIAL_CONFIGS`).
@@ -93,7 +101,7 @@ class TipAdapterConfig:
     def resolved(self) -> dict[str, Any]:
         """Every setting, the ``None`` ones filled from the official config of :attr:`dataset`."""
         source = self.dataset if self.dataset in OFFICIAL_CONFIGS else DEFAULT_DATASET
-        official = {"init_beta": 1.0, **OFFICIAL_CONFIGS[source]}
+        official = official_config(source)
         mine = {"init_alpha": self.init_alpha, "init_beta": self.init_beta, "search_scale": self.search_scale,
                 "train_epoch": self.train_epoch}
         out = {k: official[k] if v is None else v for k, v in mine.items()}
@@ -258,7 +266,7 @@ class TipAdapter(FeatureAdapter):
         self.text, self.logit_scale = data.text.float(), float(data.logit_scale)
         self.cache_values = values
         self._set_keys(keys)
-        self.record = {"settings": settings, "num_views": 0 if data.views is None else int(views.shape[0]),
+        self.record = {"method": self.method, "settings": settings, "num_views": 0 if data.views is None else int(views.shape[0]),
                        "cache_size": int(keys.shape[0])}
         self.record.update(self._train(data, views, settings))
         self._choose_alpha_beta(data, settings)
@@ -312,4 +320,4 @@ class TipAdapter(FeatureAdapter):
 
 
 __all__ = ["DEFAULT_DATASET", "OFFICIAL_CONFIGS", "TipAdapter", "TipAdapterConfig", "build_cache", "cache_logits",
-           "count_correct", "normalise", "search_alpha_beta", "search_grid"]
+           "count_correct", "normalise", "official_config", "search_alpha_beta", "search_grid"]

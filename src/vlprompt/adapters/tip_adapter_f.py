@@ -12,7 +12,8 @@ are searched as for Tip-Adapter, through the fine-tuned keys.
 Deviations, both deliberate:
 
 - The official code re-encodes freshly augmented images every epoch; here epoch ``e`` reads the cached
-  augmented view ``e mod V`` of each training image (``AdapterData.views``): no image encoder call during training.
+  augmented view ``e mod V`` of each training image (``AdapterData.views``; the rule CLIP-Adapter and TaskRes share,
+  :func:`vlprompt.adapters.training.epoch_features`): no image encoder call during training.
   The batch order of epoch ``e`` is ``torch.randperm(N)`` drawn from one ``torch.Generator`` seeded with
   ``AdapterData.seed``.
 - The official code picks the best epoch on the **test** set (and searches α, β on val): here the epoch is picked
@@ -34,6 +35,8 @@ from torch import nn
 
 from vlprompt.adapters.base import AdapterData, register_adapter
 from vlprompt.adapters.tip_adapter import TipAdapter, normalise
+from vlprompt.adapters.training import epoch_features
+from vlprompt.errors import TrainingDivergedError
 
 _logger = logging.getLogger(__name__)
 
@@ -63,7 +66,7 @@ class TipAdapterF(TipAdapter):
 
     def _train(self, data: AdapterData, views: torch.Tensor, settings: dict[str, Any]) -> dict[str, Any]:
         """Fine-tune the keys (module docstring); returns the per-epoch record and the chosen epoch."""
-        n, bs, epochs = views.shape[1], settings["batch_size"], settings["train_epoch"]
+        n, bs, epochs = int(data.train_labels.shape[0]), settings["batch_size"], settings["train_epoch"]
         steps = -(-n // bs)  # drop_last=False
         optimizer = torch.optim.AdamW(self.adapter.parameters(), lr=settings["lr"], eps=1e-4)
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs * steps)
@@ -73,8 +76,9 @@ class TipAdapterF(TipAdapter):
         history, best_acc, best_epoch, best_keys = [], -1.0, epochs - 1, None
         for epoch in range(epochs):
             perm = torch.randperm(n, generator=generator)
-            row = self._train_epoch(views[epoch % views.shape[0]], data.train_labels, perm, bs, optimizer, alpha, beta,
-                                    scheduler)
+            # view epoch mod V (epoch_features counts from 1), or the test-transform features without views
+            row = self._train_epoch(epoch_features(data, epoch + 1), data.train_labels, perm, bs, optimizer, alpha,
+                                    beta, scheduler)
             row["epoch"] = epoch
             if has_val:
                 row["val_accuracy"] = self.accuracy(data.val, data.val_labels, alpha, beta)
@@ -102,6 +106,9 @@ class TipAdapterF(TipAdapter):
             target = labels[idx]
             logits = self.logits(normalise(view[idx]), alpha, beta)  # [b, C]
             loss = nn.functional.cross_entropy(logits, target)
+            if not torch.isfinite(loss):
+                raise TrainingDivergedError(f"{self.method}: the training loss became {float(loss.detach())}; rerun "
+                                            f"with a lower lr (now {optimizer.param_groups[0]['lr']:g}).")
             correct += int((logits.argmax(dim=1) == target).sum())
             losses.append(loss.item())
             optimizer.zero_grad()
