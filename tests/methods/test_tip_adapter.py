@@ -4,6 +4,7 @@ per-dataset settings, what happens without a validation split or without views, 
 
 from __future__ import annotations
 
+import json
 import logging
 
 import pytest
@@ -102,6 +103,7 @@ def test_tip_adapter_f_record_and_schedule():
     assert record["epochs"][0]["lr"] == pytest.approx(0.001 * 0.5 * (1 + torch.cos(torch.tensor(torch.pi / 4))))
     assert 0 <= record["chosen_epoch"] < 4 and record["epoch_selected_on"] == "val"
     assert not tipf.adapter.weight.requires_grad  # fitted: inference builds no graph
+    assert json.loads(json.dumps(record))["chosen_epoch"] == record["chosen_epoch"]  # the record is plain JSON
 
 
 def test_without_views_the_test_transform_features_are_the_keys(caplog):
