@@ -14,6 +14,9 @@ from vlprompt.adapters.base import (
 )
 from vlprompt.adapters.clip_adapter import ClipAdapter, ClipAdapterConfig
 from vlprompt.adapters.taskres import TaskRes, TaskResConfig
+from vlprompt.adapters.tip_adapter import TipAdapter, TipAdapterConfig
+from vlprompt.adapters.tip_adapter_f import TipAdapterF
 
 __all__ = ["AdapterData", "ClipAdapter", "ClipAdapterConfig", "FeatureAdapter", "TaskRes", "TaskResConfig",
-           "create_adapter", "get_adapter_class", "is_adapter", "list_adapters", "register_adapter"]
+           "TipAdapter", "TipAdapterConfig", "TipAdapterF", "create_adapter", "get_adapter_class", "is_adapter",
+           "list_adapters", "register_adapter"]
