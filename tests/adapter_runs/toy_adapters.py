@@ -4,7 +4,7 @@ test module uses them, :func:`registered`).
 
 - ``toy-bias`` (``uses_views``, ``uses_val``, no ``new_classes``): zero-shot logits plus a learned per-class bias
   ``b [C]``, fitted by full-batch gradient descent on the cross-entropy of the training features and their views;
-  the step count is chosen on val (the best of ``epochs`` and ``epochs // 2``). Its record carries the shapes it was
+  the step count is chosen on val (the best of ``epochs`` and ``epochs // 2``; without val: ``epochs``). Its record carries the shapes it was
   given, so the tests see which tensors the run passed.
 - ``toy-shift`` (``new_classes``, neither views nor val): a learned shift ``s [E]`` of the normalised image feature,
   logits ``scale · norm(norm(x) + s) @ text.T``: it classifies any class names through their text features.
@@ -74,18 +74,20 @@ class ToyBias(_ZeroShotHead):
         x = torch.cat([data.train, *data.views])  # [(1 + V) N, E]
         y = data.train_labels.repeat(1 + data.views.shape[0])
         trace = []
-        for steps in (self.config.epochs // 2, self.config.epochs):  # choose the step count on val
+        candidates = (self.config.epochs // 2, self.config.epochs) if data.val is not None else (self.config.epochs,)
+        for steps in candidates:  # choose the step count on val (without val: all of them)
             with torch.no_grad():
                 self.bias.zero_()
             self._descend(self.bias, x, y, steps)
             with torch.no_grad():
-                acc = float((self(data.val).argmax(-1) == data.val_labels).float().mean())
+                acc = None if data.val is None else float((self(data.val).argmax(-1) == data.val_labels).float().mean())
             trace.append({"steps": steps, "val_accuracy": acc, "bias": self.bias.detach().tolist()})
-        best = max(trace, key=lambda t: t["val_accuracy"])  # first of equals: the fewer steps
+        best = max(trace, key=lambda t: t["val_accuracy"] or 0.0)  # first of equals: the fewer steps
         with torch.no_grad():
             self.bias.copy_(torch.tensor(best["bias"]))
         self.record = {"steps": best["steps"], "trace": trace, "train_shape": list(data.train.shape),
-                       "views_shape": list(data.views.shape), "val_shape": list(data.val.shape),
+                       "views_shape": list(data.views.shape),
+                       "val_shape": None if data.val is None else list(data.val.shape),
                        "seed": data.seed, "logit_scale": data.logit_scale}
         return self.record
 
