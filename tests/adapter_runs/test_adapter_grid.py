@@ -81,6 +81,10 @@ def test_fewshot_grid_runs_the_adapters_with_their_own_recipe(fewshot):
         assert cfg["train"]["lr"] == 0.002 and cfg["train"]["epochs"] is None  # the grid's --lr/--epochs: CoOp's
         assert cfg["learner"] == meta["config"] and cfg["fewshot"] == coop["fewshot"]  # the same few-shot images
         assert _json(run, "metrics.json")["num_test"] == 18
+    # toy-shift's official value for 1 shot (dataset_config), as the user left epochs unset
+    shift = fewshot / "dtd" / "toy-shift" / "1shots" / "seed1"
+    assert _json(shift)["learner"] == {"epochs": 4, "lr": 0.5} and len(_json(shift, "adapter.json")["record"]["losses"]) == 4
+    assert _json(shift)["label"] == "Toy shift"
     report = (fewshot / "results.md").read_text()
     assert "Toy bias" in report and "Toy shift" in report
 

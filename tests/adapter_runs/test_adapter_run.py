@@ -274,6 +274,22 @@ def test_flags_that_do_not_apply_are_refused(root, tmp_path, capsys, method, fla
     assert not (tmp_path / "run").exists()
 
 
+def test_user_options_beat_the_official_per_shot_values_and_name_the_variant(root, tmp_path):
+    from vlprompt.adapters import FeatureAdapter
+
+    assert _train(root, tmp_path / "one", "toy-shift", "--shots", "1", "--learner-opt", "lr=0.25") == 0
+    cfg = _json(tmp_path / "one", "config.json")
+    assert cfg["learner"] == {"epochs": 4, "lr": 0.25} and cfg["label"] == "Toy shift lr=0.25"
+    assert _train(root, tmp_path / "mine", "toy-shift", "--shots", "1", "--learner-opt", "epochs=2") == 0
+    assert _json(tmp_path / "mine", "config.json")["learner"] == {"epochs": 2, "lr": 0.5}
+
+    class WithDataset(FeatureAdapter):  # the default hook: a config with a ``dataset`` field gets the dataset's name
+        config_class = type("C", (), {"__dataclass_fields__": {"dataset": None, "k": None}})
+
+    assert WithDataset.dataset_config("oxford_pets", 16) == {"dataset": "oxford_pets"}
+    assert ToyBias.dataset_config("oxford_pets", 16) == {}
+
+
 def test_an_optimisation_flag_sets_the_adapters_option_of_that_name(root, tmp_path):
     assert _train(root, tmp_path / "run", "toy-shift", "--epochs", "4", "--lr", "0.25") == 0
     assert _json(tmp_path / "run", "config.json")["learner"] == {"epochs": 4, "lr": 0.25}

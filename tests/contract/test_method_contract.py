@@ -412,5 +412,7 @@ def test_adapter_runs_in_the_grid(adapter, tmp_path):
                  "--no-report", *BACKBONE]) == 0
     run = runs / "dtd" / adapter / "1shots" / "seed1"
     cfg, meta = _json(run / "config.json"), _json(run / "adapter.json")
-    assert cfg["method"] == meta["method"] == adapter and cfg["learner"] == create_adapter(adapter).config_dict()
+    official = get_adapter_class(adapter).dataset_config("dtd", 1)  # the per-dataset/shot values, over the defaults
+    assert cfg["method"] == meta["method"] == adapter
+    assert cfg["learner"] == create_adapter(adapter, official).config_dict()
     assert _json(run / "metrics.json")["num_test"] == 6

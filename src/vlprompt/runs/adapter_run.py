@@ -13,7 +13,9 @@ the feature cache under the keys CoOp's evaluation and the linear probe use (so 
 augmented views of the train images (``uses_views``) from :func:`_train_views`; the zero-shot classifier of the
 dataset's hand-crafted template (:func:`vlprompt.backbones.text.zero_shot_weights`).
 
-Settings: the adapter's options come from ``spec.learner`` (``--learner-opt KEY=VALUE``), checked against its config.
+Settings: the adapter's options come from ``spec.learner`` (``--learner-opt KEY=VALUE``), checked against its config;
+those left unset take the method's official values for the dataset and shot count
+(:meth:`~vlprompt.adapters.FeatureAdapter.dataset_config`), then its config's defaults.
 Of the training flags, an adapter run uses the precision, the feature-extraction batch size and workers, and — for a
 method with views — ``--augment``: unset (``online``), the method's recipe's ``num_views`` augmented views; ``cached:K``: ``K``;
 ``none``: the test-transform features as the single view (``flip``/``crop_scale_min``: the user's, else the recipe's,
@@ -62,7 +64,8 @@ VIEW_FLAGS = {"augment": "--augment", "flip": "--no-flip", "crop_scale_min": "--
 
 
 def adapter_label(cls: type[FeatureAdapter], config: dict) -> str:
-    """Readable name of an adapter variant: its display name and the options that differ from the defaults."""
+    """Readable name of an adapter variant: its display name and the options in ``config`` (the user's) that differ
+    from the defaults."""
     changed = [f"{f.name}={config[f.name]}" for f in fields(cls.config_class)
                if f.name in config and config[f.name] != f.default]
     return " ".join([cls.display_name or cls.method, *changed])
@@ -167,12 +170,14 @@ def adapter_run(spec: RunSpec, progress: bool = False, backbone=None) -> dict:
     if not spec.resume:
         refuse_finished(spec)
     options, train, num_views = adapter_settings(spec, cls)
-    adapter = create_adapter(spec.method, options)
-    spec = replace(spec, learner=adapter.config_dict(), train=train)  # a derived copy: see RunSpec
+    create_adapter(spec.method, options)  # the user's options checked before anything is loaded
     device, data, backbone = load_inputs(spec, backbone)  # inputs are validated before the folder is created
     if not data.train:
         raise ConfigError(f"dataset '{spec.dataset}' has no training images to fit '{spec.method}' on.")
-    config = base_config(spec, data, backbone, None, spec.label or adapter_label(cls, spec.learner))
+    # the user's options > the official per-dataset/shot values > the config's defaults
+    adapter = create_adapter(spec.method, {**cls.dataset_config(data.splits.name, spec.shots), **options})
+    spec = replace(spec, learner=adapter.config_dict(), train=train)  # a derived copy: see RunSpec
+    config = base_config(spec, data, backbone, None, spec.label or adapter_label(cls, options))
     config["adapter"] = {"views": num_views, "uses_views": cls.uses_views, "uses_val": cls.uses_val,
                          "new_classes": cls.new_classes, "recipe": dict(cls.recipe)}
     config = json.loads(json.dumps(config))  # as config.json holds it (tuples → lists), for the resume comparison
@@ -216,9 +221,27 @@ def _fit_data(spec: RunSpec, cls: type[FeatureAdapter], num_views: int, progress
     fit = AdapterData(train=train_x.to(device), train_labels=P.labels_of(data.train).to(device), text=text.to(device),
                       logit_scale=float(backbone.logit_scale), views=None if views is None else views.to(device),
                       val=None if val_x is None else val_x.to(device),
-                      val_labels=P.labels_of(val).to(device) if val else None, seed=spec.seed)
+                      val_labels=P.labels_of(val).to(device) if val else None, seed=spec.seed,
+                      **_raw_text(backbone, data.splits.classnames, data.splits.template))
     extra = {"selection_split": split, "selection_images": P.relative_paths(val, data.splits.root)} if val else {}
     return fit, extra
+
+
+def _raw_text(backbone, classnames: list[str], template: str) -> dict[str, torch.Tensor]:
+    """The optional :class:`~vlprompt.adapters.AdapterData` entries of the text features before normalisation, as
+    this version of ``AdapterData`` defines them (``text_unnormalised`` ``[C, E]``: CLAP's start; ``text_norms``
+    ``[C]``: TaskRes's raw base): the dataset's template filled as
+    :func:`~vlprompt.backbones.text.zero_shot_weights` fills it, one text-encoder pass."""
+    from vlprompt.backbones.text import TEXT_CHUNK
+
+    wanted = {"text_unnormalised", "text_norms"} & set(AdapterData.__dataclass_fields__)
+    if not wanted:
+        return {}
+    prompts = [template.format(c.replace("_", " ")) for c in classnames]
+    with torch.no_grad():
+        raw = torch.cat([backbone.encode_text(prompts[i : i + TEXT_CHUNK]).float()
+                         for i in range(0, len(prompts), TEXT_CHUNK)]).to(backbone.device)  # [C, E]
+    return {k: v for k, v in (("text_unnormalised", raw), ("text_norms", raw.norm(dim=-1))) if k in wanted}
 
 
 def _fit_and_evaluate(spec: RunSpec, out: Path, config: dict, adapter: FeatureAdapter, num_views: int,
