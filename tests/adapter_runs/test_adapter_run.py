@@ -300,3 +300,11 @@ def test_an_unknown_method_suggests_adapters_too(capsys):
     assert main(["train", "--dataset", "x", "--out", "y", "--method", "toy-bais"]) == 2
     err = capsys.readouterr().err
     assert "Did you mean toy-bias" in err and "coop" in err and "toy-shift" in err
+
+
+def test_torchrun_is_refused_with_the_reason(root, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun sets it
+    capsys.readouterr()
+    assert _train(root, tmp_path / "run", "toy-shift") == 2
+    assert "nothing to share between torchrun ranks; run it without torchrun" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

@@ -159,7 +159,13 @@ def adapter_run(spec: RunSpec, progress: bool = False, backbone=None) -> dict:
         ConfigError: an unknown option, a flag that does not apply, a finished run in ``spec.out`` (without
             ``overwrite``/``resume``), or a dataset without training images.
     """
+    from vlprompt.engine import distributed as D
+
     cls = get_adapter_class(spec.method)
+    if D.launched():
+        raise ConfigError(f"--method {spec.method} is a feature-space adapter: it fits in one process on cached "
+                          "features (seconds), so there is nothing to share between torchrun ranks; run it without "
+                          "torchrun (plain `vlprompt train`).")
     if spec.resume and spec.overwrite:
         raise ConfigError(f"--resume and --overwrite contradict each other: --resume keeps the run in '{spec.out}', "
                           "--overwrite discards it; pass one of them.")
