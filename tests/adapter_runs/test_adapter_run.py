@@ -308,3 +308,19 @@ def test_torchrun_is_refused_with_the_reason(root, tmp_path, capsys, monkeypatch
     assert _train(root, tmp_path / "run", "toy-shift") == 2
     assert "nothing to share between torchrun ranks; run it without torchrun" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_config_json_reruns_the_adapter_run(root, bias_run, tmp_path):
+    """``vlprompt train --config RUN/config.json`` (issue 17) re-runs an adapter run: the same options, views and
+    few-shot images (checked as recorded), so the same fitted tensors and accuracy; a flag still overrides."""
+    again = tmp_path / "again"
+    assert main(["train", "--config", str(bias_run / "config.json"), "--out", str(again)]) == 0
+    cfg = _json(again, "config.json")
+    assert (cfg["method"], cfg["learner"], cfg["adapter"]) == ("toy-bias", *(
+        _json(bias_run, "config.json")[k] for k in ("learner", "adapter")))
+    assert torch.equal(load_file(str(again / "adapter.safetensors"))["bias"],
+                       load_file(str(bias_run / "adapter.safetensors"))["bias"])
+    assert _json(again, "metrics.json")["accuracy"] == _json(bias_run, "metrics.json")["accuracy"]
+    assert main(["train", "--config", str(bias_run / "config.json"), "--out", str(tmp_path / "e4"),
+                 "--learner-opt", "epochs=4"]) == 0
+    assert _json(tmp_path / "e4", "config.json")["learner"] == {"epochs": 4, "lr": 1.0}

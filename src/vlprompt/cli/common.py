@@ -136,8 +136,7 @@ def _coerce(key: str, value: str, default: object) -> object:
 
 def learner_options(args: argparse.Namespace) -> dict:
     """The learner config entries the user chose (the method's own defaults fill the rest)."""
-    from vlprompt.adapters import get_adapter_class, is_adapter
-    from vlprompt.prompts import get_prompt_learner_class
+    from vlprompt.adapters import is_adapter
 
     if not hasattr(args, "n_ctx"):
         return {}
@@ -153,8 +152,7 @@ def learner_options(args: argparse.Namespace) -> dict:
         opts["csc"] = True
     if args.class_token_position is not None:
         opts["class_token_position"] = args.class_token_position
-    owner = get_adapter_class if is_adapter(args.method) else get_prompt_learner_class
-    fields = owner(args.method).config_class.__dataclass_fields__
+    fields = method_config_class(args.method).__dataclass_fields__
     # options of the method's config from a --config file (already checked against ``fields``; issue 17)
     opts.update(getattr(args, "learner_config", None) or {})
     for item in getattr(args, "learner_opt", None) or []:
@@ -167,6 +165,14 @@ def learner_options(args: argparse.Namespace) -> dict:
                               f"{', '.join(sorted(fields))}.")
         opts[key] = _coerce(key, value, fields[key].default)
     return opts
+
+
+def method_config_class(method: str) -> type:
+    """The config dataclass of ``--method``: a feature-space adapter's or a prompt learner's."""
+    from vlprompt.adapters import get_adapter_class, is_adapter
+    from vlprompt.prompts import get_prompt_learner_class
+
+    return (get_adapter_class if is_adapter(method) else get_prompt_learner_class)(method).config_class
 
 
 def _refuse_prompt_flags(args: argparse.Namespace) -> None:

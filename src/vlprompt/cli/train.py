@@ -33,7 +33,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_train_args(p)
     add_output_args(p)
     p.set_defaults(func=run)
-    enable_config(p, train_record)  # last: --config FILE (issue 17); every other argument must be added before it
+    enable_config(p, _record)  # last: --config FILE (issue 17); every other argument must be added before it
+
+
+def _record(record: dict, reading) -> set[str]:
+    """:func:`~vlprompt.cli.config_file.train_record`, and a feature-space adapter's recorded run: its ``learner``
+    is the adapter's full config (method options, checked against its config when merged); ``adapter`` records what
+    the run resolved (views, recipe) and is resolved again."""
+    from vlprompt.adapters import is_adapter
+
+    if "evaluated_from" in record or not is_adapter(str(record.get("method"))):
+        return train_record(record, reading)
+    reading.learner.update(record.get("learner") or {})
+    return {"learner", "adapter"}
 
 
 def run(args: argparse.Namespace) -> int:
