@@ -151,6 +151,9 @@ def interpret_run(
     from vlprompt.backbones import create_backbone, recorded_pretrained
     from vlprompt.engine.checkpoint import LEARNER_WEIGHTS, check_backbone, read_learner_json
 
+    if (Path(run_dir) / "adapter.json").is_file():  # issue 16
+        raise ArtifactError(f"'{run_dir}' is a feature-space adapter run (adapter.json): it learned no context "
+                            "vectors, so there are no words to find; interpret a prompt run (coop, kgcoop, cocoop).")
     meta = read_learner_json(run_dir)
     path = Path(run_dir) / LEARNER_WEIGHTS
     try:

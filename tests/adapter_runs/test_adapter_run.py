@@ -324,3 +324,9 @@ def test_config_json_reruns_the_adapter_run(root, bias_run, tmp_path):
     assert main(["train", "--config", str(bias_run / "config.json"), "--out", str(tmp_path / "e4"),
                  "--learner-opt", "epochs=4"]) == 0
     assert _json(tmp_path / "e4", "config.json")["learner"] == {"epochs": 4, "lr": 1.0}
+
+
+def test_interpret_refuses_an_adapter_run(bias_run, capsys):
+    capsys.readouterr()
+    assert main(["interpret", "--run", str(bias_run)]) == 2
+    assert "is a feature-space adapter run (adapter.json): it learned no context vectors" in capsys.readouterr().err
