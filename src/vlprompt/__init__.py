@@ -28,6 +28,10 @@ _EXPORTS = {
     "load_dataset": "vlprompt.data",
     "list_datasets": "vlprompt.data",
     "VLPromptError": "vlprompt.errors",
+    # feature-space adapters (issue 16)
+    "AdapterClassifier": "vlprompt.api",
+    "list_adapters": "vlprompt.adapters",
+    "adapter_run": "vlprompt.runs.adapter_run",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -74,13 +74,20 @@ class PromptClassifier:
         """Load the prompt saved in ``run_dir``.
 
         Args:
-            run_dir: a training run folder (holds ``learner.json`` + ``learner.safetensors``).
+            run_dir: a training run folder (holds ``learner.json`` + ``learner.safetensors``), or a feature-space
+                adapter's (``adapter.json`` + ``adapter.safetensors``: an :class:`AdapterClassifier` is returned).
             device: where to run.
-            classnames: classify among these instead of the trained classes (unified context only).
+            classnames: classify among these instead of the trained classes (unified context; an adapter: a subset
+                of its classes, or any classes where it defines new ones).
             backbone: an already-built backbone (must be the one the prompt was trained on).
             pretrained: override the recorded weights location (e.g. the checkpoint moved); the weights
                 fingerprint is still checked.
         """
+        from vlprompt.engine.adapter_artifact import is_adapter_run
+
+        if is_adapter_run(run_dir):  # a feature-space adapter (issue 16): the image encoder, then the adapter
+            return AdapterClassifier.load_adapter(run_dir, device=device, classnames=classnames, backbone=backbone,
+                                                  pretrained=pretrained)
         meta = read_learner_json(run_dir)
         if backbone is None:
             ident = meta["backbone"]
@@ -162,7 +169,13 @@ class PromptClassifier:
     def logits(self, images: ImageInput) -> torch.Tensor:
         """``[B, C]`` logits for images (paths, PIL images, or a preprocessed ``[B, 3, H, W]`` tensor): the model
         applied to :meth:`preprocess`'s batch."""
-        feats = self.model.image_features(self.preprocess(images).to(self.backbone.device))  # (B, E)
+        return self.feature_logits(self.backbone.encode_image(self.preprocess(images).to(self.backbone.device)))
+
+    @torch.no_grad()
+    def feature_logits(self, image_features: torch.Tensor) -> torch.Tensor:
+        """``[B, C]`` logits of unnormalised image features ``[B, E]`` (``backbone.encode_image``'s output, e.g. from
+        the feature cache): what :meth:`logits` computes after the image encoder."""
+        feats = F.normalize(image_features.float(), dim=-1).to(self.backbone.device)  # (B, E)
         return self.model.predict_logits(feats, self._text)
 
     def predict(self, images: ImageInput, batch_size: int = 64) -> Prediction:
@@ -176,3 +189,60 @@ class PromptClassifier:
         probs = torch.cat([F.softmax(self.logits(c), dim=-1).cpu() for c in chunks])
         idx = probs.argmax(-1)
         return Prediction([self.classnames[i] for i in idx.tolist()], idx, probs)
+
+
+class AdapterClassifier(PromptClassifier):
+    """A fitted feature-space adapter (:mod:`vlprompt.adapters`) behind the :class:`PromptClassifier` interface:
+    ``predict`` runs the image encoder, then the adapter on its (unnormalised) features.
+
+    Built by :meth:`PromptClassifier.load` on an adapter's run folder. There are no fixed class weights in general (a
+    cache, a residual MLP): :meth:`text_features` is refused; ``model`` is ``None``.
+    """
+
+    def __init__(self, backbone: Backbone, head, meta: dict):
+        self.backbone, self.model, self.head = backbone, None, head
+        self.method = meta["method"]
+        self.learner_config = meta["config"]
+        self.record = meta["record"]
+        self._text = None
+
+    @classmethod
+    def load_adapter(cls, run_dir: str | os.PathLike, *, device: str | torch.device = "cpu",
+                     classnames: list[str] | None = None, backbone: Backbone | None = None,
+                     pretrained: str | None = None) -> AdapterClassifier:
+        """Load the adapter of ``run_dir`` on its recorded backbone (see :meth:`PromptClassifier.load`)."""
+        from vlprompt.backbones.text import zero_shot_weights
+        from vlprompt.engine.adapter_artifact import AdapterHead, load_adapter, read_adapter_json
+        from vlprompt.engine.checkpoint import check_backbone
+
+        meta = read_adapter_json(run_dir)
+        if backbone is None:
+            ident = meta["backbone"]
+            backbone = create_backbone(ident["name"], pretrained or recorded_pretrained(ident), device=device)
+        check_backbone(meta, backbone, str(run_dir))
+
+        def text_of(names: list[str]) -> torch.Tensor:  # [C, E] zero-shot classifier, the recorded template
+            return zero_shot_weights(backbone, names, [meta["template"]]).float().to(backbone.device)
+
+        adapter = load_adapter(run_dir, text_of(meta["classnames"]), meta)
+        return cls(backbone, AdapterHead(adapter, meta["classnames"], classnames, text_of, backbone.device), meta)
+
+    @property
+    def classnames(self) -> list[str]:
+        """Class names, indexed like the logits."""
+        return self.head.classnames
+
+    @property
+    def conditional(self) -> bool:
+        """``False``: an adapter's logits depend on the image only through its feature."""
+        return False
+
+    def text_features(self) -> torch.Tensor:
+        """Refused: an adapter is not a set of class weights."""
+        raise ConfigError(f"'{self.method}' is a feature-space adapter: its logits are computed from each image "
+                          "feature, not a fixed [C, E] class-weight matrix; use logits() or predict() instead.")
+
+    @torch.no_grad()
+    def feature_logits(self, image_features: torch.Tensor) -> torch.Tensor:
+        """``[B, C]`` logits of unnormalised image features ``[B, E]``: the adapter's."""
+        return self.head.logits(image_features)

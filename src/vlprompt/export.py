@@ -151,6 +151,12 @@ def _preprocessing(cfg) -> dict:
 
 def _refuse_non_prompt_runs(run_dir: Path) -> None:
     """A run folder without ``learner.json``: say what it is and why it cannot be exported."""
+    if (run_dir / "adapter.json").is_file():  # a feature-space adapter (issue 16)
+        raise ArtifactError(
+            f"'{run_dir}' is a feature-space adapter run (adapter.json): its logits come from an adapter applied to "
+            "each image feature (a cache, a residual MLP or probe), not from fixed class weights, and export "
+            "supports learned prompts only; serve it with PromptClassifier.load / `vlprompt predict`, or export a "
+            "trained prompt (`vlprompt train --method coop|kgcoop`).")
     if (run_dir / "learner.json").is_file() or not (run_dir / "config.json").is_file():
         return  # a prompt run, or not a run folder at all (read_learner_json says so)
     try:

@@ -142,6 +142,9 @@ def interpret_run(run_dir: str | Path, top_k: int = 3, *, device: str | torch.de
     from vlprompt.backbones import create_backbone, recorded_pretrained
     from vlprompt.engine.checkpoint import check_backbone
 
+    if (Path(run_dir) / "adapter.json").is_file():  # issue 16
+        raise ArtifactError(f"'{run_dir}' is a feature-space adapter run (adapter.json): it learned no context "
+                            "vectors, so there are no words to find; interpret a prompt run (coop, kgcoop, cocoop).")
     meta, path, ctx = _read_context(run_dir)  # ctx: (M, D) unified or (C, M, D) class-specific
     if backbone is None:
         ident = meta["backbone"]

@@ -1,4 +1,4 @@
-"""The contract every registered prompt-learning method keeps, parametrised over the registry (a newly registered
+"""The contract every registered prompt-learning method — and every registered feature-space adapter — keeps, parametrised over the registry (a newly registered
 method is held to it without touching this file): it trains (one optimiser step moves every parameter it declares
 trainable, with a gradient, and nothing of the frozen backbone), saves and loads (identical tensors, identical
 logits, its config through ``learner.json``), predicts from a ``vlprompt train`` run folder (probabilities that sum
@@ -7,6 +7,14 @@ the grid (``vlprompt benchmark --methods M``) with its own official recipe recor
 
 Runs share module-scoped folders: one ``vlprompt train`` and one one-method grid per method, on tiny random-weights
 CLIPs, one thread.
+
+Every feature-space adapter (:func:`vlprompt.adapters.list_adapters`, and the two toys of ``tests/adapter_runs`` that
+stand in for them) is held to its own contract (issue 16): it declares a buildable config and a JSON recipe (with
+``num_views`` where it uses views); it fits on tiny cached features without changing them; its record is JSON; saved
+(``adapter.safetensors`` + ``adapter.json``) and loaded through ``prepare`` + ``load_state_dict`` it gives the
+identical tensors and logits; it classifies other classes only where it declares ``new_classes`` (else a subset of
+its classes, as columns, and a refusal); and it runs through ``vlprompt train``, ``PromptClassifier``, ``vlprompt
+eval`` and the grid.
 """
 
 from __future__ import annotations
@@ -29,7 +37,13 @@ from vlprompt.engine.recipe import RECIPE_FIELDS, method_recipe
 from vlprompt.prompts import create_prompt_learner, get_prompt_learner_class, list_prompt_learners
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "baselines"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "adapter_runs"))
 from baseline_layouts import single_thread, write_split_benchmark  # noqa: E402
+from toy_adapters import TOYS, registered  # noqa: E402
+
+from vlprompt.adapters import AdapterData, create_adapter, get_adapter_class, list_adapters  # noqa: E402
+from vlprompt.engine.adapter_artifact import AdapterHead, load_adapter, read_adapter_json, save_adapter  # noqa: E402
+from vlprompt.errors import ConfigError  # noqa: E402
 
 #: Every registered method: the contract covers a new one as soon as it is registered.
 METHODS = list_prompt_learners()
@@ -46,9 +60,20 @@ OFFICIAL = {"coop": {1: (50, 32), 2: (100, 32)}, "cocoop": {1: (10, 1), 2: (10, 
 CLASSES = {"blue_jay": (40, 60, 200), "green_frog": (40, 180, 60), "red_fox": (200, 40, 40)}  # sorted: label order
 
 
+#: Every registered adapter, and the toys (registered for this module only by ``_toy_adapters``).
+ADAPTERS = sorted({*list_adapters(), *TOYS})
+per_adapter = pytest.mark.parametrize("adapter", ADAPTERS, scope="module")
+
+
 @pytest.fixture(scope="module", autouse=True)
 def _one_thread():
     yield from single_thread()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _toy_adapters():
+    with registered():
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -229,3 +254,165 @@ def test_grid_run_records_the_methods_resolved_recipe(method, grid):
     assert recorded == method_recipe(method, 1, "dtd") == _recipe(method, 1, "dtd")
     assert learner["method"] == method and learner["config"] == cfg["learner"]
     assert metrics["num_test"] == 6 and 0 <= metrics["accuracy"] <= 100
+
+
+# ------------------------------------------------------------------------------------------ feature-space adapters
+
+
+def _adapter_data(cls, with_val: bool = True) -> AdapterData:
+    """Tiny cached features: ``C = 3`` classes, two training images each (``[6, 32]``, unnormalised, norm ≈ 4),
+    their ``V`` views (``V``: the recipe's ``num_views``) where the method uses views, a val set of the same size, and
+    a zero-shot classifier near the class means."""
+    gen = torch.Generator().manual_seed(0)
+    means = torch.randn(3, 32, generator=gen)
+    labels = torch.tensor([0, 1, 2, 0, 1, 2])
+
+    def draw(n: int) -> torch.Tensor:
+        return 4.0 * torch.nn.functional.normalize(means[labels[:n]] + 0.8 * torch.randn(n, 32, generator=gen), dim=-1)
+
+    train = draw(6)
+    views = None
+    if cls.uses_views:
+        v = int(cls.recipe["num_views"])
+        views = train[None] + 0.3 * torch.randn(v, 6, 32, generator=gen)  # [V, N, E]
+    text = torch.nn.functional.normalize(means + 0.5 * torch.randn(3, 32, generator=gen), dim=-1)
+    return AdapterData(train=train, train_labels=labels, text=text, logit_scale=100.0, views=views,
+                       val=draw(6) if with_val and cls.uses_val else None,
+                       val_labels=labels.clone() if with_val and cls.uses_val else None, seed=1)
+
+
+@pytest.fixture(scope="module")
+def fitted(adapter, tmp_path_factory):
+    """``(adapter fitted on _adapter_data, the data, a copy of the data's tensors before the fit, its run folder with
+    the saved artifact)``."""
+    cls = get_adapter_class(adapter)
+    data = _adapter_data(cls)
+    before = {k: v.clone() for k, v in vars(data).items() if isinstance(v, torch.Tensor)}
+    torch.manual_seed(0)
+    model = create_adapter(adapter)
+    model.record = model.fit(data)
+    folder = tmp_path_factory.mktemp(f"adapter-{adapter}")
+    save_adapter(folder, model.eval(), ["c0", "c1", "c2"], {"name": "tiny", "fingerprint": "w2:test"},
+                 feature_dim=32, logit_scale=data.logit_scale, template="a photo of a {}.")
+    return model, data, before, folder
+
+
+@per_adapter
+def test_adapter_declares_a_buildable_config_and_a_json_recipe(adapter):
+    cls = get_adapter_class(adapter)
+    assert cls.method == adapter and cls.display_name
+    model = create_adapter(adapter)  # every option has a default
+    assert json.loads(json.dumps(model.config_dict())) == model.config_dict()
+    assert create_adapter(adapter, model.config_dict()).config_dict() == model.config_dict()
+    assert json.loads(json.dumps(cls.recipe)) == cls.recipe
+    if cls.uses_views:
+        assert isinstance(cls.recipe.get("num_views"), int) and cls.recipe["num_views"] >= 1
+    with pytest.raises(ConfigError, match="unknown option"):
+        create_adapter(adapter, {"no_such_option": 1})
+
+
+@per_adapter
+def test_adapter_fits_on_features_without_changing_them_and_records_json(adapter, fitted):
+    model, data, before, _ = fitted
+    for k, v in before.items():
+        assert torch.equal(getattr(data, k), v), f"{adapter}.fit changed data.{k}"
+    assert json.loads(json.dumps(model.record)) == model.record  # the record goes to adapter.json
+    with torch.no_grad():
+        logits = model(data.train)
+    assert logits.shape == (6, 3) and torch.isfinite(logits).all()
+    assert model.state_dict(), f"{adapter} saves nothing"
+
+
+@per_adapter
+def test_adapter_save_load_gives_identical_tensors_and_logits(adapter, fitted):
+    model, data, _, folder = fitted
+    meta = read_adapter_json(folder)
+    assert meta["method"] == adapter and meta["config"] == model.config_dict() and meta["record"] == model.record
+    loaded = load_adapter(folder, data.text.clone())  # a fresh adapter: prepare(shapes) + load_state_dict
+    a, b = model.state_dict(), loaded.state_dict()
+    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) and a[k].dtype == b[k].dtype for k in a)
+    x = torch.cat([data.train, 3.0 * torch.randn(4, 32, generator=torch.Generator().manual_seed(1))])
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+
+
+@per_adapter
+def test_adapter_new_classes_honoured(adapter, fitted):
+    model, data, _, _ = fitted
+    names = ["c0", "c1", "c2"]
+    x = data.train
+    with torch.no_grad():
+        full = model(x)
+    if model.new_classes:
+        with torch.no_grad():
+            torch.testing.assert_close(model(x, data.text), full, rtol=1e-5, atol=1e-5)  # its own classes as text
+            assert model(x, data.text[[2, 0]]).shape == (6, 2)
+        head = AdapterHead(model, names, ["c2", "new"], text_of=lambda n: data.text[[2, 0]])
+        assert head.logits(x).shape == (6, 2)
+    else:
+        head = AdapterHead(model, names, ["c2", "c0"])  # a subset of its classes: those columns
+        assert torch.equal(head.logits(x), full[:, [2, 0]])
+        with pytest.raises(ConfigError, match="cannot classify classes it was not fitted on"):
+            AdapterHead(model, names, ["c0", "new"], text_of=lambda n: data.text[:2])
+
+
+@per_adapter
+def test_adapter_without_val_fits_or_refuses_clearly(adapter):
+    """A dataset without a few-shot val split (a folder of train/ and test/) gives ``val=None``: a method that
+    selects on val either falls back (its defaults) or refuses with a ConfigError, never a crash from inside."""
+    cls = get_adapter_class(adapter)
+    if not cls.uses_val:
+        pytest.skip(f"{adapter} does not use val")
+    try:
+        create_adapter(adapter).fit(_adapter_data(cls, with_val=False))
+    except ConfigError:
+        pass
+
+
+@pytest.fixture(scope="module")
+def adapter_run(adapter, tmp_path_factory):
+    """``vlprompt train --method ADAPTER`` on a 3-class DTD in its official layout (2 train, 2 val, 2 test images
+    per class): the run folder."""
+    base = tmp_path_factory.mktemp(f"adapter-run-{adapter}")
+    write_split_benchmark(base / "data", "dtd", sizes=(2, 2, 2))
+    out = base / "run"
+    assert main(["train", "--dataset", "dtd", "--root", str(base / "data"), "--method", adapter, "--shots", "2",
+                 "--out", str(out), "--cache-dir", "", *BACKBONE]) == 0
+    return out
+
+
+@per_adapter
+def test_adapter_run_predicts_and_reevaluates(adapter, adapter_run):
+    from vlprompt.api import PromptClassifier
+    from vlprompt.data import load_dataset
+
+    cfg, metrics, meta = (_json(adapter_run / f) for f in ("config.json", "metrics.json", "adapter.json"))
+    cls = get_adapter_class(adapter)
+    assert cfg["method"] == meta["method"] == adapter and cfg["learner"] == meta["config"]
+    assert cfg["adapter"]["views"] == (cls.recipe["num_views"] if cls.uses_views else 0)
+    clf = PromptClassifier.load(adapter_run)
+    root = str(adapter_run.parent / "data")
+    test = load_dataset("dtd", root).test
+    pred = clf.predict([r.path for r in test])
+    torch.testing.assert_close(pred.probs.sum(-1), torch.ones(len(test)), rtol=0, atol=1e-5)
+    truth = [clf.classnames[r.label] for r in test]
+    assert 100.0 * sum(p == t for p, t in zip(pred.labels, truth, strict=True)) / len(test) == pytest.approx(
+        metrics["accuracy"])
+    assert main(["eval", "--run", str(adapter_run), "--dataset", "dtd", "--root", root, "--device", "cpu",
+                 "--cache-dir", ""]) == 0
+    assert _json(adapter_run / "eval_dtd" / "metrics.json")["accuracy"] == pytest.approx(metrics["accuracy"])
+
+
+@per_adapter
+def test_adapter_runs_in_the_grid(adapter, tmp_path):
+    write_split_benchmark(tmp_path / "data", "dtd", sizes=(1, 1, 2))
+    runs = tmp_path / "runs"
+    assert main(["benchmark", "--protocol", "fewshot", "--datasets", "dtd", "--methods", adapter, "--shots", "1",
+                 "--seeds", "1", "--root", str(tmp_path / "data"), "--out", str(runs), "--cache-dir", "",
+                 "--no-report", *BACKBONE]) == 0
+    run = runs / "dtd" / adapter / "1shots" / "seed1"
+    cfg, meta = _json(run / "config.json"), _json(run / "adapter.json")
+    official = get_adapter_class(adapter).dataset_config("dtd", 1)  # the per-dataset/shot values, over the defaults
+    assert cfg["method"] == meta["method"] == adapter
+    assert cfg["learner"] == create_adapter(adapter, official).config_dict()
+    assert _json(run / "metrics.json")["num_test"] == 6

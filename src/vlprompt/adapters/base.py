@@ -18,7 +18,10 @@ What differs between methods is declared on the class:
   never looks at the test split;
 - ``new_classes``: the method can classify class names it was not fitted on, given their zero-shot text features
   (CLIP-Adapter adapts the image side only; a cache or a per-class residual cannot), used by base-to-new;
-- ``recipe``: the official training settings (cited by file in the method's module).
+- ``recipe``: the official training settings (cited by file in the method's module); the run reads its
+  ``num_views`` (views fitted on unless ``--augment`` says otherwise), ``crop_scale_min`` and ``flip`` (their train
+  transform);
+- :meth:`FeatureAdapter.dataset_config`: the official per-dataset/per-shot values of config options.
 
 Adding a method is one module: subclass :class:`FeatureAdapter`, decorate it with :func:`register_adapter` and
 import it in ``vlprompt/adapters/__init__.py``.
@@ -159,6 +162,14 @@ class FeatureAdapter(nn.Module):
         ``text`` ``[C', E]``: classify among other classes given their zero-shot text features (only where
         ``new_classes``); ``None``: the classes the adapter was fitted on."""
         raise NotImplementedError
+
+    @classmethod
+    def dataset_config(cls, dataset: str | None, shots: int | None) -> dict[str, Any]:
+        """Config values the official code sets per dataset or shot count (TaskRes: ImageNet's lr; Tip-Adapter: each
+        dataset's search range), applied by the run to the options the user left unset (user > these > the config's
+        defaults). ``dataset``: vlprompt's dataset name (``None`` or custom data: no official entry); ``shots``: per
+        class (``None``/0: all). Default: the dataset's name for a config with a ``dataset`` field, else nothing."""
+        return {"dataset": dataset} if "dataset" in cls.config_class.__dataclass_fields__ else {}
 
     def config_dict(self) -> dict[str, Any]:
         """JSON-serialisable config that rebuilds this adapter (with :func:`create_adapter`)."""

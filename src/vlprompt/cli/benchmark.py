@@ -34,10 +34,12 @@ class _MethodsHelp(str):
         from vlprompt.runs.grid import DEFAULT_METHODS, grid_methods
 
         return (f"comma-separated subset of {','.join(grid_methods())} (every registered prompt learner, the "
-                f"coop-csc variant and the baselines). Default: fewshot {','.join(DEFAULT_METHODS)}; the other "
-                "protocols every registered prompt learner and zeroshot (coop-csc and linear-probe cannot be "
-                "evaluated on other classes). coop-csc = class-specific context, zeroshot = the dataset's "
-                "hand-crafted template")
+                f"coop-csc variant, every registered feature-space adapter and the baselines). Default: fewshot "
+                f"{','.join(DEFAULT_METHODS)}; the other protocols every registered prompt learner and zeroshot "
+                "(coop-csc and linear-probe cannot be evaluated on other classes, nor an adapter without new "
+                "classes by base2new/xd). An adapter fits with its own recipe (the training flags here are the "
+                "prompt learners'; --augment sets its views). coop-csc = class-specific context, zeroshot = the "
+                "dataset's hand-crafted template")
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -66,9 +66,10 @@ class _MethodChoices(Sequence):
     the registry imports torch, which a plain ``vlprompt --help`` should not."""
 
     def _names(self) -> list[str]:
+        from vlprompt.adapters import list_adapters
         from vlprompt.prompts import list_prompt_learners
 
-        return list_prompt_learners()
+        return [*list_prompt_learners(), *list_adapters()]
 
     def __getitem__(self, i):  # noqa: D105
         return self._names()[i]
@@ -81,13 +82,14 @@ class _MethodChoices(Sequence):
 
 
 def _method_name(value: str) -> str:
-    """``--method`` checked against the registry (its error suggests close names)."""
-    from vlprompt.prompts import get_prompt_learner_class
+    """``--method`` checked against the registries of prompt learners and adapters (its error suggests close names)."""
+    import difflib
 
-    try:
-        get_prompt_learner_class(value)
-    except ConfigError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
+    names = _MethodChoices()._names()
+    if value not in names:
+        close = difflib.get_close_matches(value, names, n=3)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise argparse.ArgumentTypeError(f"--method '{value}' is unknown.{hint} Choices: {', '.join(names)}.")
     return value
 
 
@@ -98,8 +100,10 @@ def add_learner_args(p: argparse.ArgumentParser) -> None:
         "Options left out take the method's own defaults: coop M=16 random init; cocoop and kgcoop M=4 from "
         "'a photo of a' (as officially). --n-ctx without --ctx-init means random initialisation.")
     g.add_argument("--method", default="coop", type=_method_name, choices=_MethodChoices(), metavar="METHOD",
-                   help="prompt-learning method: %(choices)s (default coop). Each trains with its own official "
-                        "recipe where no value is given: cocoop batch 1, 10 epochs; kgcoop batch 128, 100 epochs")
+                   help="prompt-learning method or feature-space adapter: %(choices)s (default coop). Each trains "
+                        "with its own official recipe where no value is given: cocoop batch 1, 10 epochs; kgcoop "
+                        "batch 128, 100 epochs; an adapter fits on cached features with its own recipe (options: "
+                        "--learner-opt)")
     g.add_argument("--n-ctx", type=int, default=None, help="number of context vectors M (coop default 16)")
     g.add_argument("--ctx-init", default=None,
                    help="initialise the context from these words, e.g. 'a photo of a' (sets M to the word count)")
@@ -132,10 +136,12 @@ def _coerce(key: str, value: str, default: object) -> object:
 
 def learner_options(args: argparse.Namespace) -> dict:
     """The learner config entries the user chose (the method's own defaults fill the rest)."""
-    from vlprompt.prompts import get_prompt_learner_class
+    from vlprompt.adapters import is_adapter
 
     if not hasattr(args, "n_ctx"):
         return {}
+    if is_adapter(args.method):
+        _refuse_prompt_flags(args)
     opts: dict = {}
     if args.n_ctx is not None:
         opts["n_ctx"] = args.n_ctx
@@ -146,7 +152,7 @@ def learner_options(args: argparse.Namespace) -> dict:
         opts["csc"] = True
     if args.class_token_position is not None:
         opts["class_token_position"] = args.class_token_position
-    fields = get_prompt_learner_class(args.method).config_class.__dataclass_fields__
+    fields = method_config_class(args.method).__dataclass_fields__
     # options of the method's config from a --config file (already checked against ``fields``; issue 17)
     opts.update(getattr(args, "learner_config", None) or {})
     for item in getattr(args, "learner_opt", None) or []:
@@ -159,6 +165,27 @@ def learner_options(args: argparse.Namespace) -> dict:
                               f"{', '.join(sorted(fields))}.")
         opts[key] = _coerce(key, value, fields[key].default)
     return opts
+
+
+def method_config_class(method: str) -> type:
+    """The config dataclass of ``--method``: a feature-space adapter's or a prompt learner's."""
+    from vlprompt.adapters import get_adapter_class, is_adapter
+    from vlprompt.prompts import get_prompt_learner_class
+
+    return (get_adapter_class if is_adapter(method) else get_prompt_learner_class)(method).config_class
+
+
+def _refuse_prompt_flags(args: argparse.Namespace) -> None:
+    """An adapter (``--method`` a feature-space adapter) has no prompt: refuse the prompt-learner flags by name."""
+    given = [flag for flag, attr in (("--n-ctx", "n_ctx"), ("--ctx-init", "ctx_init"), ("--csc", "csc"),
+                                     ("--class-token-position", "class_token_position"))
+             if getattr(args, attr, None) is not None]
+    if given:
+        from vlprompt.adapters import get_adapter_class
+
+        own = sorted(get_adapter_class(args.method).config_class.__dataclass_fields__)
+        raise ConfigError(f"{', '.join(given)}: prompt-learner option(s), but --method {args.method} is a feature-space "
+                          f"adapter with no prompt; its options (--learner-opt KEY=VALUE): {', '.join(own) or 'none'}.")
 
 
 def add_train_args(p: argparse.ArgumentParser) -> None:

@@ -305,9 +305,9 @@ def read_settings(path: str, table: FlagTable) -> Reading:
 
 
 def method_defaults(method: str) -> dict:
-    from vlprompt.prompts import get_prompt_learner_class
+    from vlprompt.cli.common import method_config_class  # a prompt learner's or an adapter's (issue 16)
 
-    return {f.name: f.default for f in fields(get_prompt_learner_class(method).config_class)}
+    return {f.name: f.default for f in fields(method_config_class(method))}
 
 
 def check_learner_value(method: str, key: str, value: Any, default: Any, where: str) -> Any:

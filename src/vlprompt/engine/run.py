@@ -36,6 +36,7 @@ from vlprompt.engine.model import PromptModel
 from vlprompt.engine.recipe import method_template, resolve_train_config, train_drop_last
 from vlprompt.engine.spec import RunSpec, spec_to_dict
 from vlprompt.errors import ConfigError
+from vlprompt.eval.metrics import classification_metrics
 from vlprompt.prompts import CoOpConfig, create_prompt_learner, get_prompt_learner_class, list_prompt_learners
 
 _logger = logging.getLogger(__name__)
@@ -409,11 +410,16 @@ def _eval(run_dir: str, spec: RunSpec, progress: bool) -> dict:
               "evaluated_from": str(Path(run_dir).resolve()), "source_dataset": src.get("dataset", {}).get("name")}
     D.on_main(atomic_write_json, out / "config.json", config)
     t1 = time.perf_counter()
-    metrics, _ = P.evaluate_model(clf.model, _test_features(spec, clf.backbone, data, "test", data.splits.test,
-                                  progress), P.labels_of(data.splits.test), clf.baked_text_features)
+    logits = clf.feature_logits(_test_features(spec, clf.backbone, data, "test", data.splits.test, progress))
+    metrics = classification_metrics(logits.argmax(-1).cpu(), P.labels_of(data.splits.test), logits.shape[1])
     metrics.update(train_seconds=0.0, eval_seconds=time.perf_counter() - t1, peak_memory_mb=P.peak_memory_mb(device))
     D.on_main(atomic_write_json, out / "metrics.json", metrics)
     return metrics
 
+
+#: The run-folder steps other run functions share (the feature-space adapter run, :mod:`vlprompt.runs.adapter_run`),
+#: under public names: ``config.json``'s common entries, the inputs (device, data, backbone), the early refusal of
+#: a finished run, and the cached test-transform features of a split.
+base_config, load_inputs, refuse_finished, test_features = _base_config, _load, _refuse_finished, _test_features
 
 __all__ = ["RunSpec", "train_run", "zeroshot_run", "eval_run", "default_label", "prepare_out", "spec_to_dict"]

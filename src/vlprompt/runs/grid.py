@@ -23,9 +23,11 @@ with seeds 1–3.
 Methods: every registered prompt learner (:func:`vlprompt.prompts.list_prompt_learners`), each trained with its own
 official recipe where the user set no value (resolved by :func:`vlprompt.engine.recipe.resolve_train_config` when
 the run starts, and recorded resolved in its ``config.json``), the variant ``coop-csc`` (CoOp with class-specific
-context) and the baselines ``zeroshot`` and ``linear-probe``. A class-specific context has no vectors for classes it
-was not trained on and the linear probe no weights for them, so these two are refused by the protocols that evaluate
-on other classes.
+context), every registered feature-space adapter (:func:`vlprompt.adapters.list_adapters`, fitted with its own recipe
+by :func:`vlprompt.runs.adapter_run.adapter_run`) and the baselines ``zeroshot`` and ``linear-probe``. A
+class-specific context has no vectors for classes it was not trained on and the linear probe no weights for them,
+so these two are refused by the protocols that evaluate on other classes, as is an adapter without ``new_classes``
+by base-to-new and cross-dataset transfer (:func:`transfer_problem`; domain generalization keeps the classes).
 """
 
 from __future__ import annotations
@@ -59,14 +61,35 @@ NOT_TRANSFERABLE = {
 
 
 def grid_methods() -> list[str]:
-    """Every method a grid runs: each registered prompt learner (followed by its variants), then the baselines."""
+    """Every method a grid runs: each registered prompt learner (followed by its variants), each registered
+    feature-space adapter (:func:`vlprompt.adapters.list_adapters`), then the baselines."""
+    from vlprompt.adapters import list_adapters
     from vlprompt.prompts import list_prompt_learners
 
     out = []
     for name in list_prompt_learners():
         out.append(name)
         out += [v for v, (base, _) in VARIANTS.items() if base == name]
-    return out + list(BASELINES)
+    return out + list_adapters() + list(BASELINES)
+
+
+def transfer_problem(method: str, protocol: str) -> str | None:
+    """Why ``method`` cannot run ``protocol`` (``None``: it can).
+
+    A class-specific context, the linear probe and a feature-space adapter without ``new_classes`` hold something
+    per trained class only: refused by base-to-new and cross-dataset transfer, which evaluate on other classes. Such
+    an adapter runs domain generalization, whose targets have the source's classes or a subset of them (ImageNet-A
+    and -R: 200 of the 1000), evaluated on the logits of those classes."""
+    from vlprompt.adapters import get_adapter_class, is_adapter
+
+    if protocol not in TRANSFER_PROTOCOLS:
+        return None
+    if method in NOT_TRANSFERABLE:
+        return NOT_TRANSFERABLE[method]
+    if is_adapter(method) and not get_adapter_class(method).new_classes and protocol != "dg":
+        return (f"the {method} adapter holds something per fitted class only (new_classes=False) and has nothing for "
+                "classes it was not fitted on")
+    return None
 
 
 def learner_of(method: str) -> tuple[str, dict]:
@@ -227,9 +250,10 @@ class BenchmarkConfig:
         out = []
         if self.protocol in TRANSFER_PROTOCOLS:
             for m in self.methods:
-                if m in NOT_TRANSFERABLE:
-                    out.append(f"--methods {m} cannot run the {self.protocol} protocol: {NOT_TRANSFERABLE[m]} "
-                               "(use --protocol fewshot for it)")
+                why = transfer_problem(m, self.protocol)
+                if why:
+                    out.append(f"--methods {m} cannot run the {self.protocol} protocol: {why} "
+                               f"(use --protocol fewshot{'' if self.protocol == 'dg' else ' or dg'} for it)")
             if self.learner.get("csc"):
                 out.append(f"--protocol {self.protocol} with class-specific context: "
                            f"{NOT_TRANSFERABLE['coop-csc']}")
@@ -357,4 +381,4 @@ def plan(cfg: BenchmarkConfig) -> list[Job]:
 __all__ = ["BASELINES", "DEFAULT_METHODS", "DEFAULT_SHOTS", "PROTOCOLS", "TRANSFER_PROTOCOLS", "VARIANTS",
            "BenchmarkConfig", "Evaluation", "Job", "Protocol", "dataset_dirname", "default_methods",
            "fewshot_benchmarks", "grid_methods", "learner_of", "parse_datasets", "parse_ints", "plan",
-           "protocol_targets"]
+           "protocol_targets", "transfer_problem"]

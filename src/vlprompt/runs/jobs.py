@@ -1,5 +1,5 @@
-"""One job of a grid (:class:`~vlprompt.runs.grid.Job`) through the engine's run functions: train, zero-shot or
-linear probe, then its evaluations; finished runs and evaluations are not repeated. Used by every executor
+"""One job of a grid (:class:`~vlprompt.runs.grid.Job`) through the engine's run functions: train, zero-shot, linear
+probe or a feature-space adapter (:func:`vlprompt.runs.adapter_run.adapter_run`), then its evaluations; finished runs and evaluations are not repeated. Used by every executor
 (:mod:`vlprompt.runs.executors`) and by :func:`vlprompt.runs.grid_run.run_benchmark`.
 """
 
@@ -31,7 +31,9 @@ def job_recipe(job: Job, cfg: BenchmarkConfig) -> dict | None:
     """``{"epochs", "batch_size"}`` a learned job will train with (the user's values, else its method's recipe, by
     :func:`vlprompt.engine.recipe.resolve_train_config`); ``None`` for the baselines. Custom data is resolved as a
     dataset that is not ImageNet (its name is known only once it is loaded)."""
-    if job.method in BASELINES:
+    from vlprompt.adapters import is_adapter
+
+    if job.method in BASELINES or is_adapter(job.method):
         return None
     from vlprompt.data.benchmarks import BENCHMARKS
     from vlprompt.engine.recipe import resolve_train_config
@@ -51,18 +53,34 @@ def describe(job: Job, cfg: BenchmarkConfig) -> str:
         parts.append(f"classes {job.subsample}")
     if recipe:
         parts.append(f"epochs {recipe['epochs']} batch {recipe['batch_size']}")
+    views = _adapter_views(job, cfg)
+    if views is not None:
+        parts.append(f"adapter, views {views}")
     line = "  ".join(parts) + f"  → {job.out}"
     for e in job.evaluations:
         line += f"  | eval {e.name}{' (done)' if e.done else ''} → {e.out}"
     return line
 
 
+def _adapter_views(job: Job, cfg: BenchmarkConfig) -> int | None:
+    """The number of augmented views an adapter job fits on (0: none); ``None`` for any other method."""
+    from vlprompt.adapters import get_adapter_class, is_adapter
+
+    if not is_adapter(job.method):
+        return None
+    from vlprompt.runs.adapter_run import grid_train_config, resolve_views
+
+    return resolve_views(get_adapter_class(job.method), grid_train_config(cfg.train, job.method).augment)
+
+
 def _spec(cfg: BenchmarkConfig, dataset: str, out: Path, shots: int | None, seed: int, subsample: str, **extra):
-    """A fresh :class:`~vlprompt.engine.run.RunSpec` of one run (``extra``: ``method``, ``learner``, ``label``)."""
+    """A fresh :class:`~vlprompt.engine.run.RunSpec` of one run (``extra``: ``method``, ``learner``, ``label``,
+    ``train``, default the grid's)."""
     from vlprompt.engine.run import RunSpec
 
+    extra.setdefault("train", cfg.train)
     return RunSpec(dataset=dataset, out=str(out), root=cfg.root, shots=shots, seed=seed, subsample=subsample,
-                   backbone=cfg.backbone, pretrained=cfg.pretrained, train=cfg.train, device=cfg.device,
+                   backbone=cfg.backbone, pretrained=cfg.pretrained, device=cfg.device,
                    cache_dir=cfg.cache_dir, tensorboard=cfg.tensorboard,
                    state_every_seconds=cfg.state_every_seconds, **extra)
 
@@ -88,6 +106,14 @@ def _train(job: Job, cfg: BenchmarkConfig, backbone) -> dict:
 
         return linear_probe_run(_spec(cfg, job.dataset, job.out, job.shots, job.seed, job.subsample,
                                       **_labelled(job)), backbone=backbone)
+    from vlprompt.adapters import is_adapter
+
+    if is_adapter(job.method):  # fitted with its own recipe: the grid's prompt-optimisation settings are not its
+        from vlprompt.runs.adapter_run import adapter_run, grid_train_config
+
+        return adapter_run(_spec(cfg, job.dataset, job.out, job.shots, job.seed, job.subsample, method=job.method,
+                                 learner=dict(job.learner), train=grid_train_config(cfg.train, job.method),
+                                 **_labelled(job)), backbone=backbone)
     from vlprompt.engine.run import train_run
 
     # the registered learner and the variant's options (coop-csc: csc), the user's, then the job's own; epochs and
