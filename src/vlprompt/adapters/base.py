@@ -53,6 +53,10 @@ class AdapterData:
         val: ``[M, E]`` unnormalised fp32 features of the few-shot validation images (test transform), or ``None``.
         val_labels: ``LongTensor[M]`` or ``None``.
         seed: the run's seed (for any randomness the method draws: initialisation, batch order).
+        text_unnormalised: ``[C, E]`` the class text features *before* L2 normalisation, averaged over the
+            templates (for one template: the text encoder's output), or ``None``. CLAP's official code starts its
+            probe from these (``base_text_features`` of ``jusiro/CLAP:trainers/adapters.py``) and constrains it to
+            them in that space, so their norms set its effective step size; given ``None`` it starts from ``text``.
     """
 
     train: torch.Tensor
@@ -63,6 +67,7 @@ class AdapterData:
     val: torch.Tensor | None = None
     val_labels: torch.Tensor | None = None
     seed: int = 1
+    text_unnormalised: torch.Tensor | None = None
 
     @property
     def num_classes(self) -> int:
