@@ -50,6 +50,7 @@ def test_registered_with_official_recipes():
     assert (clap.recipe["epochs"], clap.recipe["lr"], clap.recipe["batch_size"], clap.recipe["num_views"]) == (
         300, 0.1, 256, 20)
     assert (lpp.recipe["epochs"], lpp.recipe["alpha_every"], lpp.recipe["num_views"]) == (300, 10, 1)
+    assert clap.recipe["crop_scale"] == [0.08, 1.0] and lpp.recipe["crop_scale"] == [0.5, 1.0]  # their train views
     assert clap.display_name == "CLAP" and lpp.display_name == "LP++"
 
 

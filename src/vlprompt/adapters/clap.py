@@ -129,7 +129,8 @@ class Clap(FeatureAdapter):
     new_classes = False
     recipe = {"epochs": 300, "lr": 0.1, "batch_size": 256, "optimizer": "sgd", "momentum": 0.9,
               "weight_decay": 0.0, "warmup_epochs": 1, "warmup_lr": 1e-5, "schedule": "cosine",
-              "num_views": 20, "augmentation": "Dassl random_resized_crop (scale 0.08-1, bicubic 224) + random_flip",
+              "num_views": 20, "crop_scale": [0.08, 1.0], "flip": True,
+              "augmentation": "Dassl random_resized_crop (scale 0.08-1, bicubic 224) + random_flip",
               "constraint": "l2", "logit_scale": "CLIP's exp(logit_scale)", "source": "jusiro/CLAP@dbdf4095"}
 
     def __init__(self, config: ClapConfig):

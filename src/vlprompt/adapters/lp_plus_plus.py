@@ -101,7 +101,8 @@ class LPPlusPlus(FeatureAdapter):
     new_classes = False
     recipe = {"epochs": 300, "alpha_every": 10, "momentum": 0.9, "lr_w": "4N / lambda_max(F^T F)",
               "lr_alpha": "N / (4 max_c sum_i (F T^T)_ic^2)", "alpha_init": "250 x mean true-class cosine",
-              "num_views": 1, "augmentation": "RandomResizedCrop(224, scale=(0.5, 1), bicubic) + flip",
+              "num_views": 1, "crop_scale": [0.5, 1.0], "flip": True,
+              "augmentation": "RandomResizedCrop(224, scale=(0.5, 1), bicubic) + flip",
               "selection": "last iterate (official script: best few-shot val epoch)",
               "source": "FereshteShakeri/FewShot-CLIP-Strong-Baseline@f81054f9"}
 
