@@ -113,7 +113,7 @@ def class_adaptive_multipliers(features: torch.Tensor, labels: torch.Tensor, pro
     missing = (counts == 0).nonzero().flatten().tolist()
     if missing:
         raise DataError(f"clap: class(es) {missing[:10]} have no training image; CLAP's multipliers are per-class "
-                        "zero-shot accuracies on the training set (officially 0/0); give every class ≥ 1 shot.")
+                        "mean zero-shot probabilities on the training set (officially 0/0); give every class ≥ 1 shot.")
     return (sums / counts.double()).float()
 
 
@@ -184,7 +184,7 @@ class Clap(FeatureAdapter):
         """``run_epoch`` × epochs: SGD with momentum 0.9 on ``prototypes``; returns the last batch's loss."""
         cfg = self.config
         protos = self.prototypes.data  # (C, E), updated in place
-        momentum = torch.zeros_like(protos)  # torch SGD's buffer: 0.9 · 0 + g = g on the first step, as there
+        momentum = torch.zeros_like(protos)  # SGD's momentum buffer; 0.9 · 0 + g = g: torch's first step exactly
         # the constant part of the penalty's gradient ∂/∂p_c mean_c α_c ‖p_c − t_c‖² = (2/C) α_c (p_c − t_c)
         pull = (2.0 / protos.shape[0]) * self.multipliers  # (C,)
         pull_base = pull[:, None] * base  # (C, E)
@@ -208,8 +208,9 @@ class Clap(FeatureAdapter):
 
     def _step(self, x: torch.Tensor, y: torch.Tensor, protos: torch.Tensor, momentum: torch.Tensor,
               pull: torch.Tensor, pull_base: torch.Tensor, base: torch.Tensor | None) -> float:
-        """One batch: the loss (with the penalty term only when ``base`` is given), and ``momentum ← 0.9 · momentum + ∂loss/∂protos`` (by hand, the same maths as
-        autograd on ``CE(s · x̂ (p/‖p‖)ᵀ) + mean_c α_c ‖p_c − t_c‖²`` with fewer passes over the ``[C, E]`` tensors).
+        """One batch: the loss (with the penalty term only when ``base`` is given) and ``momentum ← 0.9 · momentum
+        + ∂loss/∂protos``, formed by hand: the same maths as autograd on ``CE(s · x̂ (p/‖p‖)ᵀ) + mean_c α_c
+        ‖p_c − t_c‖²`` (``forward_lp`` + ``zero_shot_constraint``) with fewer passes over the ``[C, E]`` tensors.
 
         With ``z = x̂ pᵀ`` ``(B, C)``, ``n_c = ‖p_c‖`` and ``G = (softmax(s z / n) − onehot) / B``:
         ``∂/∂p_c = (s / n_c) Σ_b G_bc x̂_b − (s / n_c³) (Σ_b G_bc z_bc) p_c + (2/C) α_c (p_c − t_c)``."""

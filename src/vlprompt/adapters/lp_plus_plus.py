@@ -16,8 +16,8 @@ training transform) and ``configs/base.yaml`` (``train_epoch 300``). What it doe
   averaged, re-normalised) = ``data.text``.
 - **Logits**: ``F Wᵀ + b + α ⊙ (F Tᵀ)`` with ``α`` ``[C]`` (no logit scale: the scale lives in ``W`` and ``α``).
 - **Init**: ``W`` = per-class *sums* of ``F`` (``compute_centroids``: ``one_hotᵀ F``, here ``index_add``); ``b``
-  as ``nn.Linear``'s default, ``U(−1/√E, 1/√E)``; every ``α_c`` = 250 × the mean over classes of the mean true-class cosine
-  (``calculate_init_alpha``).
+  as ``nn.Linear``'s default, ``U(−1/√E, 1/√E)``; every ``α_c`` = 250 × the mean over classes of the mean
+  true-class cosine (``calculate_init_alpha``).
 - **Step sizes** (the block majorize-minimize steps): ``lr_w = 4N / λ_max(FᵀF)`` (``calculate_lr_w``, ``eigh``) for
   ``(W, b)`` by SGD with momentum 0.9; ``lr_α = N / (4 max_c Σ_i (F Tᵀ)_ic²)`` (``calculate_lr_alpha``) for ``α``.
 - **Loop**: 300 full-batch iterations of cross-entropy; ``(W, b)`` step every iteration; ``α -= lr_α · α.grad``
