@@ -182,3 +182,15 @@ def test_clap_hand_gradient_equals_autograd_of_the_official_loss(constraint):
     ours = adapter._step(x, y, protos.clone(), momentum, pull, pull[:, None] * base, base)
     assert ours == pytest.approx(loss.item(), rel=1e-6)
     torch.testing.assert_close(momentum, p.grad, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("n", [6, 40])  # N < E (eigh of F Fᵀ) and N > E (eigh of FᵀF)
+def test_lpp_step_size_is_4n_over_the_largest_squared_singular_value(n):
+    from vlprompt.adapters.lp_plus_plus import lpp_init
+
+    g = torch.Generator().manual_seed(n)
+    feats = torch.nn.functional.normalize(torch.randn(n, E, generator=g) + 2, dim=-1)
+    labels = torch.arange(n) % C
+    text = torch.nn.functional.normalize(torch.randn(C, E, generator=g), dim=-1)
+    sigma = torch.linalg.svdvals(feats.double())[0]
+    assert float(lpp_init(feats, labels, text)["lr_w"]) == pytest.approx(4 * n / float(sigma) ** 2, rel=1e-5)

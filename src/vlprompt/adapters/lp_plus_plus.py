@@ -83,8 +83,10 @@ def lpp_init(features: torch.Tensor, labels: torch.Tensor, text: torch.Tensor) -
     text_logits = features @ text.t()  # (N, C)
     true_cos = torch.zeros(num_classes).index_add_(0, labels, text_logits.gather(1, labels[:, None])[:, 0])
     alpha = ALPHA_INIT_SCALE * (true_cos / counts.to(features.dtype)).double().mean()  # compute_centroids_alpha
-    # λ_max(FᵀF) in fp32, as the official scipy eigh of the fp32 (GPU: fp16) array (fp64 LAPACK is ~30× slower)
-    lr_w = 4 * n / torch.linalg.eigvalsh(features.t() @ features)[-1]
+    # λ_max(FᵀF) in fp32, as the official scipy eigh of the fp32 (GPU: fp16) array (fp64 LAPACK is ~30× slower);
+    # FᵀF (E, E) and F Fᵀ (N, N) have the same largest eigenvalue: take the smaller one
+    gram = features.t() @ features if n >= features.shape[1] else features @ features.t()
+    lr_w = 4 * n / torch.linalg.eigvalsh(gram)[-1]
     lr_alpha = n / (text_logits.pow(2).sum(0).max() * 4)
     return {"weight": weight, "alpha": alpha.float(), "lr_w": lr_w, "lr_alpha": lr_alpha}
 
