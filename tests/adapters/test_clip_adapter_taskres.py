@@ -21,7 +21,7 @@ from vlprompt.errors import ArtifactError, ConfigError, TrainingDivergedError
 C, SHOTS, E = 4, 4, 32
 
 
-def _data(seed: int = 0, views: int | None = 2, shots: int = SHOTS, text_norms: bool = True, **extra) -> AdapterData:
+def _data(seed: int = 0, views: int | None = 2, shots: int = SHOTS, raw_text: bool = True, **extra) -> AdapterData:
     g = torch.Generator().manual_seed(123)
     protos = torch.randn(C, E, generator=g)
     labels = torch.arange(C).repeat_interleave(shots)  # (N,)
@@ -29,7 +29,7 @@ def _data(seed: int = 0, views: int | None = 2, shots: int = SHOTS, text_norms: 
     text_raw = protos + 0.5 * torch.randn(C, E, generator=g)  # (C, E)
     v = None if views is None else train[None] + 0.2 * torch.randn(views, labels.numel(), E, generator=g)
     return AdapterData(train=train, train_labels=labels, text=F.normalize(text_raw, dim=-1), logit_scale=100.0,
-                       views=v, seed=seed, text_norms=text_raw.norm(dim=-1) if text_norms else None, **extra)
+                       views=v, seed=seed, text_unnormalised=text_raw if raw_text else None, **extra)
 
 
 def _small(method: str, **cfg):
@@ -135,10 +135,10 @@ def test_taskres_base_is_the_raw_text_feature_when_norms_are_given(caplog):
     data = _data()
     adapter = _small("taskres")
     assert adapter.fit(data)["base"] == "raw"
-    assert torch.allclose(adapter.base_text_features.norm(dim=-1), data.text_norms, rtol=1e-6)
+    assert torch.allclose(adapter.base_text_features.norm(dim=-1), data.text_unnormalised.norm(dim=-1), rtol=1e-6)
     with caplog.at_level(logging.WARNING, logger="vlprompt.adapters.taskres"):
-        assert _small("taskres").fit(_data(text_norms=False))["base"] == "normalised"
-    assert "text_norms" in caplog.text
+        assert _small("taskres").fit(_data(raw_text=False))["base"] == "normalised"
+    assert "text_unnormalised" in caplog.text
 
 
 def test_views_cycle_per_epoch_and_fall_back_to_the_train_features():

@@ -38,8 +38,9 @@ def test_registered_with_the_interface_flags_and_recipe():
         cls = get_adapter_class(method)
         assert (cls.uses_views, cls.uses_val, cls.new_classes) == (True, True, False)
         assert cls.recipe["num_views"] == 10  # configs/*.yaml augment_epoch
-    assert get_adapter_class("tip-adapter-f").recipe == {"num_views": 10, "epochs": 20, "batch_size": 256,
-                                                          "lr": 0.001}
+        assert (cls.recipe["crop_scale_min"], cls.recipe["flip"]) == (0.5, True)  # main.py's cache transform
+    assert get_adapter_class("tip-adapter-f").recipe == {"num_views": 10, "crop_scale_min": 0.5, "flip": True,
+                                                          "epochs": 20, "batch_size": 256, "lr": 0.001}
 
 
 @pytest.mark.parametrize("dataset, expected", [
@@ -54,18 +55,19 @@ def test_registered_with_the_interface_flags_and_recipe():
 ])
 def test_official_settings_per_dataset(dataset, expected):
     s = TipAdapterConfig(dataset=dataset).resolved()
-    assert (s["search_scale"], s["init_alpha"], s["train_epoch"]) == expected
-    assert (s["init_beta"], s["search_step"], s["lr"], s["batch_size"]) == (1.0, (200, 20), 0.001, 256)
-    assert {k: s[k] for k in official_config(dataset, 4)} == official_config(dataset)  # shots change nothing
+    assert (tuple(s["search_scale"]), s["init_alpha"], s["train_epoch"]) == expected
+    assert (s["init_beta"], s["search_step"], s["lr"], s["batch_size"]) == (1.0, [200, 20], 0.001, 256)
+    official = official_config(dataset)
+    assert {k: s[k] for k in official_config(dataset, 4)} == {**official, "search_scale": list(official["search_scale"])}  # shots change nothing
     assert s["official_config"] == (dataset if dataset in ("eurosat", "fgvc_aircraft", "oxford_flowers", "food101",
                                                            "imagenet") else "imagenet")
 
 
-def test_user_values_win_and_json_lists_become_tuples():
+def test_user_values_win_and_stay_json_lists():
     cfg = create_adapter("tip-adapter", {"dataset": "dtd", "init_alpha": 0.5, "search_scale": [4, 2],
                                          "search_step": [10, 5]}).config
     s = cfg.resolved()
-    assert (s["init_alpha"], s["search_scale"], s["search_step"], s["train_epoch"]) == (0.5, (4, 2), (10, 5), 20)
+    assert (s["init_alpha"], s["search_scale"], s["search_step"], s["train_epoch"]) == (0.5, [4, 2], [10, 5], 20)
     assert create_adapter("tip-adapter", cfg.__dict__).config == cfg  # config_dict → the same config
     assert search_grid(7, 200)[:2] == [0.1, 0.1 + 6.9 / 200] and len(search_grid(7, 200)) == 200  # 7 excluded
 

@@ -56,9 +56,11 @@ class AdapterData:
         val: ``[M, E]`` unnormalised fp32 features of the few-shot validation images (test transform), or ``None``.
         val_labels: ``LongTensor[M]`` or ``None``.
         seed: the run's seed (for any randomness the method draws: initialisation, batch order).
-        text_norms: ``[C]`` L2 norms of the unnormalised class text features ``text`` was normalised from (one
-            template: ``‖encode_text(prompt_c)‖``), or ``None``. ``text · text_norms[:, None]`` is the raw text
-            feature, which TaskRes's official base classifier is (its residual is added before normalising).
+        text_unnormalised: ``[C, E]`` the class text features *before* L2 normalisation, averaged over the
+            templates (for one template: the text encoder's output), or ``None``. CLAP's official code starts its
+            probe from these (``base_text_features`` of ``jusiro/CLAP:trainers/adapters.py``) and constrains it to
+            them in that space, so their norms set its effective step size; given ``None`` it starts from ``text``.
+            TaskRes's official base classifier is this raw feature too (its residual is added before normalising).
     """
 
     train: torch.Tensor
@@ -69,7 +71,7 @@ class AdapterData:
     val: torch.Tensor | None = None
     val_labels: torch.Tensor | None = None
     seed: int = 1
-    text_norms: torch.Tensor | None = None
+    text_unnormalised: torch.Tensor | None = None
 
     @property
     def num_classes(self) -> int:

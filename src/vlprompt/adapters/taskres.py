@@ -19,7 +19,7 @@ What is not reproduced:
 - the *enhanced base* (``ENHANCED_BASE``, ``train_enhance.sh``): the authors' re-trained text projection, downloaded
   and loaded into the text encoder; it needs the text tower and weights that are not on cached features, so
   ``enhanced_base`` other than ``"none"`` is refused;
-- the base is the raw text feature when :attr:`AdapterData.text_norms` is given (``text · norms``, exact); without
+- the base is the raw text feature when :attr:`AdapterData.text_unnormalised` is given (exact); without
   it the L2-normalised classifier is the base (identical logits at init, but the residual's relative step is larger
   by the text-feature norm): recorded as ``record["base"]``;
 - the official ``PREC fp16`` default computes the base in fp16 before the model is cast to fp32; here it stays fp32.
@@ -99,6 +99,11 @@ class TaskRes(FeatureAdapter):
         "source": "geekyutao/TaskRes:trainers/taskres.py, configs/trainers/TaskRes/, train_regular.sh",
     }
 
+    @classmethod
+    def dataset_config(cls, dataset: str | None, shots: int | None) -> dict[str, Any]:
+        """The official per-dataset/per-shot ``alpha``, ``lr`` and ``epochs`` (:func:`official_config`)."""
+        return official_config(dataset, shots)
+
     def __init__(self, config: TaskResConfig | None = None):
         super().__init__(config or TaskResConfig())
         self.logit_scale = 100.0
@@ -123,11 +128,11 @@ class TaskRes(FeatureAdapter):
     def fit(self, data: AdapterData) -> dict[str, Any]:
         """Zero residuals on the base classifier, trained with the official Adam recipe on the cached views."""
         text = data.text.float()  # (C, E) L2-normalised
-        if data.text_norms is not None:
-            base, base_kind = text * data.text_norms.float().to(text.device)[:, None], "raw"  # the official base
+        if data.text_unnormalised is not None:
+            base, base_kind = data.text_unnormalised.float().to(text.device).clone(), "raw"  # the official base
         else:
             base, base_kind = text, "normalised"
-            _logger.warning("TaskRes: no text_norms given, the residual is added to the L2-normalised classifier "
+            _logger.warning("TaskRes: no text_unnormalised given, the residual is added to the L2-normalised classifier "
                             "(the official base is the unnormalised text features).")
         self._build(base, data.logit_scale)
         shots = int(torch.bincount(data.train_labels).max()) if data.train_labels.numel() else 0

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -79,19 +79,19 @@ class TipAdapterConfig:
     dataset: str | None = None
     init_alpha: float | None = None
     init_beta: float | None = None
-    search_scale: tuple[float, float] | None = None
-    search_step: tuple[int, int] = (200, 20)
+    search_scale: list[float] | None = None
+    search_step: list[int] = field(default_factory=lambda: [200, 20])
     lr: float = 0.001
     train_epoch: int | None = None
     batch_size: int = 256
 
     def __post_init__(self) -> None:
-        for name in ("search_scale", "search_step"):  # JSON gives lists
+        for name in ("search_scale", "search_step"):  # lists, as JSON gives them back (config.json round trip)
             value = getattr(self, name)
             if value is not None:
                 if len(value) != 2:
                     raise ConfigError(f"tip-adapter option {name}={list(value)}: expected two numbers (β, α).")
-                object.__setattr__(self, name, tuple(value))
+                object.__setattr__(self, name, list(value))
         if min(self.search_step) < 1 or self.batch_size < 1 or self.lr <= 0:
             raise ConfigError(f"tip-adapter options search_step={list(self.search_step)}, batch_size="
                               f"{self.batch_size}, lr={self.lr}: expected positive values.")
@@ -105,7 +105,7 @@ class TipAdapterConfig:
         mine = {"init_alpha": self.init_alpha, "init_beta": self.init_beta, "search_scale": self.search_scale,
                 "train_epoch": self.train_epoch}
         out = {k: official[k] if v is None else v for k, v in mine.items()}
-        out.update(search_step=self.search_step, lr=self.lr, batch_size=self.batch_size, official_config=source)
+        out.update(search_scale=list(out["search_scale"]), search_step=list(self.search_step), lr=self.lr, batch_size=self.batch_size, official_config=source)
         return out
 
 
@@ -207,7 +207,8 @@ class TipAdapter(FeatureAdapter):
     uses_val = True
     new_classes = False
     #: ``augment_epoch: 10`` in every ``configs/*.yaml``.
-    recipe = {"num_views": 10}
+    #: ``main.py``: ``RandomResizedCrop(224, scale=(0.5, 1), bicubic)`` + ``RandomHorizontalFlip`` for the cache.
+    recipe = {"num_views": 10, "crop_scale_min": 0.5, "flip": True}
 
     def __init__(self, config: TipAdapterConfig):
         super().__init__(config)

@@ -50,7 +50,7 @@ class TipAdapterF(TipAdapter):
     display_name = "Tip-Adapter-F"
     #: ``configs/*.yaml``: ``augment_epoch: 10``, ``lr: 0.001``, ``train_epoch: 20`` (EuroSAT 100); ``main.py``:
     #: ``batch_size=256`` for ``train_loader_F``.
-    recipe = {"num_views": 10, "epochs": 20, "batch_size": 256, "lr": 0.001}
+    recipe = {**TipAdapter.recipe, "epochs": 20, "batch_size": 256, "lr": 0.001}
 
     def _set_keys(self, keys: torch.Tensor) -> None:
         # main.py: adapter = nn.Linear(E, N, bias=False); adapter.weight = nn.Parameter(cache_keys.t()): [N, E]

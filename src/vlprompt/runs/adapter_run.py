@@ -129,17 +129,14 @@ def grid_train_config(train: TrainConfig, method: str) -> TrainConfig:
 def _train_views(spec: RunSpec, backbone, data: P.FewShotData, num_views: int, progress: bool) -> torch.Tensor:
     """``[V, N, E]`` unnormalised fp32 features of ``num_views`` augmented views of the few-shot train images.
 
-    The train transform of the run (RandomResizedCrop with ``crop_scale_min``, ``flip``), the global RNG seeded with
-    the run's seed, view ``v`` the ``v``-th pass over the images (as ``--augment cached:K`` draws them)."""
-    from vlprompt.data.transforms import build_transform
-
+    From the on-disk view cache (:func:`vlprompt.engine.pipeline.cached_views`): the run's train transform
+    (RandomResizedCrop with ``crop_scale_min``, ``flip``), augmentation seed = the run's seed, so CoOp's
+    ``--augment cached:K`` and every adapter on the same images and settings share the views."""
     cfg = spec.train
-    tf = build_transform(backbone.preprocess, train=True, flip=cfg.flip, crop_scale=(cfg.crop_scale_min, 1.0))
-    P.seed_everything(spec.seed)
-    views = [P.extract_features(backbone, data.train, tf, batch_size=cfg.eval_batch_size, precision=cfg.precision,
-                                progress=progress, desc=f"view {v + 1}/{num_views}", augmented=True).float()
-             for v in range(num_views)]
-    return torch.stack(views)  # [V, N, E]
+    return P.cached_views(backbone, data.train, dataset=data.splits.name, split="train-fewshot", root=data.splits.root,
+                          num_views=num_views, aug_seed=spec.seed, crop_scale=(cfg.crop_scale_min, 1.0),
+                          flip=cfg.flip, precision=cfg.precision, cache_dir=spec.cache_dir,
+                          batch_size=cfg.eval_batch_size, num_workers=cfg.num_workers, progress=progress).float()
 
 
 def adapter_run(spec: RunSpec, progress: bool = False, backbone=None) -> dict:
@@ -234,20 +231,16 @@ def _fit_data(spec: RunSpec, cls: type[FeatureAdapter], num_views: int, progress
 
 
 def _raw_text(backbone, classnames: list[str], template: str) -> dict[str, torch.Tensor]:
-    """The optional :class:`~vlprompt.adapters.AdapterData` entries of the text features before normalisation, as
-    this version of ``AdapterData`` defines them (``text_unnormalised`` ``[C, E]``: CLAP's start; ``text_norms``
-    ``[C]``: TaskRes's raw base): the dataset's template filled as
-    :func:`~vlprompt.backbones.text.zero_shot_weights` fills it, one text-encoder pass."""
+    """``{"text_unnormalised": [C, E]}``: the class text features before normalisation (CLAP's start, TaskRes's
+    base), the dataset's template filled as :func:`~vlprompt.backbones.text.zero_shot_weights` fills it, one
+    text-encoder pass."""
     from vlprompt.backbones.text import TEXT_CHUNK
 
-    wanted = {"text_unnormalised", "text_norms"} & set(AdapterData.__dataclass_fields__)
-    if not wanted:
-        return {}
     prompts = [template.format(c.replace("_", " ")) for c in classnames]
     with torch.no_grad():
         raw = torch.cat([backbone.encode_text(prompts[i : i + TEXT_CHUNK]).float()
                          for i in range(0, len(prompts), TEXT_CHUNK)]).to(backbone.device)  # [C, E]
-    return {k: v for k, v in (("text_unnormalised", raw), ("text_norms", raw.norm(dim=-1))) if k in wanted}
+    return {"text_unnormalised": raw}
 
 
 def _fit_and_evaluate(spec: RunSpec, out: Path, config: dict, adapter: FeatureAdapter, num_views: int,
