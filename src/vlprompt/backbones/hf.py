@@ -36,6 +36,7 @@ from torch import nn
 
 from vlprompt.backbones.base import Backbone, PreprocessCfg, weights_fingerprint
 from vlprompt.backbones.clip_bpe import CLIP_VOCAB_SIZE, EOT_ID, SOT_ID, ClipBpeTextMixin, clip_bpe_tokenizer
+from vlprompt.backbones.deep_prompts import check_text_positions, check_tokens, replace_text, run_blocks
 from vlprompt.backbones.shared_prefix import SharedPrefixMixin, attend, split_heads
 from vlprompt.errors import BackboneError
 
@@ -149,12 +150,19 @@ class HFClipBackbone(ClipBpeTextMixin, SharedPrefixMixin, Backbone):
         return (ids == self.eos_token_id).int().argmax(dim=-1)  # the first EOS
 
     def encode_text_embeddings(  # noqa: D102
-        self, embeds: torch.Tensor, ids: torch.Tensor, truncate: bool = True
+        self, embeds: torch.Tensor, ids: torch.Tensor, truncate: bool = True, deep_text: torch.Tensor | None = None,
+        prompt_cast: torch.dtype | None = None,
     ) -> torch.Tensor:
         embeds, eos = self._pool_and_cut(embeds, ids, truncate)  # (N, L, D), (N,)
         n, length = embeds.shape[:2]
         text = self.model.text_model
         x = self._add_positions(embeds.to(self.dtype), 0)  # (N, L, D)
+        if deep_text is not None:  # the explicit CLIPEncoderLayer (hf_clip_block), positions 1..n replaced between
+            self._check_deep_text(deep_text)
+            check_text_positions(self.name, deep_text.shape[1], eos)
+            x = run_blocks(self._prefix_blocks(), x, deep_text, replace_text,
+                           lambda blk, h: hf_clip_block(blk, h, None)[0], cast=prompt_cast)
+            return self._pool_project(x, eos)
         mask = causal_mask(n, length, x.dtype, x.device)  # (N, 1, L, L)
         if self._separate_causal_mask:
             out = text.encoder(inputs_embeds=x, attention_mask=None, causal_attention_mask=mask)
@@ -192,8 +200,32 @@ class HFClipBackbone(ClipBpeTextMixin, SharedPrefixMixin, Backbone):
     def _prefix_block(self, blk, x, past):
         return hf_clip_block(blk, x, past)
 
+    # --- deep prompts (text side; backbones/deep_prompts.py) -------------------------------------------------
+    @property
+    def text_layers(self) -> int:  # noqa: D102
+        return len(self._prefix_blocks())
+
+    @property
+    def text_width(self) -> int:  # noqa: D102
+        return self.token_dim
+
+    @property
+    def vision_prompt_unsupported(self) -> str | None:  # noqa: D102
+        return "vision prompts are not hooked into transformers' CLIPVisionTransformer yet (open_clip ViTs are)"
+
+    def _check_deep_text(self, deep_text: torch.Tensor) -> None:
+        reason = self.shared_prefix_unsupported
+        if reason:
+            raise BackboneError(f"backbone '{self.name}': deep text prompts need the explicit text layers: {reason}.")
+        check_tokens(self.name, "text", deep_text, self.text_layers, self.text_width, self.text_layers - 1,
+                     "one per text block after the first; the input layer's context is in the embeddings")
+
     # --- image ---------------------------------------------------------------------------------------------
-    def encode_image(self, images: torch.Tensor) -> torch.Tensor:  # noqa: D102
+    def encode_image(  # noqa: D102
+        self, images: torch.Tensor, vision_prompts: torch.Tensor | None = None, prompt_cast: torch.dtype | None = None
+    ) -> torch.Tensor:
+        if vision_prompts is not None:
+            raise BackboneError(f"backbone '{self.name}' cannot take vision prompts: {self.vision_prompt_unsupported}.")
         pixels = images.to(device=self.device, dtype=self.dtype)  # (B, 3, H, W)
         return features_tensor(self.model.get_image_features(pixel_values=pixels))  # (B, E)
 
