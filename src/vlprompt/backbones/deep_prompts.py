@@ -124,12 +124,14 @@ def run_blocks(
 
 
 def check_tokens(
-    name: str, tower: str, tokens: torch.Tensor, layers: int, width: int, max_depth: int, what: str
+    name: str, tower: str, tokens: torch.Tensor, layers: int, width: int, max_depth: int, what: str,
+    min_depth: int = 0,
 ) -> None:
     """Refuse ``tokens`` ``[J, n, D]`` that do not fit a tower of ``layers`` blocks of width ``width``.
 
     ``max_depth`` is the number of entries the tower can take (``layers − 1`` deeper text layers, ``layers``
-    vision layers); ``what`` describes the entries in the message.
+    vision layers), ``min_depth`` the fewest (1 for vision: ``vision[0]`` is the input layer's); ``what``
+    describes the entries in the message.
     """
     if tokens.dim() != 3:
         raise BackboneError(
@@ -146,6 +148,10 @@ def check_tokens(
         raise BackboneError(
             f"backbone '{name}': {depth} {tower} prompt layers given ({what}), but its {tower} transformer has "
             f"{layers} blocks, so at most {max_depth} fit; lower the prompt depth."
+        )
+    if depth < min_depth:
+        raise BackboneError(
+            f"backbone '{name}': 0 {tower} prompt layers given ({what}); give at least {min_depth}, or no prompts."
         )
     if n < 1:
         raise BackboneError(f"backbone '{name}': {tower} prompts have 0 tokens per layer; give at least 1.")

@@ -262,7 +262,7 @@ class OpenClipBackbone(ClipBpeTextMixin, SharedPrefixMixin, Backbone):
             raise BackboneError(f"backbone '{self.name}' cannot take vision prompts: {reason}. Use a ViT model "
                                 "(e.g. ViT-B-16) for vision or multimodal deep prompts.")
         check_tokens(self.name, "vision", vision_prompts, self.vision_layers, self.vision_width, self.vision_layers,
-                     "one per image block from the first")
+                     "one per image block from the first", min_depth=1)
         return open_clip_image(self.model.visual, images, vision_prompts, prompt_cast)  # (B, E)
 
     @property
