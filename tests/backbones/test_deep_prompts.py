@@ -177,27 +177,38 @@ def test_refusals(vit):
         vit.encode_text_prefix(emb[0, :2], deep_text=deep(1, 64))
 
 
-def test_transformers_text_tower_takes_deep_text_and_refuses_vision():
-    """transformers' CLIP text tower: deep text through the explicit layer equals transformers' own encoder with
-    the positions replaced by forward pre-hooks on its layers; vision prompts are refused with the reason."""
+def _hooked(layers, edit):
+    """Forward pre-hooks on transformers' own ``layers``: ``edit(j, hidden_states)`` before layer ``j``."""
+    def pre_hook(j):
+        def hook(module, args, kwargs):
+            h = edit(j, args[0] if args else kwargs["hidden_states"])
+            return ((h, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": h})
+        return hook
+
+    return [layer.register_forward_pre_hook(pre_hook(j), with_kwargs=True) for j, layer in enumerate(layers)]
+
+
+def test_transformers_towers_take_deep_prompts_as_their_own_layers_would():
+    """transformers' CLIP: deep text and vision prompts through the explicit layers equal transformers' own
+    encoders (``get_image_features`` for the image) with the tokens placed by forward pre-hooks on their layers."""
     from test_hf_adapter import tiny_clip
 
-    from vlprompt.backbones.hf import HFClipBackbone
+    from vlprompt.backbones.hf import HFClipBackbone, features_tensor
 
     bb = HFClipBackbone(tiny_clip(), "hf:tiny")
+    assert (bb.text_layers, bb.text_width, bb.vision_layers, bb.vision_width, bb.vision_heads) == (2, 64, 2, 32, 2)
     emb, ids = prompts(bb)
     d = deep(bb.text_layers - 1, bb.text_width)
     ours = bb.encode_text_embeddings(emb, ids, deep_text=d)
 
-    def pre_hook(j):
-        def hook(module, args, kwargs):
-            h = (args[0] if args else kwargs["hidden_states"]).clone()
-            h[:, 1 : 1 + N] = d[j - 1]
-            return ((h, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": h})
-        return hook
+    def text_edit(j, h):
+        if j == 0:
+            return h
+        h = h.clone()
+        h[:, 1 : 1 + N] = d[j - 1]
+        return h
 
-    layers = bb.model.text_model.encoder.layers
-    handles = [layers[j].register_forward_pre_hook(pre_hook(j), with_kwargs=True) for j in range(1, len(layers))]
+    handles = _hooked(bb.model.text_model.encoder.layers, text_edit)
     try:
         theirs = bb.encode_text_embeddings(emb, ids)  # transformers' own encoder forward
     finally:
@@ -207,6 +218,25 @@ def test_transformers_text_tower_takes_deep_text_and_refuses_vision():
     assert (ours - bb.encode_text_embeddings(emb, ids)).abs().max() > 1e-2
     kv = bb.encode_text_prefix(emb[0, : 1 + N], deep_text=d)
     torch.testing.assert_close(bb.encode_text_suffix(kv, emb[:, 1 + N :], ids), ours, atol=1e-5, rtol=1e-5)
-    assert bb.vision_prompt_unsupported and bb.vision_layers is None
-    with pytest.raises(BackboneError, match=r"'hf:tiny' cannot take vision prompts: .*CLIPVisionTransformer"):
-        bb.encode_image(torch.zeros(1, 3, 32, 32), vision_prompts=torch.zeros(1, 2, 32))
+
+    images = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    v = deep(bb.vision_layers, bb.vision_width)
+    ours = bb.encode_image(images, vision_prompts=v)
+    vm = bb.model.vision_model
+
+    def vision_edit(j, h):
+        tok = v[j].expand(h.shape[0], -1, -1)
+        if j == 0:  # appended after pre_layrnorm ran on the image tokens: normalise the new ones the same way
+            return torch.cat([h, vm.pre_layrnorm(tok)], dim=1)
+        return torch.cat([h[:, :-N], tok], dim=1)
+
+    handles = _hooked(vm.encoder.layers, vision_edit)
+    try:
+        theirs = features_tensor(bb.model.get_image_features(pixel_values=images))
+    finally:
+        for h in handles:
+            h.remove()
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
+    assert (ours - bb.encode_image(images)).abs().max() > 1e-2
+    with pytest.raises(BackboneError, match=r"3 vision prompt layers given.*2 blocks"):
+        bb.encode_image(images, vision_prompts=deep(3, 32))

@@ -68,7 +68,7 @@ class DeepPrompts:
         return 0 if self.vision is None else int(self.vision.shape[0])
 
 
-def _expand(tokens: torch.Tensor, like: torch.Tensor, seq_dim: int, cast: torch.dtype | None) -> torch.Tensor:
+def expand_tokens(tokens: torch.Tensor, like: torch.Tensor, seq_dim: int, cast: torch.dtype | None) -> torch.Tensor:
     """``tokens`` ``[n, D]`` broadcast to ``like``'s shape (``[N, n, D]`` or ``[n, N, D]``), in ``like``'s dtype,
     through ``cast`` first when given (after the broadcast, as the official ``.expand(...).half()``: each row's
     gradient is rounded before the rows are summed)."""
@@ -80,9 +80,9 @@ def _expand(tokens: torch.Tensor, like: torch.Tensor, seq_dim: int, cast: torch.
 
 def replace_text(x: torch.Tensor, tokens: torch.Tensor, seq_dim: int, cast: torch.dtype | None = None) -> torch.Tensor:
     """Hidden states ``x`` (``[N, L, D]`` or ``[L, N, D]`` per ``seq_dim``) with positions ``1…n`` set to ``tokens``
-    ``[n, D]`` (the official ``cat([x[:1], ctx, x[1 + n:]])``); ``cast``: see :func:`_expand`."""
+    ``[n, D]`` (the official ``cat([x[:1], ctx, x[1 + n:]])``); ``cast``: see :func:`expand_tokens`."""
     n = tokens.shape[0]
-    ctx = _expand(tokens, x.narrow(seq_dim, 1, n), seq_dim, cast)
+    ctx = expand_tokens(tokens, x.narrow(seq_dim, 1, n), seq_dim, cast)
     return torch.cat([x.narrow(seq_dim, 0, 1), ctx, x.narrow(seq_dim, 1 + n, x.shape[seq_dim] - 1 - n)], dim=seq_dim)
 
 
@@ -90,10 +90,10 @@ def replace_vision(
     x: torch.Tensor, tokens: torch.Tensor, seq_dim: int, cast: torch.dtype | None = None
 ) -> torch.Tensor:
     """Hidden states ``x`` with the last ``n`` positions set to ``tokens`` ``[n, D]`` (the official
-    ``cat([x[:-n], ctx])``); ``cast``: see :func:`_expand`."""
+    ``cat([x[:-n], ctx])``); ``cast``: see :func:`expand_tokens`."""
     n = tokens.shape[0]
     keep = x.narrow(seq_dim, 0, x.shape[seq_dim] - n)
-    return torch.cat([keep, _expand(tokens, x.narrow(seq_dim, 0, n), seq_dim, cast)], dim=seq_dim)
+    return torch.cat([keep, expand_tokens(tokens, x.narrow(seq_dim, 0, n), seq_dim, cast)], dim=seq_dim)
 
 
 def run_blocks(
@@ -189,11 +189,11 @@ def open_clip_image(
 
     Uses the tower's own ``_embeds`` (conv, class token, positional embedding, patch dropout, ``ln_pre``), blocks,
     ``_pool`` and ``proj``; ``ln_pre`` (per token) is applied to the broadcast ``vision[0]`` separately, which
-    equals applying it to the concatenation as the official code does. ``cast``: see :func:`_expand`.
+    equals applying it to the concatenation as the official code does. ``cast``: see :func:`expand_tokens`.
     """
     x = visual._embeds(images)  # (B, 1 + g², D)
     n = vision.shape[1]
-    first = visual.ln_pre(_expand(vision[0], x[:, :n], 1, cast))  # (B, n_v, D)
+    first = visual.ln_pre(expand_tokens(vision[0], x[:, :n], 1, cast))  # (B, n_v, D)
     x = torch.cat([x, first], dim=1)  # (B, 1 + g² + n_v, D)
     x = run_transformer(visual.transformer, x, None, vision[1:], replace_vision, cast)
     x = x[:, : x.shape[1] - n]  # (B, 1 + g², D): prompt tokens out before the tower's pooling
@@ -216,6 +216,6 @@ def run_transformer(
 
 
 __all__ = [
-    "DeepPrompts", "check_text_positions", "check_tokens", "open_clip_image", "replace_text", "replace_vision",
-    "run_blocks", "run_transformer", "vision_unsupported_reason",
+    "DeepPrompts", "check_text_positions", "check_tokens", "expand_tokens", "open_clip_image", "replace_text",
+    "replace_vision", "run_blocks", "run_transformer", "vision_unsupported_reason",
 ]

@@ -32,11 +32,19 @@ import inspect
 import logging
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from vlprompt.backbones.base import Backbone, PreprocessCfg, weights_fingerprint
 from vlprompt.backbones.clip_bpe import CLIP_VOCAB_SIZE, EOT_ID, SOT_ID, ClipBpeTextMixin, clip_bpe_tokenizer
-from vlprompt.backbones.deep_prompts import check_text_positions, check_tokens, replace_text, run_blocks
+from vlprompt.backbones.deep_prompts import (
+    check_text_positions,
+    check_tokens,
+    expand_tokens,
+    replace_text,
+    replace_vision,
+    run_blocks,
+)
 from vlprompt.backbones.shared_prefix import SharedPrefixMixin, attend, split_heads
 from vlprompt.errors import BackboneError
 
@@ -60,18 +68,33 @@ def causal_mask(n: int, length: int, dtype: torch.dtype, device: torch.device) -
 
 
 def hf_clip_block(
-    layer: nn.Module, x: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor] | None
+    layer: nn.Module, x: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor] | None, causal: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One transformers ``CLIPEncoderLayer`` on ``x`` ``[N, S, D]`` as a shared-prefix block function: pre-norm
     attention (separate q/k/v projections, scale ``hd ** -0.5``) over ``past`` + causal own positions, then the MLP.
+    ``causal=False`` (no ``past``): unmasked attention, as in the image tower.
     Returns ``(x_out, k, v)``, ``k``/``v`` ``[N, H, S, hd]``."""
     attn = layer.self_attn
     n, s, d = x.shape
     h = layer.layer_norm1(x)  # (N, S, D)
     q, k, v = (split_heads(proj(h), attn.num_heads) for proj in (attn.q_proj, attn.k_proj, attn.v_proj))  # (N, H, S, hd)
-    x = x + attn.out_proj(attend(q, k, v, past).transpose(1, 2).reshape(n, s, d))  # (N, S, D)
+    a = attend(q, k, v, past) if causal else F.scaled_dot_product_attention(q, k, v)  # (N, H, S, hd)
+    x = x + attn.out_proj(a.transpose(1, 2).reshape(n, s, d))  # (N, S, D)
     x = x + layer.mlp(layer.layer_norm2(x))
     return x, k, v
+
+
+def explicit_layers_reason(layers: nn.ModuleList, tower: str) -> str | None:
+    """Why :func:`hf_clip_block` cannot reproduce ``layers`` of the ``tower`` (``None`` when it can)."""
+    from transformers.models.clip.modeling_clip import CLIPAttention, CLIPEncoderLayer
+
+    for i, layer in enumerate(layers):
+        if type(layer) is not CLIPEncoderLayer:
+            return f"{tower} layer {i} is {type(layer).__name__}, not transformers' CLIPEncoderLayer"
+        attn = layer.self_attn
+        if not isinstance(attn, CLIPAttention) or abs(attn.scale - attn.head_dim**-0.5) > 1e-12:
+            return f"{tower} layer {i}'s attention is {type(attn).__name__} (not CLIPAttention with scale hd^-0.5)"
+    return None
 
 
 class HFClipBackbone(ClipBpeTextMixin, SharedPrefixMixin, Backbone):
@@ -184,15 +207,7 @@ class HFClipBackbone(ClipBpeTextMixin, SharedPrefixMixin, Backbone):
 
     # --- shared prefix (exact; hooks of SharedPrefixMixin, see backbones/shared_prefix.py) -----------------
     def _prefix_unsupported_reason(self) -> str | None:
-        from transformers.models.clip.modeling_clip import CLIPAttention, CLIPEncoderLayer
-
-        for i, layer in enumerate(self._prefix_blocks()):
-            if type(layer) is not CLIPEncoderLayer:
-                return f"text layer {i} is {type(layer).__name__}, not transformers' CLIPEncoderLayer"
-            attn = layer.self_attn
-            if not isinstance(attn, CLIPAttention) or abs(attn.scale - attn.head_dim**-0.5) > 1e-12:
-                return f"text layer {i}'s attention is {type(attn).__name__} (not CLIPAttention with scale hd^-0.5)"
-        return None
+        return explicit_layers_reason(self._prefix_blocks(), "text")
 
     def _prefix_blocks(self) -> nn.ModuleList:
         return self.model.text_model.encoder.layers
@@ -211,7 +226,31 @@ class HFClipBackbone(ClipBpeTextMixin, SharedPrefixMixin, Backbone):
 
     @property
     def vision_prompt_unsupported(self) -> str | None:  # noqa: D102
-        return "vision prompts are not hooked into transformers' CLIPVisionTransformer yet (open_clip ViTs are)"
+        return explicit_layers_reason(self.model.vision_model.encoder.layers, "image")
+
+    @property
+    def vision_layers(self) -> int | None:  # noqa: D102
+        return None if self.vision_prompt_unsupported else len(self.model.vision_model.encoder.layers)
+
+    @property
+    def vision_width(self) -> int | None:  # noqa: D102
+        return None if self.vision_prompt_unsupported else int(self.model.config.vision_config.hidden_size)
+
+    @property
+    def vision_heads(self) -> int | None:  # noqa: D102
+        return None if self.vision_prompt_unsupported else int(self.model.config.vision_config.num_attention_heads)
+
+    def _prompted_image(self, pixels: torch.Tensor, vision: torch.Tensor, cast: torch.dtype | None) -> torch.Tensor:
+        """``CLIPVisionTransformer`` with vision prompts ``[J_v, n_v, D_v]`` (positions of
+        :mod:`vlprompt.backbones.deep_prompts`), its own embeddings, ``pre_layrnorm`` (per token, so applied to the
+        tokens separately), layers (explicit, unmasked), CLS pooling, ``post_layernorm``, projection: ``[B, E]``."""
+        vm = self.model.vision_model
+        x = vm.embeddings(pixels)  # (B, 1 + g², D)
+        first = vm.pre_layrnorm(expand_tokens(vision[0], x[:, : vision.shape[1]], 1, cast))  # (B, n_v, D)
+        x = torch.cat([vm.pre_layrnorm(x), first], dim=1)  # (B, 1 + g² + n_v, D)
+        x = run_blocks(vm.encoder.layers, x, vision[1:], replace_vision,
+                       lambda blk, h: hf_clip_block(blk, h, None, causal=False)[0], cast=cast)
+        return self.model.visual_projection(vm.post_layernorm(x[:, 0]))  # (B, E)
 
     def _check_deep_text(self, deep_text: torch.Tensor) -> None:
         reason = self.shared_prefix_unsupported
@@ -224,9 +263,14 @@ class HFClipBackbone(ClipBpeTextMixin, SharedPrefixMixin, Backbone):
     def encode_image(  # noqa: D102
         self, images: torch.Tensor, vision_prompts: torch.Tensor | None = None, prompt_cast: torch.dtype | None = None
     ) -> torch.Tensor:
-        if vision_prompts is not None:
-            raise BackboneError(f"backbone '{self.name}' cannot take vision prompts: {self.vision_prompt_unsupported}.")
         pixels = images.to(device=self.device, dtype=self.dtype)  # (B, 3, H, W)
+        if vision_prompts is not None:
+            reason = self.vision_prompt_unsupported
+            if reason:
+                raise BackboneError(f"backbone '{self.name}' cannot take vision prompts: {reason}.")
+            check_tokens(self.name, "vision", vision_prompts, self.vision_layers, self.vision_width,
+                         self.vision_layers, "one per image block from the first", min_depth=1)
+            return self._prompted_image(pixels, vision_prompts, prompt_cast)
         return features_tensor(self.model.get_image_features(pixel_values=pixels))  # (B, E)
 
     @property
