@@ -240,3 +240,93 @@ def test_transformers_towers_take_deep_prompts_as_their_own_layers_would():
     assert (ours - bb.encode_image(images)).abs().max() > 1e-2
     with pytest.raises(BackboneError, match=r"3 vision prompt layers given.*2 blocks"):
         bb.encode_image(images, vision_prompts=deep(3, 32))
+
+
+#: open_clip ViT variants: micro-CLIP v2's architecture (issue 14: ViT 128 wide, 4 layers, head width 32; text 4
+#: layers), and a tower with LayerScale, patch-mean pooling and the final LayerNorm after pooling.
+VIT_VARIANTS = {
+    "microclip-v2": {"embed_dim": 128, "vision_cfg": {"layers": 4, "width": 128, "head_width": 32, "patch_size": 8,
+                                                      "image_size": 64},
+                     "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 128, "heads": 4, "layers": 4}},
+    "avgpool-layerscale": {"embed_dim": 32, "vision_cfg": {"layers": 3, "width": 64, "patch_size": 16, "image_size": 32,
+                                                           "pool_type": "avg", "final_ln_after_pool": True,
+                                                           "ls_init_value": 0.5},
+                           "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2,
+                                        "layers": 3, "ls_init_value": 0.5}},
+}
+
+
+def _hook_open_clip_blocks(blocks, batch_first, edit):
+    """Pre-hooks ``edit(j, x)`` on open_clip's own blocks (``x`` batch-first whatever the layout), and a hook on
+    the last block that drops the vision tokens again (``edit(-1, x)``)."""
+    def wrap(j):
+        def fn(x):
+            x = x if batch_first else x.transpose(0, 1)
+            x = edit(j, x)
+            return x if batch_first else x.transpose(0, 1)
+        return fn
+
+    handles = [b.register_forward_pre_hook(lambda m, a, f=wrap(j): (f(a[0]), *a[1:])) for j, b in enumerate(blocks)]
+    handles.append(blocks[-1].register_forward_hook(lambda m, a, out, f=wrap(-1): f(out)))
+    return handles
+
+
+@pytest.mark.parametrize("variant", sorted(VIT_VARIANTS))
+@pytest.mark.parametrize("seq_first", [False, True])
+def test_open_clip_towers_with_prompts_equal_their_own_forward_with_hooked_blocks(variant, seq_first):
+    """On each variant, the hook equals open_clip's own ``VisionTransformer.forward`` / text ``Transformer.forward``
+    with the tokens placed by hooks on its blocks (the pooling, LayerScale and final LayerNorm are the tower's)."""
+    from open_clip.model import CLIP
+    from open_clip.tokenizer import SimpleTokenizer
+
+    from vlprompt.backbones.open_clip import OpenClipBackbone
+
+    cfg = VIT_VARIANTS[variant]
+    torch.manual_seed(1)
+    model = CLIP(**cfg).eval()
+    bb = OpenClipBackbone(model, SimpleTokenizer(), name=variant)
+    if seq_first:
+        for mod in model.modules():
+            if hasattr(mod, "resblocks"):
+                mod.batch_first = False
+                for blk in mod.resblocks:
+                    blk.attn.batch_first = False
+    vc = cfg["vision_cfg"]
+    assert (bb.vision_layers, bb.vision_width) == (vc["layers"], vc["width"])
+    assert bb.vision_heads == vc["width"] // vc.get("head_width", 64)
+    size = vc["image_size"]
+    images = torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(4))
+    v = deep(bb.vision_layers, bb.vision_width)
+    ours = bb.encode_image(images, vision_prompts=v)
+
+    def vision_edit(j, x):
+        if j == -1:
+            return x[:, :-N]
+        tok = v[j].expand(x.shape[0], -1, -1)
+        return torch.cat([x, model.visual.ln_pre(tok)] if j == 0 else [x[:, :-N], tok], dim=1)
+
+    handles = _hook_open_clip_blocks(model.visual.transformer.resblocks, not seq_first, vision_edit)
+    try:
+        theirs = model.encode_image(images)
+    finally:
+        for h in handles:
+            h.remove()
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
+    assert (ours - model.encode_image(images)).abs().max() > 1e-2
+
+    emb, ids = prompts(bb)
+    d = deep(bb.text_layers - 1, bb.text_width)
+    ours = bb.encode_text_embeddings(emb, ids, deep_text=d)
+
+    def text_edit(j, x):
+        if j <= 0:
+            return x
+        return torch.cat([x[:, :1], d[j - 1].expand(x.shape[0], -1, -1), x[:, 1 + N :]], dim=1)
+
+    handles = _hook_open_clip_blocks(model.transformer.resblocks, not seq_first, text_edit)
+    try:
+        theirs = bb.encode_text_embeddings(emb, ids)  # open_clip's own Transformer.forward
+    finally:
+        for h in handles:
+            h.remove()
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)

@@ -173,9 +173,12 @@ def vision_unsupported_reason(visual: nn.Module) -> str | None:
     from open_clip.transformer import VisionTransformer
 
     if not isinstance(visual, VisionTransformer):
+        kind = type(visual).__name__
+        why = ("a convolutional (ResNet) tower has no token sequence to extend" if "ResNet" in kind else
+               "only open_clip's own VisionTransformer is hooked (timm and other towers are not)")
         return (
-            f"its image tower is {type(visual).__name__}, not a ViT: vision prompts are tokens appended to a "
-            "transformer's sequence, and a convolutional (ResNet) tower has no token sequence to extend"
+            f"its image tower is {kind}, not a ViT: vision prompts are tokens appended to a transformer's sequence "
+            f"between its blocks, and {why}"
         )
     if not (hasattr(visual, "_embeds") and hasattr(visual, "_pool")):
         return "the installed open_clip's VisionTransformer has no _embeds/_pool (upgrade open_clip to >= 2.24)"
