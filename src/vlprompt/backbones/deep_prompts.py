@@ -19,14 +19,23 @@ blocks):
   prompt tokens are removed before the tower's own pooling (identical for ``tok`` pooling, and the patch mean for
   ``avg`` pooling).
 
+Implemented over open_clip's own blocks (``OpenClipBackbone``: OpenAI ``CLIP`` and ``CustomTextCLIP`` layouts,
+batch-first or not, any ``VisionTransformer``, hence micro-CLIP v2) and transformers' ``CLIPEncoderLayer`` written
+out (``HFClipBackbone``, text and vision). ResNet and timm image towers are refused for vision prompts (text prompts
+still work). open_clip's ``grad_checkpointing`` flag is not honoured by the hook (the towers are frozen).
+
 Precision note: the official code casts the replacing tokens with ``.half()`` even in fp32 mode (every vision
 token, and the deeper text tokens), after broadcasting them over the batch, so its fp32 runs see them rounded to
 fp16, and each image's / class's gradient rounded before they are summed. The hook takes tokens as given; a method
 reproducing that rounding passes ``cast=torch.float16`` (the ``prompt_cast`` argument of the backbone methods).
 
-Memory: a prompted image tower cannot be cached, so each step runs it with autograd: activations grow with
-``B × (1 + grid² + n_v)`` tokens per layer. The text tower with deep prompts stays class-batched; the shared
-prefix (SOS + context) is computed once per layer for all classes (exact: see :mod:`.shared_prefix`).
+Memory (estimates, not measured here; ``benchmarks/`` is where they belong): deep text prompts add ``n_t`` tokens
+per layer and nothing per class, so with the shared prefix each class still costs only its suffix positions, and
+the engine's ``text_chunk`` + checkpointing bound the text side at 1000 classes exactly as without deep prompts. A
+prompted image tower cannot be cached: each step keeps the autograd activations of ``B × (1 + grid² + n_v)`` tokens
+per block, independent of the number of classes — about 20 ``D``-wide fp32 vectors per token per block (LayerNorm,
+q/k/v, attention weights, MLP), i.e. ≈ 0.6 GB for ViT-B/16 at ``B = 4``, ``n_v = 2`` (796 tokens × 12 blocks ×
+61 kB). The image forward is one batched call per block, no per-image loop.
 """
 
 from __future__ import annotations
