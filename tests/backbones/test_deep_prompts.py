@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from vlprompt.backbones import create_backbone
-from vlprompt.backbones.deep_prompts import DeepPrompts, replace_vision, run_transformer
+from vlprompt.backbones.deep_prompts import DeepPrompts, check_prompts, replace_vision, run_transformer
 from vlprompt.errors import BackboneError
 
 NAMES = ["dog", "golden retriever", "a sea lion on a rock", "x", "hot air balloon over the hills at dawn"]
@@ -150,6 +150,8 @@ def test_resnet_image_tower_is_refused_for_vision_prompts():
     with pytest.raises(BackboneError, match=r"'vlp-tiny-rn' cannot take vision prompts: its image tower is "
                                             r"ModifiedResNet, not a ViT.*no token sequence.*ViT-B-16"):
         bb.encode_image(torch.zeros(1, 3, 64, 64), vision_prompts=torch.zeros(1, 2, 16))
+    with pytest.raises(BackboneError, match=r"'vlp-tiny-rn' cannot take vision prompts: .*ModifiedResNet"):
+        check_prompts(bb, DeepPrompts(vision=torch.zeros(1, 2, 16)))
     emb, ids = prompts(bb)  # its text tower still takes deep text prompts
     assert bb.encode_text_embeddings(emb, ids, deep_text=deep(1, 64)).shape == (len(NAMES), bb.embed_dim)
 
@@ -175,6 +177,12 @@ def test_refusals(vit):
         vit.encode_text_embeddings(vit.embed_tokens(short_ids), short_ids, deep_text=deep(1, 64, n=4))
     with pytest.raises(BackboneError, match=r"positions 1..2, beyond the shared prefix of 2 positions"):
         vit.encode_text_prefix(emb[0, :2], deep_text=deep(1, 64))
+    # The same checks before any forward (methods call check_prompts when they build their tokens).
+    check_prompts(vit, DeepPrompts(text=deep(1, 64), vision=deep(2, 64)))
+    with pytest.raises(BackboneError, match=r"3 vision prompt layers given"):
+        check_prompts(vit, DeepPrompts(text=deep(1, 64), vision=deep(3, 64)))
+    with pytest.raises(BackboneError, match=r"text prompt tokens have width 65"):
+        check_prompts(vit, DeepPrompts(text=deep(1, 65)))
 
 
 def _hooked(layers, edit):

@@ -166,6 +166,25 @@ def check_tokens(
         raise BackboneError(f"backbone '{name}': {tower} prompts have 0 tokens per layer; give at least 1.")
 
 
+def check_prompts(backbone, prompts: DeepPrompts) -> None:
+    """Refuse ``prompts`` that do not fit ``backbone`` (any adapter with the tower-size properties of the protocol):
+    text deeper than ``text_layers − 1`` or not ``text_width`` wide; vision on a tower that cannot take it
+    (``vision_prompt_unsupported``, e.g. a ResNet), deeper than ``vision_layers``, empty, or not ``vision_width``
+    wide. Methods call it when they build their tokens, so a bad depth fails before training, not at the first step.
+    """
+    if prompts.text is not None:
+        check_tokens(backbone.name, "text", prompts.text, backbone.text_layers, backbone.text_width,
+                     backbone.text_layers - 1, "one per text block after the first; the input layer's context is "
+                     "in the embeddings")
+    if prompts.vision is not None:
+        reason = backbone.vision_prompt_unsupported
+        if reason:
+            raise BackboneError(f"backbone '{backbone.name}' cannot take vision prompts: {reason}. Vision and "
+                                "multimodal deep prompts need a ViT image tower (e.g. ViT-B-16).")
+        check_tokens(backbone.name, "vision", prompts.vision, backbone.vision_layers, backbone.vision_width,
+                     backbone.vision_layers, "one per image block from the first", min_depth=1)
+
+
 def check_text_positions(name: str, n: int, eos: torch.Tensor) -> None:
     """Refuse deep text tokens at positions ``1…n`` when a prompt's EOS (``eos`` ``[N]``) lies among them."""
     if bool((eos <= n).any()):
@@ -228,6 +247,6 @@ def run_transformer(
 
 
 __all__ = [
-    "DeepPrompts", "check_text_positions", "check_tokens", "expand_tokens", "open_clip_image", "replace_text",
+    "DeepPrompts", "check_prompts", "check_text_positions", "check_tokens", "expand_tokens", "open_clip_image", "replace_text",
     "replace_vision", "run_blocks", "run_transformer", "vision_unsupported_reason",
 ]

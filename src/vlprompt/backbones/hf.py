@@ -38,8 +38,9 @@ from torch import nn
 from vlprompt.backbones.base import Backbone, PreprocessCfg, weights_fingerprint
 from vlprompt.backbones.clip_bpe import CLIP_VOCAB_SIZE, EOT_ID, SOT_ID, ClipBpeTextMixin, clip_bpe_tokenizer
 from vlprompt.backbones.deep_prompts import (
+    DeepPrompts,
+    check_prompts,
     check_text_positions,
-    check_tokens,
     expand_tokens,
     replace_text,
     replace_vision,
@@ -256,8 +257,7 @@ class HFClipBackbone(ClipBpeTextMixin, SharedPrefixMixin, Backbone):
         reason = self.shared_prefix_unsupported
         if reason:
             raise BackboneError(f"backbone '{self.name}': deep text prompts need the explicit text layers: {reason}.")
-        check_tokens(self.name, "text", deep_text, self.text_layers, self.text_width, self.text_layers - 1,
-                     "one per text block after the first; the input layer's context is in the embeddings")
+        check_prompts(self, DeepPrompts(text=deep_text))
 
     # --- image ---------------------------------------------------------------------------------------------
     def encode_image(  # noqa: D102
@@ -265,11 +265,7 @@ class HFClipBackbone(ClipBpeTextMixin, SharedPrefixMixin, Backbone):
     ) -> torch.Tensor:
         pixels = images.to(device=self.device, dtype=self.dtype)  # (B, 3, H, W)
         if vision_prompts is not None:
-            reason = self.vision_prompt_unsupported
-            if reason:
-                raise BackboneError(f"backbone '{self.name}' cannot take vision prompts: {reason}.")
-            check_tokens(self.name, "vision", vision_prompts, self.vision_layers, self.vision_width,
-                         self.vision_layers, "one per image block from the first", min_depth=1)
+            check_prompts(self, DeepPrompts(vision=vision_prompts))
             return self._prompted_image(pixels, vision_prompts, prompt_cast)
         return features_tensor(self.model.get_image_features(pixel_values=pixels))  # (B, E)
 

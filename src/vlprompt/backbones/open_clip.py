@@ -17,8 +17,9 @@ from torch import nn
 from vlprompt.backbones.base import OPENAI_MEAN, OPENAI_STD, Backbone, PreprocessCfg, weights_fingerprint
 from vlprompt.backbones.clip_bpe import ClipBpeTextMixin
 from vlprompt.backbones.deep_prompts import (
+    DeepPrompts,
+    check_prompts,
     check_text_positions,
-    check_tokens,
     open_clip_image,
     replace_text,
     run_transformer,
@@ -223,8 +224,7 @@ class OpenClipBackbone(ClipBpeTextMixin, SharedPrefixMixin, Backbone):
         return int(self.model.visual.transformer.resblocks[0].attn.num_heads)
 
     def _check_deep_text(self, deep_text: torch.Tensor) -> None:
-        check_tokens(self.name, "text", deep_text, self.text_layers, self.text_width, self.text_layers - 1,
-                     "one per text block after the first; the input layer's context is in the embeddings")
+        check_prompts(self, DeepPrompts(text=deep_text))
 
     def _pool_project(self, x: torch.Tensor, eos: torch.Tensor) -> torch.Tensor:
         """Final LayerNorm, EOS pooling and text projection: ``[N, L, D]`` hidden states → ``[N, E]``."""
@@ -257,12 +257,7 @@ class OpenClipBackbone(ClipBpeTextMixin, SharedPrefixMixin, Backbone):
         images = images.to(device=self.device, dtype=self.dtype)
         if vision_prompts is None:
             return self.model.encode_image(images)
-        reason = self.vision_prompt_unsupported
-        if reason:
-            raise BackboneError(f"backbone '{self.name}' cannot take vision prompts: {reason}. Use a ViT model "
-                                "(e.g. ViT-B-16) for vision or multimodal deep prompts.")
-        check_tokens(self.name, "vision", vision_prompts, self.vision_layers, self.vision_width, self.vision_layers,
-                     "one per image block from the first", min_depth=1)
+        check_prompts(self, DeepPrompts(vision=vision_prompts))
         return open_clip_image(self.model.visual, images, vision_prompts, prompt_cast)  # (B, E)
 
     @property
