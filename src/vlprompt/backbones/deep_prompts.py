@@ -247,6 +247,6 @@ def run_transformer(
 
 
 __all__ = [
-    "DeepPrompts", "check_prompts", "check_text_positions", "check_tokens", "expand_tokens", "open_clip_image", "replace_text",
-    "replace_vision", "run_blocks", "run_transformer", "vision_unsupported_reason",
+    "DeepPrompts", "check_prompts", "check_text_positions", "check_tokens", "expand_tokens", "open_clip_image",
+    "replace_text", "replace_vision", "run_blocks", "run_transformer", "vision_unsupported_reason",
 ]

@@ -114,9 +114,9 @@ def prefix_kv(
 
     The last layer's output is not needed (no prefix position is pooled), only its keys/values. ``deep_text``
     ``[J − 1, n, D]`` (``1 + n ≤ P``) replaces prefix positions ``1…n`` before blocks ``1…J − 1``
-    (:func:`~vlprompt.backbones.deep_prompts.replace_text`, ``cast`` as there). Exact: the tokens are the same for every prompt and
-    lie inside the prefix, and under the causal mask prefix positions see only the prefix, so each layer's prefix
-    states (hence keys/values) are identical for every class, as without deep prompts.
+    (:func:`~vlprompt.backbones.deep_prompts.replace_text`, ``cast`` as there). Exact: the tokens are the same for
+    every prompt and lie inside the prefix, and under the causal mask prefix positions see only the prefix, so each
+    layer's prefix states (hence keys/values) are identical for every class, as without deep prompts.
     """
     h = x.unsqueeze(0)  # (1, P, D)
     kv: PrefixKV = []
