@@ -338,3 +338,25 @@ def test_open_clip_towers_with_prompts_equal_their_own_forward_with_hooked_block
         for h in handles:
             h.remove()
     torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
+
+
+def test_fp16_backbone_takes_deep_prompts_in_its_dtype():
+    """The official default precision is fp16: fp32 tokens are cast to the tower's dtype, the outputs are fp16 and
+    within fp16 resolution of the fp32 backbone's (text plain and shared-prefix paths, image)."""
+    torch.manual_seed(0)
+    ref = create_backbone("vlp-tiny-vit", "random")
+    torch.manual_seed(0)
+    bb = create_backbone("vlp-tiny-vit", "random", precision="fp16")
+    assert bb.dtype == torch.float16
+    emb, ids = prompts(ref)
+    d, v = deep(1, 64), deep(2, 64)
+    images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(6))
+    want_t = ref.encode_text_embeddings(emb, ids, deep_text=d)
+    want_i = ref.encode_image(images, vision_prompts=v)
+    text = bb.encode_text_embeddings(emb, ids, deep_text=d)
+    kv = bb.encode_text_prefix(emb[0, : 1 + N], deep_text=d)
+    shared = bb.encode_text_suffix(kv, emb[:, 1 + N :], ids)
+    image = bb.encode_image(images, vision_prompts=v)
+    for got, want in ((text, want_t), (shared, want_t), (image, want_i)):
+        assert got.dtype == torch.float16
+        torch.testing.assert_close(got.float(), want, atol=2e-2, rtol=2e-2)
