@@ -212,7 +212,10 @@ class Backbone(nn.Module):
         """``[N, L]`` ids → ``LongTensor[N]``: the position whose hidden state is pooled."""
         raise NotImplementedError
 
-    def encode_text_embeddings(self, embeds: torch.Tensor, ids: torch.Tensor, truncate: bool = True) -> torch.Tensor:
+    def encode_text_embeddings(
+        self, embeds: torch.Tensor, ids: torch.Tensor, truncate: bool = True, deep_text: torch.Tensor | None = None,
+        prompt_cast: torch.dtype | None = None,
+    ) -> torch.Tensor:
         """Run the text tower from input embeddings and pool at the EOS position.
 
         Args:
@@ -220,6 +223,12 @@ class Backbone(nn.Module):
             ids: ``[N, L]`` the token ids whose EOS positions drive pooling.
             truncate: cut the sequences after the longest EOS before the transformer. Exact under a causal mask
                 (the pooled feature depends only on positions ≤ EOS); ignored when the mask is not causal.
+                Exact with ``deep_text`` too: its positions ``1…n`` precede every EOS.
+            deep_text: ``[J − 1, n, D]`` deep text prompts replacing positions ``1…n`` before blocks ``1…J − 1``
+                (:mod:`vlprompt.backbones.deep_prompts`), or ``None``. Refused (``BackboneError``) when deeper than
+                the tower, of another width, or reaching a prompt's EOS.
+            prompt_cast: dtype the deep tokens pass through after broadcasting (``torch.float16`` reproduces the
+                official ``.half()`` of fp32 runs, gradients included), or ``None``.
 
         Returns:
             ``[N, E]`` unnormalised text features.
@@ -245,9 +254,47 @@ class Backbone(nn.Module):
         return self.encode_text_embeddings(self.embed_tokens(ids), ids)
 
     # --- image side ------------------------------------------------------------------------------------------
-    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
-        """``[B, 3, H, W]`` preprocessed images → ``[B, E]`` unnormalised image features."""
+    def encode_image(
+        self, images: torch.Tensor, vision_prompts: torch.Tensor | None = None, prompt_cast: torch.dtype | None = None
+    ) -> torch.Tensor:
+        """``[B, 3, H, W]`` preprocessed images → ``[B, E]`` unnormalised image features.
+
+        ``vision_prompts`` ``[J_v, n_v, D_v]``: deep vision prompts (:mod:`vlprompt.backbones.deep_prompts`);
+        refused (``BackboneError``) for a non-ViT tower, deeper than the tower or of another width.
+        ``prompt_cast``: as in :meth:`encode_text_embeddings`.
+        """
         raise NotImplementedError
+
+    # --- deep prompts: tower sizes read from the model (backbones/deep_prompts.py) ---------------------------
+    @property
+    def text_layers(self) -> int:
+        """Number of text transformer blocks."""
+        raise NotImplementedError
+
+    @property
+    def text_width(self) -> int:
+        """Text transformer width (the width deep text tokens must have)."""
+        raise NotImplementedError
+
+    @property
+    def vision_prompt_unsupported(self) -> str | None:
+        """Why the image tower cannot take vision prompts (e.g. a ResNet), or ``None`` when it can."""
+        return "this backbone does not implement vision prompts"
+
+    @property
+    def vision_layers(self) -> int | None:
+        """Number of image transformer blocks, ``None`` when :attr:`vision_prompt_unsupported`."""
+        return None
+
+    @property
+    def vision_width(self) -> int | None:
+        """Image transformer width (the width deep vision tokens must have), ``None`` when unsupported."""
+        return None
+
+    @property
+    def vision_heads(self) -> int | None:
+        """Attention heads of the image transformer, ``None`` when unsupported."""
+        return None
 
     @property
     def logit_scale(self) -> torch.Tensor:

@@ -32,10 +32,20 @@ import inspect
 import logging
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from vlprompt.backbones.base import Backbone, PreprocessCfg, weights_fingerprint
 from vlprompt.backbones.clip_bpe import CLIP_VOCAB_SIZE, EOT_ID, SOT_ID, ClipBpeTextMixin, clip_bpe_tokenizer
+from vlprompt.backbones.deep_prompts import (
+    DeepPrompts,
+    check_prompts,
+    check_text_positions,
+    expand_tokens,
+    replace_text,
+    replace_vision,
+    run_blocks,
+)
 from vlprompt.backbones.shared_prefix import SharedPrefixMixin, attend, split_heads
 from vlprompt.errors import BackboneError
 
@@ -59,18 +69,33 @@ def causal_mask(n: int, length: int, dtype: torch.dtype, device: torch.device) -
 
 
 def hf_clip_block(
-    layer: nn.Module, x: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor] | None
+    layer: nn.Module, x: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor] | None, causal: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One transformers ``CLIPEncoderLayer`` on ``x`` ``[N, S, D]`` as a shared-prefix block function: pre-norm
     attention (separate q/k/v projections, scale ``hd ** -0.5``) over ``past`` + causal own positions, then the MLP.
+    ``causal=False`` (no ``past``): unmasked attention, as in the image tower.
     Returns ``(x_out, k, v)``, ``k``/``v`` ``[N, H, S, hd]``."""
     attn = layer.self_attn
     n, s, d = x.shape
     h = layer.layer_norm1(x)  # (N, S, D)
     q, k, v = (split_heads(proj(h), attn.num_heads) for proj in (attn.q_proj, attn.k_proj, attn.v_proj))  # (N, H, S, hd)
-    x = x + attn.out_proj(attend(q, k, v, past).transpose(1, 2).reshape(n, s, d))  # (N, S, D)
+    a = attend(q, k, v, past) if causal else F.scaled_dot_product_attention(q, k, v)  # (N, H, S, hd)
+    x = x + attn.out_proj(a.transpose(1, 2).reshape(n, s, d))  # (N, S, D)
     x = x + layer.mlp(layer.layer_norm2(x))
     return x, k, v
+
+
+def explicit_layers_reason(layers: nn.ModuleList, tower: str) -> str | None:
+    """Why :func:`hf_clip_block` cannot reproduce ``layers`` of the ``tower`` (``None`` when it can)."""
+    from transformers.models.clip.modeling_clip import CLIPAttention, CLIPEncoderLayer
+
+    for i, layer in enumerate(layers):
+        if type(layer) is not CLIPEncoderLayer:
+            return f"{tower} layer {i} is {type(layer).__name__}, not transformers' CLIPEncoderLayer"
+        attn = layer.self_attn
+        if not isinstance(attn, CLIPAttention) or abs(attn.scale - attn.head_dim**-0.5) > 1e-12:
+            return f"{tower} layer {i}'s attention is {type(attn).__name__} (not CLIPAttention with scale hd^-0.5)"
+    return None
 
 
 class HFClipBackbone(ClipBpeTextMixin, SharedPrefixMixin, Backbone):
@@ -149,12 +174,19 @@ class HFClipBackbone(ClipBpeTextMixin, SharedPrefixMixin, Backbone):
         return (ids == self.eos_token_id).int().argmax(dim=-1)  # the first EOS
 
     def encode_text_embeddings(  # noqa: D102
-        self, embeds: torch.Tensor, ids: torch.Tensor, truncate: bool = True
+        self, embeds: torch.Tensor, ids: torch.Tensor, truncate: bool = True, deep_text: torch.Tensor | None = None,
+        prompt_cast: torch.dtype | None = None,
     ) -> torch.Tensor:
         embeds, eos = self._pool_and_cut(embeds, ids, truncate)  # (N, L, D), (N,)
         n, length = embeds.shape[:2]
         text = self.model.text_model
         x = self._add_positions(embeds.to(self.dtype), 0)  # (N, L, D)
+        if deep_text is not None:  # the explicit CLIPEncoderLayer (hf_clip_block), positions 1..n replaced between
+            self._check_deep_text(deep_text)
+            check_text_positions(self.name, deep_text.shape[1], eos)
+            x = run_blocks(self._prefix_blocks(), x, deep_text, replace_text,
+                           lambda blk, h: hf_clip_block(blk, h, None)[0], cast=prompt_cast)
+            return self._pool_project(x, eos)
         mask = causal_mask(n, length, x.dtype, x.device)  # (N, 1, L, L)
         if self._separate_causal_mask:
             out = text.encoder(inputs_embeds=x, attention_mask=None, causal_attention_mask=mask)
@@ -176,15 +208,7 @@ class HFClipBackbone(ClipBpeTextMixin, SharedPrefixMixin, Backbone):
 
     # --- shared prefix (exact; hooks of SharedPrefixMixin, see backbones/shared_prefix.py) -----------------
     def _prefix_unsupported_reason(self) -> str | None:
-        from transformers.models.clip.modeling_clip import CLIPAttention, CLIPEncoderLayer
-
-        for i, layer in enumerate(self._prefix_blocks()):
-            if type(layer) is not CLIPEncoderLayer:
-                return f"text layer {i} is {type(layer).__name__}, not transformers' CLIPEncoderLayer"
-            attn = layer.self_attn
-            if not isinstance(attn, CLIPAttention) or abs(attn.scale - attn.head_dim**-0.5) > 1e-12:
-                return f"text layer {i}'s attention is {type(attn).__name__} (not CLIPAttention with scale hd^-0.5)"
-        return None
+        return explicit_layers_reason(self._prefix_blocks(), "text")
 
     def _prefix_blocks(self) -> nn.ModuleList:
         return self.model.text_model.encoder.layers
@@ -192,9 +216,57 @@ class HFClipBackbone(ClipBpeTextMixin, SharedPrefixMixin, Backbone):
     def _prefix_block(self, blk, x, past):
         return hf_clip_block(blk, x, past)
 
+    # --- deep prompts (text side; backbones/deep_prompts.py) -------------------------------------------------
+    @property
+    def text_layers(self) -> int:  # noqa: D102
+        return len(self._prefix_blocks())
+
+    @property
+    def text_width(self) -> int:  # noqa: D102
+        return self.token_dim
+
+    @property
+    def vision_prompt_unsupported(self) -> str | None:  # noqa: D102
+        return explicit_layers_reason(self.model.vision_model.encoder.layers, "image")
+
+    @property
+    def vision_layers(self) -> int | None:  # noqa: D102
+        return None if self.vision_prompt_unsupported else len(self.model.vision_model.encoder.layers)
+
+    @property
+    def vision_width(self) -> int | None:  # noqa: D102
+        return None if self.vision_prompt_unsupported else int(self.model.config.vision_config.hidden_size)
+
+    @property
+    def vision_heads(self) -> int | None:  # noqa: D102
+        return None if self.vision_prompt_unsupported else int(self.model.config.vision_config.num_attention_heads)
+
+    def _prompted_image(self, pixels: torch.Tensor, vision: torch.Tensor, cast: torch.dtype | None) -> torch.Tensor:
+        """``CLIPVisionTransformer`` with vision prompts ``[J_v, n_v, D_v]`` (positions of
+        :mod:`vlprompt.backbones.deep_prompts`), its own embeddings, ``pre_layrnorm`` (per token, so applied to the
+        tokens separately), layers (explicit, unmasked), CLS pooling, ``post_layernorm``, projection: ``[B, E]``."""
+        vm = self.model.vision_model
+        x = vm.embeddings(pixels)  # (B, 1 + g², D)
+        first = vm.pre_layrnorm(expand_tokens(vision[0], x[:, : vision.shape[1]], 1, cast))  # (B, n_v, D)
+        x = torch.cat([vm.pre_layrnorm(x), first], dim=1)  # (B, 1 + g² + n_v, D)
+        x = run_blocks(vm.encoder.layers, x, vision[1:], replace_vision,
+                       lambda blk, h: hf_clip_block(blk, h, None, causal=False)[0], cast=cast)
+        return self.model.visual_projection(vm.post_layernorm(x[:, 0]))  # (B, E)
+
+    def _check_deep_text(self, deep_text: torch.Tensor) -> None:
+        reason = self.shared_prefix_unsupported
+        if reason:
+            raise BackboneError(f"backbone '{self.name}': deep text prompts need the explicit text layers: {reason}.")
+        check_prompts(self, DeepPrompts(text=deep_text))
+
     # --- image ---------------------------------------------------------------------------------------------
-    def encode_image(self, images: torch.Tensor) -> torch.Tensor:  # noqa: D102
+    def encode_image(  # noqa: D102
+        self, images: torch.Tensor, vision_prompts: torch.Tensor | None = None, prompt_cast: torch.dtype | None = None
+    ) -> torch.Tensor:
         pixels = images.to(device=self.device, dtype=self.dtype)  # (B, 3, H, W)
+        if vision_prompts is not None:
+            check_prompts(self, DeepPrompts(vision=vision_prompts))
+            return self._prompted_image(pixels, vision_prompts, prompt_cast)
         return features_tensor(self.model.get_image_features(pixel_values=pixels))  # (B, E)
 
     @property

@@ -16,6 +16,15 @@ from torch import nn
 
 from vlprompt.backbones.base import OPENAI_MEAN, OPENAI_STD, Backbone, PreprocessCfg, weights_fingerprint
 from vlprompt.backbones.clip_bpe import ClipBpeTextMixin
+from vlprompt.backbones.deep_prompts import (
+    DeepPrompts,
+    check_prompts,
+    check_text_positions,
+    open_clip_image,
+    replace_text,
+    run_transformer,
+    vision_unsupported_reason,
+)
 from vlprompt.backbones.shared_prefix import SharedPrefixMixin, open_clip_block
 from vlprompt.errors import BackboneError
 
@@ -165,15 +174,57 @@ class OpenClipBackbone(ClipBpeTextMixin, SharedPrefixMixin, Backbone):
         return (ids == self.text.eos_id).int().argmax(dim=-1)
 
     def encode_text_embeddings(  # noqa: D102
-        self, embeds: torch.Tensor, ids: torch.Tensor, truncate: bool = True
+        self, embeds: torch.Tensor, ids: torch.Tensor, truncate: bool = True, deep_text: torch.Tensor | None = None,
+        prompt_cast: torch.dtype | None = None,
     ) -> torch.Tensor:
         embeds, eos = self._pool_and_cut(embeds, ids, truncate)  # (N, L, D), (N,)
         length = embeds.shape[1]
         dtype = self.dtype
         x = embeds.to(dtype) + self.text.positional_embedding[:length].to(dtype)  # (N, L, D)
         mask = self.text.attn_mask[:length, :length]
-        x = self.text.transformer(x, attn_mask=mask)  # (N, L, D)
+        if deep_text is None:
+            x = self.text.transformer(x, attn_mask=mask)  # (N, L, D)
+        else:  # the same blocks, positions 1..n replaced between them (backbones/deep_prompts.py)
+            self._check_deep_text(deep_text)
+            check_text_positions(self.name, deep_text.shape[1], eos)
+            x = run_transformer(self.text.transformer, x, mask, deep_text, replace_text, prompt_cast)  # (N, L, D)
         return self._pool_project(x, eos)
+
+    # --- deep prompts (backbones/deep_prompts.py) ------------------------------------------------------------
+    @property
+    def text_layers(self) -> int:
+        """Number of text transformer blocks."""
+        return len(self.text.transformer.resblocks)
+
+    @property
+    def text_width(self) -> int:
+        """Text transformer width (``token_dim``)."""
+        return self.token_dim
+
+    @property
+    def vision_prompt_unsupported(self) -> str | None:
+        """Why the image tower cannot take vision prompts, or ``None`` when it can."""
+        return vision_unsupported_reason(self.model.visual)
+
+    @property
+    def vision_layers(self) -> int | None:
+        """Number of image transformer blocks (``None`` for a non-ViT tower)."""
+        return None if self.vision_prompt_unsupported else len(self.model.visual.transformer.resblocks)
+
+    @property
+    def vision_width(self) -> int | None:
+        """Image transformer width (``None`` for a non-ViT tower)."""
+        return None if self.vision_prompt_unsupported else int(self.model.visual.transformer.width)
+
+    @property
+    def vision_heads(self) -> int | None:
+        """Attention heads of the image transformer (``None`` for a non-ViT tower)."""
+        if self.vision_prompt_unsupported:
+            return None
+        return int(self.model.visual.transformer.resblocks[0].attn.num_heads)
+
+    def _check_deep_text(self, deep_text: torch.Tensor) -> None:
+        check_prompts(self, DeepPrompts(text=deep_text))
 
     def _pool_project(self, x: torch.Tensor, eos: torch.Tensor) -> torch.Tensor:
         """Final LayerNorm, EOS pooling and text projection: ``[N, L, D]`` hidden states → ``[N, E]``."""
@@ -200,8 +251,14 @@ class OpenClipBackbone(ClipBpeTextMixin, SharedPrefixMixin, Backbone):
         return x + self.text.positional_embedding[offset : offset + x.shape[1]].to(x.dtype)  # (N, S, D)
 
     # --- image ---------------------------------------------------------------------------------------------
-    def encode_image(self, images: torch.Tensor) -> torch.Tensor:  # noqa: D102
-        return self.model.encode_image(images.to(device=self.device, dtype=self.dtype))
+    def encode_image(  # noqa: D102
+        self, images: torch.Tensor, vision_prompts: torch.Tensor | None = None, prompt_cast: torch.dtype | None = None
+    ) -> torch.Tensor:
+        images = images.to(device=self.device, dtype=self.dtype)
+        if vision_prompts is None:
+            return self.model.encode_image(images)
+        check_prompts(self, DeepPrompts(vision=vision_prompts))
+        return open_clip_image(self.model.visual, images, vision_prompts, prompt_cast)  # (B, E)
 
     @property
     def logit_scale(self) -> torch.Tensor:  # noqa: D102

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vlprompt.backbones.deep_prompts import replace_text
 from vlprompt.errors import BackboneError
 
 _logger = logging.getLogger(__name__)
@@ -105,14 +106,23 @@ def open_clip_block(
     return x, k, v
 
 
-def prefix_kv(blocks: Sequence[nn.Module], x: torch.Tensor, block_fn: BlockFn = open_clip_block) -> PrefixKV:
+def prefix_kv(
+    blocks: Sequence[nn.Module], x: torch.Tensor, block_fn: BlockFn = open_clip_block,
+    deep_text: torch.Tensor | None = None, cast: torch.dtype | None = None,
+) -> PrefixKV:
     """Run the shared prefix ``x`` ``[P, D]`` (positional embedding added) and return every layer's keys/values.
 
-    The last layer's output is not needed (no prefix position is pooled), only its keys/values.
+    The last layer's output is not needed (no prefix position is pooled), only its keys/values. ``deep_text``
+    ``[J − 1, n, D]`` (``1 + n ≤ P``) replaces prefix positions ``1…n`` before blocks ``1…J − 1``
+    (:func:`~vlprompt.backbones.deep_prompts.replace_text`, ``cast`` as there). Exact: the tokens are the same for
+    every prompt and lie inside the prefix, and under the causal mask prefix positions see only the prefix, so each
+    layer's prefix states (hence keys/values) are identical for every class, as without deep prompts.
     """
     h = x.unsqueeze(0)  # (1, P, D)
     kv: PrefixKV = []
-    for blk in blocks:
+    for j, blk in enumerate(blocks):
+        if deep_text is not None and 1 <= j <= deep_text.shape[0]:
+            h = replace_text(h, deep_text[j - 1], 1, cast)  # (1, P, D)
         h, k, v = block_fn(blk, h, None)
         kv.append((k[0], v[0]))  # (H, P, hd) each
     return kv
@@ -162,19 +172,37 @@ class SharedPrefixMixin:
                 _logger.info("backbone '%s': shared-prefix text encoding off (%s)", self.name, self._prefix_reason)
         return self._prefix_reason
 
-    def encode_text_prefix(self, prefix: torch.Tensor) -> PrefixKV:
+    def encode_text_prefix(
+        self, prefix: torch.Tensor, deep_text: torch.Tensor | None = None, prompt_cast: torch.dtype | None = None
+    ) -> PrefixKV:
         """Run a prefix shared by every prompt through the text tower once.
 
         Args:
             prefix: ``[P, D]`` token embeddings of positions ``0…P-1`` (no positional embedding).
+            deep_text: ``[J − 1, n, D]`` deep text prompts (:class:`~vlprompt.backbones.deep_prompts.DeepPrompts`),
+                positions ``1…n`` inside the prefix (``1 + n ≤ P``), or ``None``.
+            prompt_cast: dtype the deep tokens pass through (``torch.float16``: the official ``.half()``). Values
+                as the full path; gradients are rounded once for all classes (the class sum happens inside the
+                shared keys/values), not per class as the official code does.
 
         Returns:
             Per layer, the prefix keys and values (``[H, P, hd]`` each), for :meth:`encode_text_suffix`.
         """
         if self.shared_prefix_unsupported:
             raise BackboneError(f"backbone '{self.name}': shared-prefix encoding unsupported: {self._prefix_reason}.")
+        if deep_text is not None:
+            self._check_deep_text(deep_text)
+            if 1 + deep_text.shape[1] > prefix.shape[0]:
+                raise BackboneError(
+                    f"backbone '{self.name}': deep text prompts cover positions 1..{deep_text.shape[1]}, beyond the "
+                    f"shared prefix of {prefix.shape[0]} positions; share at least SOS + the context tokens."
+                )
         x = self._add_positions(prefix.to(self.dtype).unsqueeze(0), 0)[0]  # (P, D)
-        return prefix_kv(self._prefix_blocks(), x, self._prefix_block)
+        return prefix_kv(self._prefix_blocks(), x, self._prefix_block, deep_text, prompt_cast)
+
+    def _check_deep_text(self, deep_text: torch.Tensor) -> None:
+        """Refuse deep text prompts that do not fit the text tower (the adapter implements it)."""
+        raise NotImplementedError
 
     def encode_text_suffix(
         self, kv: PrefixKV, suffix: torch.Tensor, ids: torch.Tensor, truncate: bool = True
