@@ -23,7 +23,7 @@ from pathlib import Path
 
 from vlprompt._io import atomic_save_safetensors, atomic_write_json
 from vlprompt.engine import pipeline as P
-from vlprompt.engine.run import RunSpec, _base_config, _load, _test_features, log_eval_only, prepare_out
+from vlprompt.engine.run import RunSpec, base_config, load_inputs, log_eval_only, prepare_out, test_features
 from vlprompt.errors import ArtifactError, ConfigError
 
 _logger = logging.getLogger(__name__)
@@ -73,18 +73,19 @@ def linear_probe_run(
         "classifier": "LogisticRegression(solver=lbfgs, penalty=l2)", "num_steps": num_steps, "max_iter": max_iter,
         "features": "unnormalised image embedding, test transform",
         "fewshot": "same subsets as CoOp (vlprompt sampler), not the official lpclip NumPy draw"})
-    device, data, backbone = _load(spec, backbone)
+    inputs = load_inputs(spec, backbone)
+    device, data, backbone = inputs.device, inputs.data, inputs.backbone
     P.seed_everything(spec.seed)
-    config = _base_config(spec, data, backbone, None, spec.label or LINEAR_PROBE_LABEL)
+    config = base_config(spec, data, backbone, None, spec.label or LINEAR_PROBE_LABEL)
     atomic_write_json(out / "config.json", config)
     if not data.train:
         raise ConfigError(f"dataset '{spec.dataset}' has no training images for the linear probe.")
 
     t0 = time.perf_counter()
     # (N, E) each; cache splits named as in train_run so CoOp runs (--augment none) and probes share them.
-    train_x = _test_features(spec, backbone, data, "train-fewshot", data.train, progress)
+    train_x = test_features(spec, backbone, data, "train-fewshot", data.train, progress)
     val, val_split = selection_set(data, spec.shots, spec.seed)
-    val_x = _test_features(spec, backbone, data, val_split, val, progress) if val else None
+    val_x = test_features(spec, backbone, data, val_split, val, progress) if val else None
     result = fit_linear_probe(train_x, P.labels_of(data.train), val_x, P.labels_of(val) if val else None,
                               num_steps=num_steps, max_iter=max_iter)
     train_seconds = time.perf_counter() - t0
@@ -92,7 +93,7 @@ def linear_probe_run(
                {"selection_split": val_split, "selection_images": P.relative_paths(val, data.splits.root)})
 
     t1 = time.perf_counter()
-    test_x = _test_features(spec, backbone, data, "test", data.splits.test, progress)
+    test_x = test_features(spec, backbone, data, "test", data.splits.test, progress)
     metrics = linear_probe_metrics(result, test_x, P.labels_of(data.splits.test), data.splits.num_classes)
     metrics.update(val_accuracy=result.val_accuracy, C=result.C, selection=result.selection,
                    train_seconds=train_seconds, eval_seconds=time.perf_counter() - t1,

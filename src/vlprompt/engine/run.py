@@ -17,14 +17,16 @@ import contextlib
 import logging
 import platform
 import time
-from dataclasses import fields, replace
+from collections.abc import Iterator
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from vlprompt import __version__
 from vlprompt._io import append_jsonl, atomic_write_json
-from vlprompt.backbones import create_backbone
+from vlprompt.backbones import Backbone, create_backbone
 from vlprompt.engine import distributed as D
 from vlprompt.engine import pipeline as P
 from vlprompt.engine import tracking as T
@@ -136,7 +138,27 @@ def _base_config(spec: RunSpec, data: P.FewShotData, backbone, epochs: int | Non
     }
 
 
-def _load(spec: RunSpec, backbone=None):
+@dataclass(frozen=True)
+class RunInputs:
+    """What a run is computed from, loaded and validated before its folder is touched (:func:`load_inputs`).
+
+    Attributes:
+        device: where the run computes (under torchrun: ``cuda:LOCAL_RANK``); the backbone's device.
+        data: the dataset's splits and the few-shot train/val subsets.
+        backbone: the built encoder.
+    """
+
+    device: torch.device
+    data: P.FewShotData
+    backbone: Backbone
+
+    def __iter__(self) -> Iterator[Any]:
+        # ``device, data, backbone = load_inputs(...)``: kept for callers written against the former tuple; new
+        # code reads the names
+        return iter((self.device, self.data, self.backbone))
+
+
+def _load(spec: RunSpec, backbone=None) -> RunInputs:
     """Device, data and backbone of a run (``backbone`` reuses an already-built one with the same identity)."""
     device = D.local_device(P.resolve_device(spec.device))  # under torchrun: cuda:LOCAL_RANK
     P.check_precision(spec.train.precision, device)
@@ -153,7 +175,7 @@ def _load(spec: RunSpec, backbone=None):
         from vlprompt.engine.replay import check_recorded
 
         check_recorded(spec.expect, data, backbone)
-    return backbone.device, data, backbone
+    return RunInputs(backbone.device, data, backbone)
 
 
 def _test_features(spec: RunSpec, backbone, data: P.FewShotData, split: str, records, progress: bool) -> torch.Tensor:
@@ -214,12 +236,12 @@ def train_run(spec: RunSpec, progress: bool = False, backbone=None) -> dict:
     if not spec.resume:
         _refuse_finished(spec)
     with D.process_group(P.resolve_device(spec.device)):
-        loaded = _load(spec, backbone)  # inputs are validated before the folder is created or touched
-        if not loaded[1].train:
+        inputs = _load(spec, backbone)  # inputs are validated before the folder is created or touched
+        if not inputs.data.train:
             raise ConfigError(f"dataset '{spec.dataset}' has no training images.")
         with contextlib.ExitStack() as lock:  # only rank 0 creates, locks and writes the folder
             D.on_main(_lock_folder, out, lock)
-            return _train_locked(spec, out, progress and D.is_main(), lock, *loaded)
+            return _train_locked(spec, out, progress and D.is_main(), lock, inputs)
 
 
 def _lock_folder(out: Path, stack: contextlib.ExitStack) -> None:
@@ -255,7 +277,8 @@ def _open_folder(spec: RunSpec, out: Path, config: dict, epochs: int) -> tuple[d
     return None, start, prior, config
 
 
-def _train_locked(spec: RunSpec, out: Path, progress: bool, stack: contextlib.ExitStack, device, data, backbone) -> dict:
+def _train_locked(spec: RunSpec, out: Path, progress: bool, stack: contextlib.ExitStack, inputs: RunInputs) -> dict:
+    device, data, backbone = inputs.device, inputs.data, inputs.backbone
     P.seed_everything(spec.seed)
     template = method_template(spec.method, data.splits.name, data.splits.template)  # KgCoOp: its own templates
     learner = create_prompt_learner(spec.method, backbone, data.splits.classnames, spec.learner,
@@ -356,7 +379,8 @@ def zeroshot_run(spec: RunSpec, templates: list[str], progress: bool = False, ba
         T.require_tensorboard()
     _refuse_finished(spec)
     spec = replace(spec, method="zeroshot", learner={"templates": list(templates)})  # a derived copy: see RunSpec
-    device, data, backbone = _load(spec, backbone)
+    inputs = _load(spec, backbone)
+    device, data, backbone = inputs.device, inputs.data, inputs.backbone
     out = prepare_out(spec.out, spec.overwrite)  # after the inputs are validated: a failed call leaves no folder
     label = spec.label or ("Zero-shot CLIP" if len(templates) == 1 else f"Zero-shot CLIP ({len(templates)} templates)")
     config = _base_config(spec, data, backbone, None, label)
@@ -418,8 +442,8 @@ def _eval(run_dir: str, spec: RunSpec, progress: bool) -> dict:
 
 
 #: The run-folder steps other run functions share (the feature-space adapter run, :mod:`vlprompt.runs.adapter_run`),
-#: under public names: ``config.json``'s common entries, the inputs (device, data, backbone), the early refusal of
+#: under public names: ``config.json``'s common entries, the inputs (:class:`RunInputs`), the early refusal of
 #: a finished run, and the cached test-transform features of a split.
 base_config, load_inputs, refuse_finished, test_features = _base_config, _load, _refuse_finished, _test_features
 
-__all__ = ["RunSpec", "train_run", "zeroshot_run", "eval_run", "default_label", "prepare_out", "spec_to_dict"]
+__all__ = ["RunInputs", "RunSpec", "load_inputs", "train_run", "zeroshot_run", "eval_run", "default_label", "prepare_out", "spec_to_dict"]
