@@ -23,7 +23,7 @@ from pathlib import Path
 
 from vlprompt._io import atomic_save_safetensors, atomic_write_json
 from vlprompt.engine import pipeline as P
-from vlprompt.engine.run import RunSpec, base_config, load_inputs, log_eval_only, prepare_out, test_features
+from vlprompt.engine.run import RunInputs, RunSpec, base_config, load_inputs, log_eval_only, prepare_out, test_features
 from vlprompt.errors import ArtifactError, ConfigError
 
 _logger = logging.getLogger(__name__)
@@ -59,7 +59,7 @@ def linear_probe_run(
     Raises:
         ConfigError: the dataset has no training images, or fewer than two classes in the few-shot subset.
     """
-    from vlprompt.eval.linear_probe import fit_linear_probe, linear_probe_metrics
+    from vlprompt.eval.linear_probe import linear_probe_metrics
 
     if spec.tensorboard:
         from vlprompt.engine.tracking import require_tensorboard
@@ -69,10 +69,7 @@ def linear_probe_run(
     for name in (PROBE_WEIGHTS, PROBE_JSON):
         (out / name).unlink(missing_ok=True)  # an unfinished earlier attempt must not leave a stale probe behind
     # the run's own spec, derived (the caller's is frozen and stays as given)
-    spec = replace(spec, method=LINEAR_PROBE_METHOD, learner={
-        "classifier": "LogisticRegression(solver=lbfgs, penalty=l2)", "num_steps": num_steps, "max_iter": max_iter,
-        "features": "unnormalised image embedding, test transform",
-        "fewshot": "same subsets as CoOp (vlprompt sampler), not the official lpclip NumPy draw"})
+    spec = replace(spec, method=LINEAR_PROBE_METHOD, learner=_probe_settings(num_steps, max_iter))
     inputs = load_inputs(spec, backbone)
     device, data, backbone = inputs.device, inputs.data, inputs.backbone
     P.seed_everything(spec.seed)
@@ -82,15 +79,8 @@ def linear_probe_run(
         raise ConfigError(f"dataset '{spec.dataset}' has no training images for the linear probe.")
 
     t0 = time.perf_counter()
-    # (N, E) each; cache splits named as in train_run so CoOp runs (--augment none) and probes share them.
-    train_x = test_features(spec, backbone, data, "train-fewshot", data.train, progress)
-    val, val_split = selection_set(data, spec.shots, spec.seed)
-    val_x = test_features(spec, backbone, data, val_split, val, progress) if val else None
-    result = fit_linear_probe(train_x, P.labels_of(data.train), val_x, P.labels_of(val) if val else None,
-                              num_steps=num_steps, max_iter=max_iter)
+    result = _fit_probe(spec, inputs, out, progress, num_steps, max_iter)
     train_seconds = time.perf_counter() - t0
-    save_probe(out, result, data.splits.classnames, backbone.identity(),
-               {"selection_split": val_split, "selection_images": P.relative_paths(val, data.splits.root)})
 
     t1 = time.perf_counter()
     test_x = test_features(spec, backbone, data, "test", data.splits.test, progress)
@@ -101,6 +91,31 @@ def linear_probe_run(
     log_eval_only(spec, out, metrics, config)  # --tensorboard: eval/* (accuracy, macro_f1, val_accuracy) at step 0
     atomic_write_json(out / "metrics.json", metrics)
     return metrics
+
+
+def _probe_settings(num_steps: int, max_iter: int) -> dict:
+    """The probe's settings, recorded as the run's ``learner`` in ``config.json``."""
+    return {"classifier": "LogisticRegression(solver=lbfgs, penalty=l2)", "num_steps": num_steps,
+            "max_iter": max_iter, "features": "unnormalised image embedding, test transform",
+            "fewshot": "same subsets as CoOp (vlprompt sampler), not the official lpclip NumPy draw"}
+
+
+def _fit_probe(spec: RunSpec, inputs: RunInputs, out: Path, progress: bool, num_steps: int, max_iter: int):
+    """Fit the probe on the few-shot train features, ``C`` chosen on :func:`selection_set`, and save it into
+    ``out`` (``probe.safetensors`` + ``probe.json``); returns the
+    :class:`~vlprompt.eval.linear_probe.LinearProbeResult`."""
+    from vlprompt.eval.linear_probe import fit_linear_probe
+
+    data, backbone = inputs.data, inputs.backbone
+    # (N, E) each; cache splits named as in train_run so CoOp runs (--augment none) and probes share them.
+    train_x = test_features(spec, backbone, data, "train-fewshot", data.train, progress)
+    val, val_split = selection_set(data, spec.shots, spec.seed)
+    val_x = test_features(spec, backbone, data, val_split, val, progress) if val else None
+    result = fit_linear_probe(train_x, P.labels_of(data.train), val_x, P.labels_of(val) if val else None,
+                              num_steps=num_steps, max_iter=max_iter)
+    save_probe(out, result, data.splits.classnames, backbone.identity(),
+               {"selection_split": val_split, "selection_images": P.relative_paths(val, data.splits.root)})
+    return result
 
 
 def selection_set(data: P.FewShotData, shots: int | None, seed: int) -> tuple[list, str]:

@@ -140,13 +140,9 @@ def _base_config(spec: RunSpec, data: P.FewShotData, backbone, epochs: int | Non
 
 @dataclass(frozen=True)
 class RunInputs:
-    """What a run is computed from, loaded and validated before its folder is touched (:func:`load_inputs`).
-
-    Attributes:
-        device: where the run computes (under torchrun: ``cuda:LOCAL_RANK``); the backbone's device.
-        data: the dataset's splits and the few-shot train/val subsets.
-        backbone: the built encoder.
-    """
+    """What a run is computed from, loaded and validated before its folder is touched (:func:`load_inputs`): the
+    ``device`` (the backbone's; under torchrun ``cuda:LOCAL_RANK``), the ``data`` (splits and few-shot subsets), the
+    built ``backbone``."""
 
     device: torch.device
     data: P.FewShotData
@@ -278,16 +274,9 @@ def _open_folder(spec: RunSpec, out: Path, config: dict, epochs: int) -> tuple[d
 
 
 def _train_locked(spec: RunSpec, out: Path, progress: bool, stack: contextlib.ExitStack, inputs: RunInputs) -> dict:
+    """Train into the locked ``out``: resolve the spec, open (or resume) the folder, fit, save, evaluate, finish."""
     device, data, backbone = inputs.device, inputs.data, inputs.backbone
-    P.seed_everything(spec.seed)
-    template = method_template(spec.method, data.splits.name, data.splits.template)  # KgCoOp: its own templates
-    learner = create_prompt_learner(spec.method, backbone, data.splits.classnames, spec.learner,
-                                    template=template).to(device)
-    # The run's resolved spec, derived (the caller's is frozen and stays as given): the learner's full config, and
-    # the user's values, else the method's own recipe (CoCoOp: batch 1, 10 epochs; KgCoOp: 128, 100), else CoOp's
-    # (batch 32, epochs by shot count): resolved once here, passed down, and recorded resolved in config.json
-    spec = replace(spec, learner=learner.config_dict(),
-                   train=resolve_train_config(spec.train, spec.method, spec.shots, data.splits.name))
+    spec, learner = _resolve(spec, inputs)
     epochs = spec.train.epochs
     config = _base_config(spec, data, backbone, epochs, spec.label or default_label(spec.method, spec.learner))
     kept, start, prior, config = D.on_main(_open_folder, spec, out, config, epochs)
@@ -300,16 +289,50 @@ def _train_locked(spec: RunSpec, out: Path, progress: bool, stack: contextlib.Ex
     optimizer, scaler = make_optimizer(learner, spec.train), make_scaler(spec.train, device)
     generator = getattr(batches, "generator", None)
     digest = TS.config_digest(config)
+    state = {"learner": learner, "optimizer": optimizer, "generator": generator, "scaler": scaler}  # what resumes
     if start:
-        D.on_main(TS.load_train_state, out, learner=learner, optimizer=optimizer, generator=generator, scaler=scaler,
-                  digest=digest)
+        D.on_main(TS.load_train_state, out, digest=digest, **state)
     D.sync_train_state(learner, optimizer, generator, scaler)  # torchrun: every rank from rank 0's state
 
-    last_save = [time.perf_counter()]
     # TensorBoard (rank 0 only; a NullTracker elsewhere or when off), opened once the folder is resolved; closed
     # (flushed) however the run ends, when ``stack`` closes, before the folder's lock is released
     tracker = _open_tracker(spec, out, start, len(batches) if start < epochs else None, prior)
     stack.callback(tracker.close)
+    on_epoch, on_step = _epoch_hooks(spec, out, tracker, state, digest)
+    fit(model, batches, spec.train, epochs, images_are_features=are_feats, progress=progress,
+        on_epoch=on_epoch if D.is_main() else None, start_epoch=start + 1, optimizer=optimizer, scaler=scaler,
+        on_step=on_step if spec.tensorboard and D.is_main() else None)  # None: nothing at all per step
+    train_seconds = time.perf_counter() - t0 + sum(float(r.get("seconds", 0.0)) for r in prior)
+    D.on_main(save_learner, out, learner, backbone)
+
+    t1 = time.perf_counter()
+    metrics = _evaluate_trained(spec, model, data, progress)
+    metrics.update(train_seconds=train_seconds, eval_seconds=time.perf_counter() - t1,
+                   peak_memory_mb=P.peak_memory_mb(device), epochs=epochs)
+    T.log_final(tracker, metrics, epochs, config)  # before metrics.json: a finished run has its eval events
+    D.on_main(_finish, out, metrics)
+    return metrics
+
+
+def _resolve(spec: RunSpec, inputs: RunInputs) -> tuple[RunSpec, torch.nn.Module]:
+    """Seed the run, build its learner, derive the run's resolved spec (the caller's is frozen): ``(spec, learner)``.
+    The derived spec holds the learner's full config, and the user's values, else the method's own recipe (CoCoOp:
+    batch 1, 10 epochs; KgCoOp: 128, 100), else CoOp's (batch 32, epochs by shot count), recorded in config.json."""
+    data = inputs.data
+    P.seed_everything(spec.seed)
+    template = method_template(spec.method, data.splits.name, data.splits.template)  # KgCoOp: its own templates
+    learner = create_prompt_learner(spec.method, inputs.backbone, data.splits.classnames, spec.learner,
+                                    template=template).to(inputs.device)
+    spec = replace(spec, learner=learner.config_dict(),
+                   train=resolve_train_config(spec.train, spec.method, spec.shots, data.splits.name))
+    return spec, learner
+
+
+def _epoch_hooks(spec: RunSpec, out: Path, tracker: T.Tracker, state: dict, digest: str):
+    """The loop's rank-0 callbacks ``(on_epoch, on_step)``: ``on_epoch`` appends the epoch to ``history.jsonl``, logs
+    it, and saves the resumable ``state`` (learner, optimizer, generator, scaler) once ``spec.state_every_seconds``
+    have passed since the last save (0: every epoch); ``on_step`` logs a step's scalars."""
+    last_save = [time.perf_counter()]
 
     def on_epoch(record: dict, _opt) -> None:
         due = time.perf_counter() - last_save[0] >= spec.state_every_seconds
@@ -318,20 +341,19 @@ def _train_locked(spec: RunSpec, out: Path, progress: bool, stack: contextlib.Ex
         tracker.log_scalars(T.epoch_scalars(record), record["epoch"])
         tracker.flush()
         if due:
-            TS.save_train_state(out, epoch=record["epoch"], learner=learner, optimizer=optimizer,
-                                generator=generator, scaler=scaler, digest=digest)
+            TS.save_train_state(out, epoch=record["epoch"], digest=digest, **state)
             last_save[0] = time.perf_counter()
 
     def on_step(record: dict) -> None:
         tracker.log_scalars(T.step_scalars(record), record["global_step"])
 
-    fit(model, batches, spec.train, epochs, images_are_features=are_feats, progress=progress,
-        on_epoch=on_epoch if D.is_main() else None, start_epoch=start + 1, optimizer=optimizer, scaler=scaler,
-        on_step=on_step if spec.tensorboard and D.is_main() else None)  # None: nothing at all per step
-    train_seconds = time.perf_counter() - t0 + sum(float(r.get("seconds", 0.0)) for r in prior)
-    D.on_main(save_learner, out, learner, backbone)
+    return on_epoch, on_step
 
-    t1 = time.perf_counter()
+
+def _evaluate_trained(spec: RunSpec, model: PromptModel, data: P.FewShotData, progress: bool) -> dict:
+    """Test metrics of the trained ``model``, with ``val_accuracy`` on the few-shot val set where it is not the
+    test set (ImageNet's val is its test)."""
+    backbone = model.backbone
     with torch.no_grad():
         text = model.class_text_features()  # once per evaluation, not per batch (None: per-image prompts)
         metrics, _ = P.evaluate_model(model, _test_features(spec, backbone, data, "test", data.splits.test, progress),
@@ -341,10 +363,6 @@ def _train_locked(spec: RunSpec, out: Path, progress: bool, stack: contextlib.Ex
                 model, _test_features(spec, backbone, data, "val-fewshot", data.val, progress),
                 P.labels_of(data.val), text)
             metrics["val_accuracy"] = val_metrics["accuracy"]
-    metrics.update(train_seconds=train_seconds, eval_seconds=time.perf_counter() - t1,
-                   peak_memory_mb=P.peak_memory_mb(device), epochs=epochs)
-    T.log_final(tracker, metrics, epochs, config)  # before metrics.json: a finished run has its eval events
-    D.on_main(_finish, out, metrics)
     return metrics
 
 
