@@ -8,12 +8,12 @@ import inspect
 
 import pytest
 
-from vlprompt.engine import baselines, run
+from vlprompt.runs import probe, train
 
 TARGET = 60
 
 
-@pytest.mark.parametrize("function", [run._train_locked, baselines.linear_probe_run],
+@pytest.mark.parametrize("function", [train._train_locked, probe.linear_probe_run],
                          ids=["train_locked", "linear_probe_run"])
 def test_run_function_is_within_the_issue_13_target(function):
     lines, _ = inspect.getsourcelines(function)
