@@ -130,7 +130,7 @@ class OutputSpec:
         state_every_seconds: save the resumable training state at most this often (seconds); 0 = after every epoch.
             A resumed run ends identical either way; a larger value only means more epochs are redone after a kill.
         tensorboard: write TensorBoard events into ``out/tensorboard/`` (``--tensorboard``;
-            :mod:`vlprompt.engine.tracking`): train/* per step, epoch/* per epoch, eval/* at the end. Needs
+            :mod:`vlprompt.runs.tracking`): train/* per step, epoch/* per epoch, eval/* at the end. Needs
             ``pip install 'vlprompt[tensorboard]'``.
     """
 
@@ -181,7 +181,7 @@ class RunSpec:
     train: TrainConfig
     output: OutputSpec
     #: What a re-run must find as recorded (few-shot image lists, class names, weight fingerprint), checked before
-    #: training by :func:`vlprompt.engine.replay.check_recorded`; ``None``: nothing to check. Not recorded itself.
+    #: training by :func:`vlprompt.runs.replay.check_recorded`; ``None``: nothing to check. Not recorded itself.
     expect: dict | None
 
     def __init__(self, dataset: str | None = None, out: str | None = None, *, data: DataSpec | None = None,
