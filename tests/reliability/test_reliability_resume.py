@@ -207,7 +207,7 @@ def test_resume_in_feature_modes(image_folder, tmp_path, monkeypatch, augment):
 
 
 def test_interrupted_during_final_evaluation(data, tmp_path, reference, monkeypatch):
-    import vlprompt.engine.run as R
+    import vlprompt.runs.train as R
 
     out = tmp_path / "out"
 

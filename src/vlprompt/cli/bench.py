@@ -1,5 +1,8 @@
-"""``vlprompt bench``: the speed benchmark (official per-step computation vs vlprompt's exact optimisations and
-``cached:K``), with a projected full run and its end-to-end check. Writes ``bench.json`` and ``bench.md``."""
+"""``vlprompt bench``: the speed suite (official per-step computation vs vlprompt's exact optimisations and
+``cached:K``), with a projected full run and its end-to-end check. Writes ``bench.json`` and ``bench.md``.
+
+Names (issue 13): ``bench`` is the speed suite (:mod:`vlprompt.speed`), ``benchmark`` the accuracy grid
+(:mod:`vlprompt.cli.benchmark`)."""
 
 from __future__ import annotations
 
@@ -19,7 +22,8 @@ Measure, side by side on this machine, the per-step time and peak memory of
 plus the one-time costs (image encoding, cached views, evaluation), a projection of a full 16-shot run under the
 official schedule, and a measured end-to-end run on a short schedule that checks the projection.
 Full-size architectures are built with random weights (no download: speed does not depend on the weights).
-The full benchmark takes hours on a 2-core CPU; --quick runs tiny models in seconds."""
+The full suite takes hours on a 2-core CPU; --quick runs tiny models in seconds.
+(This is the speed suite; the accuracy grid is `vlprompt benchmark`.)"""
 
 
 def _ints(text: str) -> list[int]:
@@ -31,7 +35,8 @@ def _ints(text: str) -> list[int]:
 
 def register(subparsers) -> None:
     """Add the ``bench`` command."""
-    p = subparsers.add_parser("bench", help="speed benchmark: official computation vs vlprompt (writes bench.json)",
+    p = subparsers.add_parser("bench", help="the speed suite: per-step time and memory, official computation vs vlprompt (writes "
+                              "bench.json; the accuracy grid is `vlprompt benchmark`)",
                               description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="folder for bench.json and bench.md")
     p.add_argument("--quick", action="store_true", help="tiny models and sizes (seconds; a smoke test)")

@@ -1,5 +1,5 @@
-"""``vlprompt benchmark``: run a grid (datasets × methods × shots × seeds) of one of the four protocols of the field
-and write the report."""
+"""``vlprompt benchmark``: the accuracy grid — run a grid (datasets × methods × shots × seeds) of one of the four
+protocols of the field and write the report. (``vlprompt bench`` is the speed suite.)"""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ DESCRIPTION = (
     "fewshot_curves.png, results.json) is written into RUNS_DIR, as `vlprompt report RUNS_DIR` does. --executor slurm "
     "sends the unfinished runs to a SLURM cluster as one job array (submitit: pip install 'vlprompt[cluster]'), "
     "waits for them and writes the report; a killed job resumes from its saved training state when the same "
-    "command is run again."
+    "command is run again. (This is the accuracy grid; the per-step speed suite is `vlprompt bench`.)"
 )
 
 
@@ -46,8 +46,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``benchmark`` command."""
     from vlprompt.runs.grid import PROTOCOLS
 
-    p = sub.add_parser("benchmark", help="run a protocol's grid (fewshot, base2new, dg, xd; resumable) and write "
-                                         "the report", description=DESCRIPTION)
+    p = sub.add_parser("benchmark", help="the accuracy grid: run a protocol (fewshot, base2new, dg, xd; resumable) "
+                                         "and write the report (the speed suite is `vlprompt bench`)",
+                       description=DESCRIPTION)
     g = p.add_argument_group("grid")
     g.add_argument("--protocol", choices=PROTOCOLS, default="fewshot",
                    help="fewshot (default; CoOp paper), base2new (train on base classes, test on base and new; "

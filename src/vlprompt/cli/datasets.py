@@ -9,11 +9,11 @@ from vlprompt.data.benchmarks import BENCHMARKS
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``datasets`` command with its ``list`` and ``check`` sub-commands."""
-    p = subparsers.add_parser("datasets", help="list the built-in benchmarks or check a dataset's files",
-                              description="List the built-in benchmarks, or check that a dataset is laid out as "
+    p = subparsers.add_parser("datasets", help="list the built-in benchmark datasets or check a dataset's files",
+                              description="List the built-in benchmark datasets, or check that a dataset is laid out as "
                                           "expected and has the official split sizes.")
     sub = p.add_subparsers(dest="datasets_command", metavar="{list,check}")
-    p_list = sub.add_parser("list", help="list the built-in benchmarks")
+    p_list = sub.add_parser("list", help="list the built-in benchmark datasets")
     p_list.add_argument("--sources", action="store_true", help="also print where each dataset's files come from")
     p_check = sub.add_parser("check", help="validate a dataset's layout and split sizes")
     p_check.add_argument("name", help="benchmark name, or folder:PATH, csv:PATH, split:PATH.json")

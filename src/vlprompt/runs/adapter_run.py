@@ -174,7 +174,8 @@ def adapter_run(spec: RunSpec, progress: bool = False, backbone=None) -> dict:
         refuse_finished(spec)
     options, train, num_views = adapter_settings(spec, cls)
     create_adapter(spec.method, options)  # the user's options checked before anything is loaded
-    device, data, backbone = load_inputs(spec, backbone)  # inputs are validated before the folder is created
+    inputs = load_inputs(spec, backbone)  # inputs are validated before the folder is created
+    device, data, backbone = inputs.device, inputs.data, inputs.backbone
     if not data.train:
         raise ConfigError(f"dataset '{spec.dataset}' has no training images to fit '{spec.method}' on.")
     # the user's options > the official per-dataset/shot values > the config's defaults
