@@ -8,6 +8,7 @@ import pytest
 from grid_helpers import FAST, benchmark, dry_run_folders, finished, read
 from grid_layouts import single_thread, write_dtd4
 
+from vlprompt.adapters import get_adapter_class, list_adapters
 from vlprompt.cli.main import main
 from vlprompt.engine.recipe import method_recipe
 from vlprompt.prompts import list_prompt_learners
@@ -48,7 +49,8 @@ def ran(grid):
 
 def test_the_grid_holds_every_registered_method():
     assert METHODS[-2:] == ["zeroshot", "linear-probe"] and "coop-csc" in METHODS
-    assert set(list_prompt_learners()) | {"coop-csc", "zeroshot", "linear-probe"} == set(METHODS)
+    assert set(list_prompt_learners()) | set(list_adapters()) | {"coop-csc", "zeroshot", "linear-probe"} == set(METHODS)
+    assert {"tip-adapter", "tip-adapter-f", "clip-adapter", "taskres", "clap", "lpplusplus"} <= set(list_adapters())
     assert {"coop", "cocoop", "kgcoop"} <= set(list_prompt_learners())
 
 
@@ -68,8 +70,10 @@ def test_each_method_runs_with_its_own_resolved_recipe(ran):
     for method in METHODS:
         folder = ran / "dtd" / (method if method == "zeroshot" else f"{method}/1shots/seed1")
         cfg = read(folder)
-        if method in ("zeroshot", "linear-probe"):
+        if method in ("zeroshot", "linear-probe") or method in list_adapters():
             assert cfg["method"] == method
+            if method in list_adapters():  # an adapter records its views; CoOp's --epochs does not reach it
+                assert cfg["adapter"]["uses_views"] == get_adapter_class(method).uses_views
             continue
         learner = "coop" if method == "coop-csc" else method
         assert cfg["method"] == learner
