@@ -1,6 +1,7 @@
 """Collectives between the ranks of a process group: contiguous row shards and their gathering (with gradient
 support), sums and broadcasts, and work done on rank 0 only (:func:`on_main`, whose errors reach every rank as the
-same class). Part of :mod:`vlprompt.engine.distributed`, which re-exports every name; the design is described there.
+same class). Used by :mod:`vlprompt.engine.execution` (the execution strategy, where the design is described);
+:mod:`vlprompt.engine.distributed` re-exports every name for older callers.
 """
 
 from __future__ import annotations

@@ -25,12 +25,12 @@ import torch
 from vlprompt import __version__
 from vlprompt._io import append_jsonl, atomic_write_json
 from vlprompt.backbones import create_backbone
-from vlprompt.engine import distributed as D
 from vlprompt.engine import pipeline as P
 from vlprompt.engine import tracking as T
 from vlprompt.engine import train_state as TS
 from vlprompt.engine.checkpoint import LEARNER_JSON, LEARNER_WEIGHTS, save_learner
 from vlprompt.engine.config import parse_augment
+from vlprompt.engine.execution import Execution, open_execution
 from vlprompt.engine.fit import FeatureBankBatches, fit, make_optimizer, make_scaler
 from vlprompt.engine.model import PromptModel
 from vlprompt.engine.recipe import method_template, resolve_train_config, train_drop_last
@@ -136,9 +136,13 @@ def _base_config(spec: RunSpec, data: P.FewShotData, backbone, epochs: int | Non
     }
 
 
-def _load(spec: RunSpec, backbone=None):
-    """Device, data and backbone of a run (``backbone`` reuses an already-built one with the same identity)."""
-    device = D.local_device(P.resolve_device(spec.device))  # under torchrun: cuda:LOCAL_RANK
+def _load(spec: RunSpec, backbone=None, execution: Execution | None = None):
+    """Device, data and backbone of a run (``backbone`` reuses an already-built one with the same identity) on the
+    device of ``execution`` (``None``: this rank's device of ``spec.device``)."""
+    from vlprompt.engine.launch import local_device
+
+    # under torchrun: cuda:LOCAL_RANK
+    device = execution.device if execution is not None else local_device(P.resolve_device(spec.device))
     P.check_precision(spec.train.precision, device)
     data = P.prepare_data(spec.dataset, spec.root, spec.shots, spec.seed, subsample=spec.subsample,
                           classnames_file=spec.classnames_file, strict=spec.strict,
@@ -156,7 +160,8 @@ def _load(spec: RunSpec, backbone=None):
     return backbone.device, data, backbone
 
 
-def _test_features(spec: RunSpec, backbone, data: P.FewShotData, split: str, records, progress: bool) -> torch.Tensor:
+def _test_features(spec: RunSpec, backbone, data: P.FewShotData, split: str, records, progress: bool,
+                   execution: Execution | None = None) -> torch.Tensor:
     from vlprompt.data.transforms import build_transform, transform_fingerprint
 
     tf = build_transform(backbone.preprocess, train=False)
@@ -164,6 +169,7 @@ def _test_features(spec: RunSpec, backbone, data: P.FewShotData, split: str, rec
         backbone, records, transform_fingerprint(backbone.preprocess, False), tf, dataset=data.splits.name,
         split=split, root=data.splits.root, precision=spec.train.precision, cache_dir=spec.cache_dir,
         batch_size=spec.train.eval_batch_size, num_workers=spec.train.num_workers, progress=progress,
+        execution=execution,
     )
 
 
@@ -179,7 +185,7 @@ def _train_batches(spec: RunSpec, model: PromptModel, data: P.FewShotData, progr
     gen = torch.Generator().manual_seed(spec.seed)
     labels = P.labels_of(data.train)
     if mode == "none":
-        feats = _test_features(spec, backbone, data, "train-fewshot", data.train, progress)
+        feats = _test_features(spec, backbone, data, "train-fewshot", data.train, progress, model.execution)
         bank = torch.nn.functional.normalize(feats, dim=-1).unsqueeze(0)  # (1, N, E)
         return FeatureBankBatches(bank.to(backbone.device), labels, cfg.batch_size, gen), True
     if mode == "cached":  # K views from the feature cache, shared with every method and re-run on these images
@@ -187,7 +193,7 @@ def _train_batches(spec: RunSpec, model: PromptModel, data: P.FewShotData, progr
                                root=data.splits.root, num_views=k, aug_seed=spec.seed,
                                crop_scale=(cfg.crop_scale_min, 1.0), flip=cfg.flip, precision=cfg.precision,
                                cache_dir=spec.cache_dir, batch_size=cfg.eval_batch_size, num_workers=cfg.num_workers,
-                               progress=progress)  # (K, N, E)
+                               progress=progress, execution=model.execution)  # (K, N, E)
         bank = torch.nn.functional.normalize(feats, dim=-1)
         return FeatureBankBatches(bank.to(backbone.device), labels, cfg.batch_size, gen), True
     tf = build_transform(backbone.preprocess, train=True, flip=cfg.flip, crop_scale=(cfg.crop_scale_min, 1.0))
@@ -201,7 +207,7 @@ def train_run(spec: RunSpec, progress: bool = False, backbone=None) -> dict:
 
     An unfinished run of the same configuration in ``spec.out`` is resumed (see the module docstring). The folder
     is locked while training: a second process training into it is refused. Launched with torchrun, the ranks share
-    the work (:mod:`vlprompt.engine.distributed`) and only rank 0 touches ``spec.out``.
+    the work (:mod:`vlprompt.engine.execution`) and only rank 0 touches ``spec.out``.
     """
     out = Path(spec.out)
     if spec.resume and spec.overwrite:
@@ -213,13 +219,13 @@ def train_run(spec: RunSpec, progress: bool = False, backbone=None) -> dict:
         T.require_tensorboard()  # a missing package is reported before anything is loaded
     if not spec.resume:
         _refuse_finished(spec)
-    with D.process_group(P.resolve_device(spec.device)):
-        loaded = _load(spec, backbone)  # inputs are validated before the folder is created or touched
+    with open_execution(P.resolve_device(spec.device)) as ex:  # one process, or this rank of a torchrun launch
+        loaded = _load(spec, backbone, ex)  # inputs are validated before the folder is created or touched
         if not loaded[1].train:
             raise ConfigError(f"dataset '{spec.dataset}' has no training images.")
         with contextlib.ExitStack() as lock:  # only rank 0 creates, locks and writes the folder
-            D.on_main(_lock_folder, out, lock)
-            return _train_locked(spec, out, progress and D.is_main(), lock, *loaded)
+            ex.on_main(_lock_folder, out, lock)
+            return _train_locked(spec, out, progress and ex.is_main, lock, ex, *loaded)
 
 
 def _lock_folder(out: Path, stack: contextlib.ExitStack) -> None:
@@ -255,7 +261,8 @@ def _open_folder(spec: RunSpec, out: Path, config: dict, epochs: int) -> tuple[d
     return None, start, prior, config
 
 
-def _train_locked(spec: RunSpec, out: Path, progress: bool, stack: contextlib.ExitStack, device, data, backbone) -> dict:
+def _train_locked(spec: RunSpec, out: Path, progress: bool, stack: contextlib.ExitStack, ex: Execution, device, data,
+                  backbone) -> dict:
     P.seed_everything(spec.seed)
     template = method_template(spec.method, data.splits.name, data.splits.template)  # KgCoOp: its own templates
     learner = create_prompt_learner(spec.method, backbone, data.splits.classnames, spec.learner,
@@ -267,10 +274,10 @@ def _train_locked(spec: RunSpec, out: Path, progress: bool, stack: contextlib.Ex
                    train=resolve_train_config(spec.train, spec.method, spec.shots, data.splits.name))
     epochs = spec.train.epochs
     config = _base_config(spec, data, backbone, epochs, spec.label or default_label(spec.method, spec.learner))
-    kept, start, prior, config = D.on_main(_open_folder, spec, out, config, epochs)
+    kept, start, prior, config = ex.on_main(_open_folder, spec, out, config, epochs)
     if kept is not None:
         return kept
-    model = PromptModel(backbone, learner, text_chunk=spec.train.text_chunk)
+    model = PromptModel(backbone, learner, text_chunk=spec.train.text_chunk, execution=ex)
 
     t0 = time.perf_counter()
     batches, are_feats = _train_batches(spec, model, data, progress) if start < epochs else ([], True)
@@ -278,14 +285,14 @@ def _train_locked(spec: RunSpec, out: Path, progress: bool, stack: contextlib.Ex
     generator = getattr(batches, "generator", None)
     digest = TS.config_digest(config)
     if start:
-        D.on_main(TS.load_train_state, out, learner=learner, optimizer=optimizer, generator=generator, scaler=scaler,
+        ex.on_main(TS.load_train_state, out, learner=learner, optimizer=optimizer, generator=generator, scaler=scaler,
                   digest=digest)
-    D.sync_train_state(learner, optimizer, generator, scaler)  # torchrun: every rank from rank 0's state
+    ex.sync_train_state(learner, optimizer, generator, scaler)  # torchrun: every rank from rank 0's state
 
     last_save = [time.perf_counter()]
     # TensorBoard (rank 0 only; a NullTracker elsewhere or when off), opened once the folder is resolved; closed
     # (flushed) however the run ends, when ``stack`` closes, before the folder's lock is released
-    tracker = _open_tracker(spec, out, start, len(batches) if start < epochs else None, prior)
+    tracker = _open_tracker(spec, out, start, len(batches) if start < epochs else None, prior, ex)
     stack.callback(tracker.close)
 
     def on_epoch(record: dict, _opt) -> None:
@@ -303,36 +310,38 @@ def _train_locked(spec: RunSpec, out: Path, progress: bool, stack: contextlib.Ex
         tracker.log_scalars(T.step_scalars(record), record["global_step"])
 
     fit(model, batches, spec.train, epochs, images_are_features=are_feats, progress=progress,
-        on_epoch=on_epoch if D.is_main() else None, start_epoch=start + 1, optimizer=optimizer, scaler=scaler,
-        on_step=on_step if spec.tensorboard and D.is_main() else None)  # None: nothing at all per step
+        on_epoch=on_epoch if ex.is_main else None, start_epoch=start + 1, optimizer=optimizer, scaler=scaler,
+        on_step=on_step if spec.tensorboard and ex.is_main else None, execution=ex)  # None: nothing at all per step
     train_seconds = time.perf_counter() - t0 + sum(float(r.get("seconds", 0.0)) for r in prior)
-    D.on_main(save_learner, out, learner, backbone)
+    ex.on_main(save_learner, out, learner, backbone)
 
     t1 = time.perf_counter()
     with torch.no_grad():
         text = model.class_text_features()  # once per evaluation, not per batch (None: per-image prompts)
-        metrics, _ = P.evaluate_model(model, _test_features(spec, backbone, data, "test", data.splits.test, progress),
-                                      P.labels_of(data.splits.test), text)
+        metrics, _ = P.evaluate_model(
+            model, _test_features(spec, backbone, data, "test", data.splits.test, progress, ex),
+            P.labels_of(data.splits.test), text)
         if data.val and not data.splits.val_is_test:
             val_metrics, _ = P.evaluate_model(
-                model, _test_features(spec, backbone, data, "val-fewshot", data.val, progress),
+                model, _test_features(spec, backbone, data, "val-fewshot", data.val, progress, ex),
                 P.labels_of(data.val), text)
             metrics["val_accuracy"] = val_metrics["accuracy"]
     metrics.update(train_seconds=train_seconds, eval_seconds=time.perf_counter() - t1,
                    peak_memory_mb=P.peak_memory_mb(device), epochs=epochs)
     T.log_final(tracker, metrics, epochs, config)  # before metrics.json: a finished run has its eval events
-    D.on_main(_finish, out, metrics)
+    ex.on_main(_finish, out, metrics)
     return metrics
 
 
-def _open_tracker(spec: RunSpec, out: Path, start: int, steps_per_epoch: int | None, prior: list[dict]) -> T.Tracker:
+def _open_tracker(spec: RunSpec, out: Path, start: int, steps_per_epoch: int | None, prior: list[dict],
+                  ex: Execution) -> T.Tracker:
     """The run's tracker: a :class:`~vlprompt.engine.tracking.TensorBoardTracker` on rank 0 with
     ``spec.tensorboard``, else a :class:`~vlprompt.engine.tracking.NullTracker`. An error opening it on rank 0 is
-    raised on every rank (``D.on_main``), so no rank waits in a later collective."""
+    raised on every rank (``ex.on_main``), so no rank waits in a later collective."""
     if not spec.tensorboard:
         return T.NullTracker()
     opened: list[T.Tracker] = []
-    D.on_main(lambda: opened.append(T.open_run_tracker(out, resume_after_epoch=start, steps_per_epoch=steps_per_epoch,
+    ex.on_main(lambda: opened.append(T.open_run_tracker(out, resume_after_epoch=start, steps_per_epoch=steps_per_epoch,
                                                        prior_history=prior)))
     return opened[0] if opened else T.NullTracker()
 
@@ -388,32 +397,32 @@ def eval_run(run_dir: str, spec: RunSpec, progress: bool = False) -> dict:
 
     Launched with torchrun, the ranks share the feature extraction and only rank 0 writes ``spec.out``.
     """
-    with D.process_group(P.resolve_device(spec.device)):
-        return _eval(run_dir, spec, progress and D.is_main())
+    with open_execution(P.resolve_device(spec.device)) as ex:
+        return _eval(run_dir, spec, progress and ex.is_main, ex)
 
 
-def _eval(run_dir: str, spec: RunSpec, progress: bool) -> dict:
+def _eval(run_dir: str, spec: RunSpec, progress: bool, ex: Execution) -> dict:
     from vlprompt.api import PromptClassifier
 
     src = TS.read_json(Path(run_dir) / "config.json") if (Path(run_dir) / "config.json").exists() else {}
     _refuse_finished(spec)
-    device = D.local_device(P.resolve_device(spec.device))
+    device = ex.device
     data = P.prepare_data(spec.dataset, spec.root, None, spec.seed, subsample=spec.subsample,
                           classnames_file=spec.classnames_file, strict=spec.strict,
                           allow_outside_root=spec.allow_outside_root)
     clf = PromptClassifier.load(run_dir, device=device, classnames=data.splits.classnames,
-                                pretrained=spec.pretrained)
+                                pretrained=spec.pretrained, execution=ex)
     spec = replace(spec, method=clf.method, backbone=clf.backbone.name)  # a derived copy: see RunSpec
-    out = D.on_main(prepare_out, spec.out, spec.overwrite)  # after the inputs are validated: no folder on failure
+    out = ex.on_main(prepare_out, spec.out, spec.overwrite)  # after the inputs are validated: no folder on failure
     config = {**_base_config(spec, data, clf.backbone, None, src.get("label", clf.method)),
               "shots": src.get("shots"), "seed": src.get("seed", spec.seed), "learner": clf.learner_config,
               "evaluated_from": str(Path(run_dir).resolve()), "source_dataset": src.get("dataset", {}).get("name")}
-    D.on_main(atomic_write_json, out / "config.json", config)
+    ex.on_main(atomic_write_json, out / "config.json", config)
     t1 = time.perf_counter()
-    logits = clf.feature_logits(_test_features(spec, clf.backbone, data, "test", data.splits.test, progress))
+    logits = clf.feature_logits(_test_features(spec, clf.backbone, data, "test", data.splits.test, progress, ex))
     metrics = classification_metrics(logits.argmax(-1).cpu(), P.labels_of(data.splits.test), logits.shape[1])
     metrics.update(train_seconds=0.0, eval_seconds=time.perf_counter() - t1, peak_memory_mb=P.peak_memory_mb(device))
-    D.on_main(atomic_write_json, out / "metrics.json", metrics)
+    ex.on_main(atomic_write_json, out / "metrics.json", metrics)
     return metrics
 
 
