@@ -183,10 +183,10 @@ class Torchrun:
         return _c.shard_range(n, self.rank, self.world_size)
 
     def gather_rows(self, local: torch.Tensor, n: int) -> torch.Tensor:
-        return _c.gather_rows(local, n)
+        return _c.gather_rows(local, n, self.rank, self.world_size)
 
     def all_gather_rows(self, local: torch.Tensor, n: int) -> torch.Tensor:
-        return _c.all_gather_rows(local, n)
+        return _c.all_gather_rows(local, n, self.rank, self.world_size)
 
     def all_reduce_sum(self, values: torch.Tensor) -> torch.Tensor:
         return _c.all_reduce_sum(values)
@@ -201,10 +201,10 @@ class Torchrun:
         dist.barrier()
 
     def on_main(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        return _c.on_main(fn, *args, **kwargs)
+        return _c.main_then_share(self.is_main, fn, *args, **kwargs)
 
     def cached(self, cache: Any, key: dict, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
-        return _c.cached_on_main(lambda: cache.get(key), compute, lambda t: cache.put(key, t))
+        return _c.cached_on_main(lambda: cache.get(key), compute, lambda t: cache.put(key, t), self.is_main)
 
     def batch_shard(self) -> BatchShard:
         return BatchShard(self)
