@@ -47,8 +47,8 @@ Errors: work done on rank 0 alone that fails there fails on every rank, as the s
 collective. Resuming: rank 0 reads the saved state and :meth:`~Execution.sync_train_state` hands learner, optimizer
 and RNG states to the others. Only rank 0 needs the run folder; every node needs the dataset at the same path.
 
-Below this module (and used by nothing else in the library): :mod:`vlprompt.engine.launch` (joining the launch,
-the process group) and :mod:`vlprompt.engine.collectives` (the ``torch.distributed`` calls).
+Below this module (the rest of the library calls only this one): :mod:`vlprompt.engine.launch` (joining the
+launch, the process group) and :mod:`vlprompt.engine.collectives` (the ``torch.distributed`` calls).
 :mod:`vlprompt.engine.distributed` keeps the old free functions for existing callers.
 """
 

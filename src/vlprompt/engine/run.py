@@ -32,6 +32,7 @@ from vlprompt.engine.checkpoint import LEARNER_JSON, LEARNER_WEIGHTS, save_learn
 from vlprompt.engine.config import parse_augment
 from vlprompt.engine.execution import Execution, open_execution
 from vlprompt.engine.fit import FeatureBankBatches, fit, make_optimizer, make_scaler
+from vlprompt.engine.launch import local_device
 from vlprompt.engine.model import PromptModel
 from vlprompt.engine.recipe import method_template, resolve_train_config, train_drop_last
 from vlprompt.engine.spec import RunSpec, spec_to_dict
@@ -139,8 +140,6 @@ def _base_config(spec: RunSpec, data: P.FewShotData, backbone, epochs: int | Non
 def _load(spec: RunSpec, backbone=None, execution: Execution | None = None):
     """Device, data and backbone of a run (``backbone`` reuses an already-built one with the same identity) on the
     device of ``execution`` (``None``: this rank's device of ``spec.device``)."""
-    from vlprompt.engine.launch import local_device
-
     # under torchrun: cuda:LOCAL_RANK
     device = execution.device if execution is not None else local_device(P.resolve_device(spec.device))
     P.check_precision(spec.train.precision, device)
