@@ -21,6 +21,7 @@ from PIL import Image
 from vlprompt.backbones import create_backbone, recorded_pretrained
 from vlprompt.backbones.base import Backbone
 from vlprompt.engine.checkpoint import load_learner, read_learner_json
+from vlprompt.engine.execution import Execution
 from vlprompt.engine.model import PromptModel
 from vlprompt.errors import ConfigError
 
@@ -70,6 +71,7 @@ class PromptClassifier:
         classnames: list[str] | None = None,
         backbone: Backbone | None = None,
         pretrained: str | None = None,
+        execution: Execution | None = None,
     ) -> PromptClassifier:
         """Load the prompt saved in ``run_dir``.
 
@@ -82,6 +84,8 @@ class PromptClassifier:
             backbone: an already-built backbone (must be the one the prompt was trained on).
             pretrained: override the recorded weights location (e.g. the checkpoint moved); the weights
                 fingerprint is still checked.
+            execution: the execution strategy whose ranks share the class prompts' encoding (``vlprompt eval``
+                under torchrun); ``None``: :func:`vlprompt.engine.execution.current_execution`.
         """
         from vlprompt.engine.adapter_artifact import is_adapter_run
 
@@ -93,7 +97,7 @@ class PromptClassifier:
             ident = meta["backbone"]
             backbone = create_backbone(ident["name"], pretrained or recorded_pretrained(ident), device=device)
         learner = load_learner(run_dir, backbone, classnames).to(backbone.device)
-        return cls(backbone, PromptModel(backbone, learner).eval(), meta)
+        return cls(backbone, PromptModel(backbone, learner, execution=execution).eval(), meta)
 
     @property
     def classnames(self) -> list[str]:

@@ -280,8 +280,9 @@ def run_spec(args: argparse.Namespace) -> RunSpec:
 
 
 def print_metrics(metrics: dict, out: str) -> None:
-    """One-line summary of a run's metrics on stdout (once: by rank 0 under torchrun)."""
-    from vlprompt.engine.distributed import is_main
+    """One-line summary of a run's metrics on stdout (once: by rank 0 under torchrun). The run's execution has
+    closed by now, so the rank is read from torchrun's ``$RANK`` (:func:`vlprompt.engine.launch.is_main`)."""
+    from vlprompt.engine.launch import is_main
 
     if not is_main():
         return

@@ -10,8 +10,8 @@ from collections.abc import Callable, Iterator
 import torch
 from tqdm.auto import tqdm
 
-from vlprompt.engine import distributed as D
 from vlprompt.engine.config import TrainConfig
+from vlprompt.engine.execution import Execution, resolve
 from vlprompt.engine.model import PromptModel
 from vlprompt.engine.schedule import coop_lr
 from vlprompt.errors import TrainingDivergedError  # re-exported (defined with every vlprompt error)
@@ -71,13 +71,13 @@ def make_scaler(cfg: TrainConfig, device: torch.device) -> torch.amp.GradScaler 
 class _TrainStep:
     """One optimiser step of :func:`fit` on one batch, the hot path: the image features (frozen tower, no grad),
     the training loss under autocast, the divergence check, backward (scaled under fp16 autocast), the gradient
-    all-reduce under torchrun, the (scaled) SGD step. Holds what every step shares, so the loop reads as a loop."""
+    all-reduce over ranks, the (scaled) SGD step. Holds what every step shares, so the loop reads as a loop."""
 
     def __init__(self, model: PromptModel, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None,
-                 cfg: TrainConfig, images_are_features: bool):
+                 cfg: TrainConfig, images_are_features: bool, execution: Execution):
         self.model, self.optimizer, self.scaler, self.cfg = model, optimizer, scaler, cfg
         self.device, self.images_are_features = model.backbone.device, images_are_features
-        self.shard = D.BatchShard() if D.active() else None  # under torchrun: batch rows split over ranks
+        self.shard = execution.batch_shard()  # over several ranks: batch rows split over them; else None
 
     def set_lr(self, lr: float) -> float:
         """Set the learning rate of every parameter group (once per epoch); returns ``lr``."""
@@ -141,7 +141,7 @@ def fit(model: PromptModel, batches: Callable[[], Iterator[tuple[torch.Tensor, t
         cfg: TrainConfig, epochs: int, *, images_are_features: bool, progress: bool = False,
         on_epoch: Callable[[dict], None] | None = None, on_step: Callable[[dict], None] | None = None,
         start_epoch: int = 1, optimizer: torch.optim.Optimizer | None = None,
-        scaler: torch.amp.GradScaler | None | str = "auto") -> list[dict]:
+        scaler: torch.amp.GradScaler | None | str = "auto", execution: Execution | None = None) -> list[dict]:
     """Train ``model.learner`` with the official recipe and return one record per epoch.
 
     Args:
@@ -161,13 +161,15 @@ def fit(model: PromptModel, batches: Callable[[], Iterator[tuple[torch.Tensor, t
         optimizer: an existing optimizer (for resuming); built with :func:`make_optimizer` when ``None``.
         scaler: the GradScaler for ``--precision amp`` with fp16 autocast (for resuming), ``None`` for none, or
             ``"auto"`` to build one with :func:`make_scaler`.
+        execution: the run's execution strategy (over several ranks: each takes its rows of every global batch and
+            the gradients are summed); ``None``: :func:`vlprompt.engine.execution.current_execution`.
 
     Returns:
         ``[{"epoch", "lr", "loss", "train_accuracy", "seconds"}, ...]``.
     """
     optimizer = make_optimizer(model.learner, cfg) if optimizer is None else optimizer
     scaler = make_scaler(cfg, model.backbone.device) if isinstance(scaler, str) else scaler
-    train_step = _TrainStep(model, optimizer, scaler, cfg, images_are_features)
+    train_step = _TrainStep(model, optimizer, scaler, cfg, images_are_features, resolve(execution))
     history = []
     # optimiser steps before start_epoch (every epoch has len(batches) steps); only needed for on_step
     global_step = (start_epoch - 1) * len(batches) if on_step is not None else 0

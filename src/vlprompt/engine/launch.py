@@ -1,5 +1,6 @@
 """Joining a ``torchrun`` launch: whether this process is one, its rank and device, and the process group for the
-duration of a run (:func:`process_group`). Part of :mod:`vlprompt.engine.distributed`, which re-exports every name.
+duration of a run (:func:`process_group`). Used by :mod:`vlprompt.engine.execution` (the execution strategy the
+library passes around); :mod:`vlprompt.engine.distributed` re-exports every name for older callers.
 """
 
 from __future__ import annotations
@@ -32,8 +33,8 @@ _inside = 0  # how many process_group() blocks are open: vlprompt shares work on
 
 
 def active() -> bool:
-    """Whether work is shared over ranks: inside :func:`process_group` with more than one process (every hook
-    checks this first). A process group the caller opened elsewhere (say, a DDP script calling the library on rank 0
+    """Whether work is shared over ranks: inside :func:`process_group` with more than one process (read once by
+    :func:`vlprompt.engine.execution.open_execution`, and by the free functions kept for older callers). A process group the caller opened elsewhere (say, a DDP script calling the library on rank 0
     only) is not used outside such a block, so no rank waits in a collective the others never enter."""
     return _inside > 0 and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 

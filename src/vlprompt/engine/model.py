@@ -9,8 +9,8 @@ Text features go through the fastest exact path the backbone and learner allow (
 - class chunking (``text_chunk``): prompts are encoded ``text_chunk`` classes at a time; with autograd each chunk is
   activation-checkpointed (recomputed during backward), so the text encoder's activation memory is that of one
   chunk, not of all classes;
-- class sharding: launched with torchrun, each rank encodes its slice of the classes and the features are gathered
-  with gradient support (:mod:`vlprompt.engine.distributed`).
+- class sharding: under a :class:`~vlprompt.engine.execution.Torchrun` execution, each rank encodes its slice of the
+  classes and the features are gathered with gradient support (:mod:`vlprompt.engine.execution`).
 
 Every path gives the same features as the plain full-length computation, to float tolerance (tests/speed/).
 """
@@ -25,7 +25,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from vlprompt.backbones.base import Backbone
-from vlprompt.engine import distributed as D
+from vlprompt.engine.execution import Execution, resolve
 from vlprompt.errors import ConfigError
 from vlprompt.prompts.base import PromptLearner
 
@@ -81,6 +81,8 @@ class PromptModel(nn.Module):
             instead of keeping them (bounds the text encoder's activation memory by one chunk).
         length_buckets: when truncating, group the classes by prompt length and cut each group after its own
             longest EOS (instead of all classes after the overall longest).
+        execution: the run's execution strategy (its ranks share the class prompts); ``None``: the current one
+            (:func:`vlprompt.engine.execution.current_execution`, a single process outside a process group).
     """
 
     def __init__(
@@ -92,6 +94,7 @@ class PromptModel(nn.Module):
         text_chunk: int | None = None,
         text_checkpoint: bool = True,
         length_buckets: bool = True,
+        execution: Execution | None = None,
     ):
         super().__init__()
         if text_chunk is not None and text_chunk < 1:
@@ -102,6 +105,7 @@ class PromptModel(nn.Module):
         self.text_chunk = text_chunk
         self.text_checkpoint = text_checkpoint
         self.length_buckets = length_buckets
+        self.execution = execution
 
     def text_path(self) -> str:
         """The text-encoding path :meth:`text_features` takes: ``"shared-prefix"`` or ``"plain"``."""
@@ -154,12 +158,13 @@ class PromptModel(nn.Module):
     ) -> torch.Tensor:
         """``fn(per_class, ids, *shared)`` per length bucket and per chunk of ``text_chunk`` classes: ``[C, E]`` in
         class order. ``offset``: positions before ``per_class`` (the shared prefix), not counted in lengths.
-        Under torchrun (``shard``), each rank encodes its slice of the classes (:mod:`vlprompt.engine.distributed`)."""
+        Over several ranks (``shard``), each encodes its slice of the classes (:mod:`vlprompt.engine.execution`)."""
         n = per_class.shape[0]
-        if shard and D.active() and not self.learner.conditional and n >= D.world_size():
-            lo, hi = D.shard_range(n)  # this rank's classes; the gather carries gradients back to their prompts
+        ex = resolve(self.execution) if shard else None
+        if ex is not None and 1 < ex.world_size <= n and not self.learner.conditional:
+            lo, hi = ex.shard_range(n)  # this rank's classes; the gather carries gradients back to their prompts
             mine = self._chunked(fn, per_class[lo:hi], ids[lo:hi], shared, buckets=buckets, offset=offset, shard=False)
-            return D.all_gather_rows(mine, n)  # (C_r, E) per rank → (C, E) on every rank
+            return ex.all_gather_rows(mine, n)  # (C_r, E) per rank → (C, E) on every rank
         groups = [None]  # None: all classes, in order
         if buckets:
             lengths = self.backbone.eos_positions(ids) + 1 - offset  # (C,) positions each class really needs

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from vlprompt.backbones.base import Backbone
 from vlprompt.data.records import DatasetSplits, Sample
-from vlprompt.engine import distributed as D
+from vlprompt.engine.execution import Execution, resolve
 from vlprompt.engine.model import PromptModel
 from vlprompt.errors import ConfigError
 from vlprompt.eval.metrics import classification_metrics
@@ -104,16 +104,20 @@ def relative_paths(records: list[Sample], root: str) -> list[str]:
     return [os.path.relpath(r.path, root) for r in records]
 
 
-def extract_features(backbone: Backbone, records: list[Sample], transform, **kwargs) -> torch.Tensor:
-    """:func:`vlprompt.features.extract.extract_features` (same ``kwargs``), sharded across ranks under torchrun.
+def extract_features(backbone: Backbone, records: list[Sample], transform, *, execution: Execution | None = None,
+                     **kwargs) -> torch.Tensor:
+    """:func:`vlprompt.features.extract.extract_features` (same ``kwargs``), shared by the ranks of ``execution``
+    (``None``: :func:`vlprompt.engine.execution.current_execution`).
 
     Each rank encodes its contiguous shard of ``records`` and every rank gets the gathered ``[N, E]`` in record
-    order. ``transform`` is deterministic (augmented views: :func:`cached_views`).
+    order (one process: its shard is every record). ``transform`` is deterministic (augmented views:
+    :func:`cached_views`).
     """
-    if not D.active() or not records:
+    ex = resolve(execution)
+    if ex.world_size == 1 or not records:
         return _extract_features(backbone, records, transform, **kwargs)
-    lo, hi = D.shard_range(len(records))
-    return D.gather_rows(_extract_features(backbone, records[lo:hi], transform, **kwargs), len(records))  # (N, E)
+    lo, hi = ex.shard_range(len(records))
+    return ex.gather_rows(_extract_features(backbone, records[lo:hi], transform, **kwargs), len(records))  # (N, E)
 
 
 def _feature_key(backbone: Backbone, records: list[Sample], *, transform_fp: str, dataset: str, split: str,
@@ -137,16 +141,19 @@ def cached_features(
     batch_size: int = 100,
     num_workers: int = 0,
     progress: bool = False,
+    execution: Execution | None = None,
 ) -> torch.Tensor:
     """Unnormalised image features of ``records`` ``[N, E]``, from the on-disk cache when possible.
 
-    ``cache_dir=""`` disables the cache; ``None`` uses :func:`default_cache_dir`.
+    ``cache_dir=""`` disables the cache; ``None`` uses :func:`default_cache_dir`. ``execution``: the run's (its ranks
+    share the extraction, rank 0 alone reads and writes the cache); ``None``: the current one.
     """
+    ex = resolve(execution)
 
     def compute() -> torch.Tensor:
         return extract_features(
             backbone, records, transform, batch_size=batch_size, num_workers=num_workers, precision=precision,
-            progress=progress, desc=f"{split} features",
+            progress=progress, desc=f"{split} features", execution=ex,
         )
 
     if cache_dir == "" or not records:
@@ -154,14 +161,12 @@ def cached_features(
     key = _feature_key(backbone, records, transform_fp=transform_fp, dataset=dataset, split=split, root=root,
                        precision=precision)
     cache = FeatureCache(cache_dir or default_cache_dir())
-    if D.active():  # rank 0 reads and writes the cache; the others wait for it and receive the tensor
-        return D.cached_on_main(lambda: cache.get(key), compute, lambda t: cache.put(key, t))
-    return cache.get_or_compute(key, compute)
+    return ex.cached(cache, key, compute)  # over several ranks: rank 0 reads and writes, the others receive
 
 
 def _encode_views(backbone: Backbone, records: list[Sample], views: list[int], *, aug_seed: int, root: str,
-                  transform, desc: str, **kwargs) -> torch.Tensor:
-    """Views ``views`` of ``records`` encoded: ``[len(views), N, E]``. Under torchrun each rank loads, augments and
+                  transform, desc: str, execution: Execution, **kwargs) -> torch.Tensor:
+    """Views ``views`` of ``records`` encoded: ``[len(views), N, E]``. Over several ranks each loads, augments and
     encodes only its shard of the flat (view, image) list (the seeds make a view independent of where it is
     computed) and the shards are gathered in order."""
     from torch.utils.data import Subset
@@ -170,9 +175,10 @@ def _encode_views(backbone: Backbone, records: list[Sample], views: list[int], *
     from vlprompt.features.views import SeededViews
 
     items = SeededViews(records, transform, views, aug_seed=aug_seed, root=root)  # len(views) * N items
-    if D.active():
-        lo, hi = D.shard_range(len(items))
-        flat = D.gather_rows(encode_dataset(backbone, Subset(items, range(lo, hi)), desc=desc, **kwargs), len(items))
+    if execution.world_size > 1:
+        lo, hi = execution.shard_range(len(items))
+        flat = execution.gather_rows(encode_dataset(backbone, Subset(items, range(lo, hi)), desc=desc, **kwargs),
+                                     len(items))
     else:
         flat = encode_dataset(backbone, items, desc=desc, **kwargs)  # (len(views) * N, E)
     return flat.reshape(len(views), len(records), -1)
@@ -194,6 +200,7 @@ def cached_views(
     batch_size: int = 100,
     num_workers: int = 0,
     progress: bool = False,
+    execution: Execution | None = None,
 ) -> torch.Tensor:
     """``num_views`` augmented views of ``records``: unnormalised fp32 features ``[V, N, E]``, view-major.
 
@@ -204,14 +211,16 @@ def cached_views(
     images, whichever method made it (CoOp's ``cached:K``, Tip-Adapter's cache keys), and encodes only the missing
     ones; a damaged entry is rebuilt (:class:`~vlprompt.features.cache.FeatureCache`). A run's training images are
     ``split="train-fewshot"`` and its ``aug_seed`` is its seed. ``cache_dir=""`` disables the cache, ``None`` is
-    :func:`default_cache_dir`. Under torchrun rank 0 alone reads and writes the cache and the encoding is sharded.
+    :func:`default_cache_dir`. Over the ranks of ``execution`` (``None``: the current one), rank 0 alone reads and
+    writes the cache and the encoding is sharded.
     """
     from vlprompt.data.transforms import build_transform, transform_fingerprint
     from vlprompt.features.views import view_key
 
     tf = build_transform(backbone.preprocess, train=True, flip=flip, crop_scale=crop_scale)
+    ex = resolve(execution)
     kw = dict(aug_seed=aug_seed, root=root, transform=tf, desc=f"{split} views", batch_size=batch_size,
-              num_workers=num_workers, precision=precision, progress=progress)
+              num_workers=num_workers, precision=precision, progress=progress, execution=ex)
     if num_views < 1:
         raise ConfigError(f"num_views={num_views}: augmented views need at least 1 view (--augment cached:K, K ≥ 1).")
     if not records:
@@ -222,28 +231,29 @@ def cached_views(
                         crop_scale), dataset=dataset, split=split, root=root, precision=precision)
     keys = [view_key(base, v, aug_seed) for v in range(num_views)]
     cache = FeatureCache(cache_dir or default_cache_dir())
-    found = _read_entries(cache, keys)
+    found = _read_entries(cache, keys, ex)
     missing = [v for v in range(num_views) if v not in found]
     _logger.info("%s: %d of %d augmented views from the feature cache", split, num_views - len(missing), num_views)
     if missing:
         new = _encode_views(backbone, records, missing, **kw)  # (len(missing), N, E)
-        D.on_main(lambda: [cache.put(keys[v], t) for v, t in zip(missing, new, strict=True)])  # rank 0 writes
+        ex.on_main(lambda: [cache.put(keys[v], t) for v, t in zip(missing, new, strict=True)])  # rank 0 writes
         found.update(zip(missing, new, strict=True))
     return torch.stack([found[v] for v in range(num_views)])  # (V, N, E)
 
 
-def _read_entries(cache: FeatureCache, keys: list[dict]) -> dict[int, torch.Tensor]:
+def _read_entries(cache: FeatureCache, keys: list[dict], execution: Execution) -> dict[int, torch.Tensor]:
     """``{i: tensor}`` for every valid entry ``keys[i]``, on every rank: rank 0 reads them (a damaged entry is
-    absent) and, under torchrun, broadcasts them stacked."""
+    absent) and, over several ranks, broadcasts them stacked."""
     found: dict[int, torch.Tensor] = {}
 
     def lookup() -> list[int]:  # rank 0 (or the only process)
         found.update({i: t for i, key in enumerate(keys) if (t := cache.get(key)) is not None})
         return sorted(found)
 
-    hits = D.on_main(lookup)
-    if D.active() and hits:
-        stacked = D.broadcast_tensor(torch.stack([found[i] for i in hits]) if D.is_main() else None)  # (H, N, E)
+    hits = execution.on_main(lookup)
+    if execution.world_size > 1 and hits:
+        mine = torch.stack([found[i] for i in hits]) if execution.is_main else None  # (H, N, E) on rank 0
+        stacked = execution.broadcast_tensor(mine)  # (H, N, E) on every rank
         found = dict(zip(hits, stacked, strict=True))
     return found
 

@@ -156,10 +156,10 @@ def adapter_run(spec: RunSpec, progress: bool = False, backbone=None) -> dict:
         ConfigError: an unknown option, a flag that does not apply, a finished run in ``spec.out`` (without
             ``overwrite``/``resume``), or a dataset without training images.
     """
-    from vlprompt.engine import distributed as D
+    from vlprompt.engine.launch import launched
 
     cls = get_adapter_class(spec.method)
-    if D.launched():
+    if launched():  # read from torchrun's environment, before any rendezvous: there is no execution to open
         raise ConfigError(f"--method {spec.method} is a feature-space adapter: it fits in one process on cached "
                           "features (seconds), so there is nothing to share between torchrun ranks; run it without "
                           "torchrun (plain `vlprompt train`).")

@@ -10,8 +10,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from vlprompt._io import atomic_write_json
-from vlprompt.engine import distributed as D
 from vlprompt.engine import pipeline as P
+from vlprompt.engine.execution import Execution, open_execution
 from vlprompt.engine.spec import RunSpec
 from vlprompt.errors import ConfigError
 from vlprompt.eval.metrics import classification_metrics
@@ -61,32 +61,32 @@ def eval_run(run_dir: str, spec: RunSpec, progress: bool = False) -> dict:
 
     Launched with torchrun, the ranks share the feature extraction and only rank 0 writes ``spec.out``.
     """
-    with D.process_group(P.resolve_device(spec.device)):
-        return _eval(run_dir, spec, progress and D.is_main())
+    with open_execution(P.resolve_device(spec.device)) as ex:
+        return _eval(run_dir, spec, progress and ex.is_main, ex)
 
 
-def _eval(run_dir: str, spec: RunSpec, progress: bool) -> dict:
+def _eval(run_dir: str, spec: RunSpec, progress: bool, ex: Execution) -> dict:
     from vlprompt.api import PromptClassifier
 
     src = TS.read_json(Path(run_dir) / "config.json") if (Path(run_dir) / "config.json").exists() else {}
     refuse_finished(spec)
-    device = D.local_device(P.resolve_device(spec.device))
+    device = ex.device
     data = P.prepare_data(spec.dataset, spec.root, None, spec.seed, subsample=spec.subsample,
                           classnames_file=spec.classnames_file, strict=spec.strict,
                           allow_outside_root=spec.allow_outside_root)
     clf = PromptClassifier.load(run_dir, device=device, classnames=data.splits.classnames,
-                                pretrained=spec.pretrained)
+                                pretrained=spec.pretrained, execution=ex)
     spec = replace(spec, method=clf.method, backbone=clf.backbone.name)  # a derived copy: see RunSpec
-    out = D.on_main(prepare_out, spec.out, spec.overwrite)  # after the inputs are validated: no folder on failure
+    out = ex.on_main(prepare_out, spec.out, spec.overwrite)  # after the inputs are validated: no folder on failure
     config = {**base_config(spec, data, clf.backbone, None, src.get("label", clf.method)),
               "shots": src.get("shots"), "seed": src.get("seed", spec.seed), "learner": clf.learner_config,
               "evaluated_from": str(Path(run_dir).resolve()), "source_dataset": src.get("dataset", {}).get("name")}
-    D.on_main(atomic_write_json, out / "config.json", config)
+    ex.on_main(atomic_write_json, out / "config.json", config)
     t1 = time.perf_counter()
-    logits = clf.feature_logits(test_features(spec, clf.backbone, data, "test", data.splits.test, progress))
+    logits = clf.feature_logits(test_features(spec, clf.backbone, data, "test", data.splits.test, progress, ex))
     metrics = classification_metrics(logits.argmax(-1).cpu(), P.labels_of(data.splits.test), logits.shape[1])
     metrics.update(train_seconds=0.0, eval_seconds=time.perf_counter() - t1, peak_memory_mb=P.peak_memory_mb(device))
-    D.on_main(atomic_write_json, out / "metrics.json", metrics)
+    ex.on_main(atomic_write_json, out / "metrics.json", metrics)
     return metrics
 
 

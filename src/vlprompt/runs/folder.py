@@ -20,9 +20,10 @@ import torch
 
 from vlprompt import __version__
 from vlprompt.backbones import Backbone, create_backbone
-from vlprompt.engine import distributed as D
 from vlprompt.engine import pipeline as P
 from vlprompt.engine.checkpoint import LEARNER_JSON, LEARNER_WEIGHTS
+from vlprompt.engine.execution import Execution
+from vlprompt.engine.launch import local_device
 from vlprompt.engine.spec import RunSpec
 from vlprompt.errors import ConfigError
 from vlprompt.prompts import CoOpConfig, get_prompt_learner_class, list_prompt_learners
@@ -140,9 +141,11 @@ class RunInputs:
         return iter((self.device, self.data, self.backbone))
 
 
-def load_inputs(spec: RunSpec, backbone=None) -> RunInputs:
-    """Device, data and backbone of a run (``backbone`` reuses an already-built one with the same identity)."""
-    device = D.local_device(P.resolve_device(spec.device))  # under torchrun: cuda:LOCAL_RANK
+def load_inputs(spec: RunSpec, backbone=None, execution: Execution | None = None) -> RunInputs:
+    """Device, data and backbone of a run (``backbone`` reuses an already-built one with the same identity) on the
+    device of ``execution`` (``None``: this rank's device of ``spec.device``)."""
+    # under torchrun: cuda:LOCAL_RANK
+    device = execution.device if execution is not None else local_device(P.resolve_device(spec.device))
     P.check_precision(spec.train.precision, device)
     data = P.prepare_data(spec.dataset, spec.root, spec.shots, spec.seed, subsample=spec.subsample,
                           classnames_file=spec.classnames_file, strict=spec.strict,
@@ -160,7 +163,10 @@ def load_inputs(spec: RunSpec, backbone=None) -> RunInputs:
     return RunInputs(backbone.device, data, backbone)
 
 
-def test_features(spec: RunSpec, backbone, data: P.FewShotData, split: str, records, progress: bool) -> torch.Tensor:
+def test_features(spec: RunSpec, backbone, data: P.FewShotData, split: str, records, progress: bool,
+                  execution: Execution | None = None) -> torch.Tensor:
+    """Test-transform features ``(N, E)`` of ``records`` from the feature cache (extracted on a miss, shared over the
+    ranks of ``execution``; ``None``: the current one)."""
     from vlprompt.data.transforms import build_transform, transform_fingerprint
 
     tf = build_transform(backbone.preprocess, train=False)
@@ -168,6 +174,7 @@ def test_features(spec: RunSpec, backbone, data: P.FewShotData, split: str, reco
         backbone, records, transform_fingerprint(backbone.preprocess, False), tf, dataset=data.splits.name,
         split=split, root=data.splits.root, precision=spec.train.precision, cache_dir=spec.cache_dir,
         batch_size=spec.train.eval_batch_size, num_workers=spec.train.num_workers, progress=progress,
+        execution=execution,
     )
 
 

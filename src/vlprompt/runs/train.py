@@ -23,10 +23,10 @@ from pathlib import Path
 import torch
 
 from vlprompt._io import append_jsonl, atomic_write_json
-from vlprompt.engine import distributed as D
 from vlprompt.engine import pipeline as P
 from vlprompt.engine.checkpoint import save_learner
 from vlprompt.engine.config import parse_augment
+from vlprompt.engine.execution import Execution, open_execution
 from vlprompt.engine.fit import FeatureBankBatches, fit, make_optimizer, make_scaler
 from vlprompt.engine.model import PromptModel
 from vlprompt.engine.recipe import method_template, resolve_train_config, train_drop_last
@@ -60,7 +60,7 @@ def _train_batches(spec: RunSpec, model: PromptModel, data: P.FewShotData, progr
     gen = torch.Generator().manual_seed(spec.seed)
     labels = P.labels_of(data.train)
     if mode == "none":
-        feats = test_features(spec, backbone, data, "train-fewshot", data.train, progress)
+        feats = test_features(spec, backbone, data, "train-fewshot", data.train, progress, model.execution)
         bank = torch.nn.functional.normalize(feats, dim=-1).unsqueeze(0)  # (1, N, E)
         return FeatureBankBatches(bank.to(backbone.device), labels, cfg.batch_size, gen), True
     if mode == "cached":  # K views from the feature cache, shared with every method and re-run on these images
@@ -68,7 +68,7 @@ def _train_batches(spec: RunSpec, model: PromptModel, data: P.FewShotData, progr
                                root=data.splits.root, num_views=k, aug_seed=spec.seed,
                                crop_scale=(cfg.crop_scale_min, 1.0), flip=cfg.flip, precision=cfg.precision,
                                cache_dir=spec.cache_dir, batch_size=cfg.eval_batch_size, num_workers=cfg.num_workers,
-                               progress=progress)  # (K, N, E)
+                               progress=progress, execution=model.execution)  # (K, N, E)
         bank = torch.nn.functional.normalize(feats, dim=-1)
         return FeatureBankBatches(bank.to(backbone.device), labels, cfg.batch_size, gen), True
     tf = build_transform(backbone.preprocess, train=True, flip=cfg.flip, crop_scale=(cfg.crop_scale_min, 1.0))
@@ -82,7 +82,7 @@ def train_run(spec: RunSpec, progress: bool = False, backbone=None) -> dict:
 
     An unfinished run of the same configuration in ``spec.out`` is resumed (see the module docstring). The folder
     is locked while training: a second process training into it is refused. Launched with torchrun, the ranks share
-    the work (:mod:`vlprompt.engine.distributed`) and only rank 0 touches ``spec.out``.
+    the work (:mod:`vlprompt.engine.execution`) and only rank 0 touches ``spec.out``.
     """
     out = Path(spec.out)
     if spec.resume and spec.overwrite:
@@ -94,13 +94,13 @@ def train_run(spec: RunSpec, progress: bool = False, backbone=None) -> dict:
         T.require_tensorboard()  # a missing package is reported before anything is loaded
     if not spec.resume:
         refuse_finished(spec)
-    with D.process_group(P.resolve_device(spec.device)):
-        inputs = load_inputs(spec, backbone)  # inputs are validated before the folder is created or touched
+    with open_execution(P.resolve_device(spec.device)) as ex:  # one process, or this rank of a torchrun launch
+        inputs = load_inputs(spec, backbone, ex)  # inputs are validated before the folder is created or touched
         if not inputs.data.train:
             raise ConfigError(f"dataset '{spec.dataset}' has no training images.")
         with contextlib.ExitStack() as lock:  # only rank 0 creates, locks and writes the folder
-            D.on_main(_lock_folder, out, lock)
-            return _train_locked(spec, out, progress and D.is_main(), lock, inputs)
+            ex.on_main(_lock_folder, out, lock)
+            return _train_locked(spec, out, progress and ex.is_main, lock, ex, inputs)
 
 
 def _lock_folder(out: Path, stack: contextlib.ExitStack) -> None:
@@ -136,16 +136,17 @@ def _open_folder(spec: RunSpec, out: Path, config: dict, epochs: int) -> tuple[d
     return None, start, prior, config
 
 
-def _train_locked(spec: RunSpec, out: Path, progress: bool, stack: contextlib.ExitStack, inputs: RunInputs) -> dict:
+def _train_locked(spec: RunSpec, out: Path, progress: bool, stack: contextlib.ExitStack, ex: Execution,
+                  inputs: RunInputs) -> dict:
     """Train into the locked ``out``: resolve the spec, open (or resume) the folder, fit, save, evaluate, finish."""
     device, data, backbone = inputs.device, inputs.data, inputs.backbone
     spec, learner = _resolve(spec, inputs)
     epochs = spec.train.epochs
     config = base_config(spec, data, backbone, epochs, spec.label or default_label(spec.method, spec.learner))
-    kept, start, prior, config = D.on_main(_open_folder, spec, out, config, epochs)
+    kept, start, prior, config = ex.on_main(_open_folder, spec, out, config, epochs)
     if kept is not None:
         return kept
-    model = PromptModel(backbone, learner, text_chunk=spec.train.text_chunk)
+    model = PromptModel(backbone, learner, text_chunk=spec.train.text_chunk, execution=ex)
 
     t0 = time.perf_counter()
     batches, are_feats = _train_batches(spec, model, data, progress) if start < epochs else ([], True)
@@ -154,26 +155,26 @@ def _train_locked(spec: RunSpec, out: Path, progress: bool, stack: contextlib.Ex
     digest = TS.config_digest(config)
     state = {"learner": learner, "optimizer": optimizer, "generator": generator, "scaler": scaler}  # what resumes
     if start:
-        D.on_main(TS.load_train_state, out, digest=digest, **state)
-    D.sync_train_state(learner, optimizer, generator, scaler)  # torchrun: every rank from rank 0's state
+        ex.on_main(TS.load_train_state, out, digest=digest, **state)
+    ex.sync_train_state(learner, optimizer, generator, scaler)  # torchrun: every rank from rank 0's state
 
     # TensorBoard (rank 0 only; a NullTracker elsewhere or when off), opened once the folder is resolved; closed
     # (flushed) however the run ends, when ``stack`` closes, before the folder's lock is released
-    tracker = _open_tracker(spec, out, start, len(batches) if start < epochs else None, prior)
+    tracker = _open_tracker(spec, out, start, len(batches) if start < epochs else None, prior, ex)
     stack.callback(tracker.close)
     on_epoch, on_step = _epoch_hooks(spec, out, tracker, state, digest)
     fit(model, batches, spec.train, epochs, images_are_features=are_feats, progress=progress,
-        on_epoch=on_epoch if D.is_main() else None, start_epoch=start + 1, optimizer=optimizer, scaler=scaler,
-        on_step=on_step if spec.tensorboard and D.is_main() else None)  # None: nothing at all per step
+        on_epoch=on_epoch if ex.is_main else None, start_epoch=start + 1, optimizer=optimizer, scaler=scaler,
+        on_step=on_step if spec.tensorboard and ex.is_main else None, execution=ex)  # None: nothing at all per step
     train_seconds = time.perf_counter() - t0 + sum(float(r.get("seconds", 0.0)) for r in prior)
-    D.on_main(save_learner, out, learner, backbone)
+    ex.on_main(save_learner, out, learner, backbone)
 
     t1 = time.perf_counter()
     metrics = _evaluate_trained(spec, model, data, progress)
     metrics.update(train_seconds=train_seconds, eval_seconds=time.perf_counter() - t1,
                    peak_memory_mb=P.peak_memory_mb(device), epochs=epochs)
     T.log_final(tracker, metrics, epochs, config)  # before metrics.json: a finished run has its eval events
-    D.on_main(_finish, out, metrics)
+    ex.on_main(_finish, out, metrics)
     return metrics
 
 
@@ -219,25 +220,27 @@ def _evaluate_trained(spec: RunSpec, model: PromptModel, data: P.FewShotData, pr
     backbone = model.backbone
     with torch.no_grad():
         text = model.class_text_features()  # once per evaluation, not per batch (None: per-image prompts)
-        metrics, _ = P.evaluate_model(model, test_features(spec, backbone, data, "test", data.splits.test, progress),
-                                      P.labels_of(data.splits.test), text)
+        metrics, _ = P.evaluate_model(
+            model, test_features(spec, backbone, data, "test", data.splits.test, progress, model.execution),
+            P.labels_of(data.splits.test), text)
         if data.val and not data.splits.val_is_test:
             val_metrics, _ = P.evaluate_model(
-                model, test_features(spec, backbone, data, "val-fewshot", data.val, progress),
+                model, test_features(spec, backbone, data, "val-fewshot", data.val, progress, model.execution),
                 P.labels_of(data.val), text)
             metrics["val_accuracy"] = val_metrics["accuracy"]
     return metrics
 
 
-def _open_tracker(spec: RunSpec, out: Path, start: int, steps_per_epoch: int | None, prior: list[dict]) -> T.Tracker:
+def _open_tracker(spec: RunSpec, out: Path, start: int, steps_per_epoch: int | None, prior: list[dict],
+                  ex: Execution) -> T.Tracker:
     """The run's tracker: a :class:`~vlprompt.runs.tracking.TensorBoardTracker` on rank 0 with
     ``spec.tensorboard``, else a :class:`~vlprompt.runs.tracking.NullTracker`. An error opening it on rank 0 is
-    raised on every rank (``D.on_main``), so no rank waits in a later collective."""
+    raised on every rank (``ex.on_main``), so no rank waits in a later collective."""
     if not spec.tensorboard:
         return T.NullTracker()
     opened: list[T.Tracker] = []
-    D.on_main(lambda: opened.append(T.open_run_tracker(out, resume_after_epoch=start, steps_per_epoch=steps_per_epoch,
-                                                       prior_history=prior)))
+    ex.on_main(lambda: opened.append(T.open_run_tracker(out, resume_after_epoch=start, steps_per_epoch=steps_per_epoch,
+                                                        prior_history=prior)))
     return opened[0] if opened else T.NullTracker()
 
 
