@@ -54,6 +54,8 @@ COMPACT_FORMAT = "vlprompt-microclip-compact-v1"
 # The shipped file stays next to its model card and the pretraining recipe that wrote it (a data path, no import).
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "microclip" / "weights"
 SHIPPED_WEIGHTS = WEIGHTS_DIR / "microclip.safetensors"
+#: micro-CLIP v2 (``weights="v2"``), shipped next to v1 until it becomes the default.
+SHIPPED_WEIGHTS_V2 = WEIGHTS_DIR / "microclip-v2.safetensors"
 
 
 def create_microclip_model(config: dict | None = None) -> torch.nn.Module:
@@ -179,8 +181,8 @@ def build_microclip(weights: str | Path | None = "shipped") -> torch.nn.Module:
     """Build micro-CLIP in eval mode with the shipped weights, a given compact safetensors file, or random ones.
 
     Args:
-        weights: ``"shipped"`` (the checkpoint bundled with vlprompt), a path to a compact ``.safetensors`` file,
-            or ``None`` for random initialisation.
+        weights: ``"shipped"`` (the checkpoint bundled with vlprompt), ``"v2"`` (the bundled micro-CLIP v2), a
+            path to a compact ``.safetensors`` file, or ``None`` for random initialisation.
 
     Returns:
         An ``open_clip.model.CLIP`` in eval mode on the CPU.
@@ -191,7 +193,7 @@ def build_microclip(weights: str | Path | None = "shipped") -> torch.nn.Module:
     """
     if weights is None:
         return create_microclip_model().eval()
-    path = SHIPPED_WEIGHTS if str(weights) == "shipped" else Path(weights)
+    path = {"shipped": SHIPPED_WEIGHTS, "v2": SHIPPED_WEIGHTS_V2}.get(str(weights), Path(weights))
     state, meta = load_compact_state(path)
     model = create_microclip_model(json.loads(meta["config"]))  # the architecture the file records (v1 or v2)
     try:

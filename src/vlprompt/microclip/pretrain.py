@@ -241,6 +241,17 @@ def model_from_checkpoint(out: str | Path) -> torch.nn.Module:
     return trainer.full_model()
 
 
+def export_checkpoint(out: str | Path, path: str | Path) -> Path:
+    """Write the latest training checkpoint in ``out`` as a compact micro-CLIP file ``path`` (to try an unfinished
+    run with the acceptance table or the demo); returns ``path``."""
+    info = json.loads((Path(out) / "checkpoint.json").read_text())
+    cfg = PretrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in info["config"].items()})
+    model = model_from_checkpoint(out)
+    save_compact(path, model, vocabulary_token_ids(cfg.world), cfg.seed, config=cfg.model_config,
+                 extra_metadata={"pretrain_config": json.dumps(info["config"]), "step": str(info["step"])})  # fmt: skip
+    return Path(path)
+
+
 def pretrain(cfg: PretrainConfig, out: str | Path, progress: bool = True, stop_after: int | None = None) -> dict:
     """Pretrain (or resume) micro-CLIP into ``out``; writes ``microclip.safetensors`` (compact) at the end.
 

@@ -165,7 +165,7 @@ def write_cached(root: Path, expected: dict, render_into: Callable[[Path], dict]
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    logger.info("wrote micro task %s (%d images) to %s", name, sum(len(v) for v in split.values()), root)
+    logger.info("wrote micro task %s (%d images) to %s", name, sum(len(split[p]) for p in SPLITS), root)
     return root / "split.json"
 
 

@@ -5,10 +5,10 @@ Headroom comes from task design, never from weakening the model: names that are 
 (shade words are 20% of colour mentions; ``thermal`` is 3% of images), near-identical classes, templates that
 fit the captions only roughly, compositions of several objects. Each :class:`TaskSpec2` records the CoOp dataset it
 mirrors, its character, why its zero-shot accuracy is what it is, and whether the official augmentation (random
-resized crop, scale 0.08–1, and horizontal flip) keeps its labels: on these 64×64 images an object covers 2–25% of
-the image, so a crop at the low end of the scale range often shows no object at all, and the demo trains every
-task through the test transform (``augment="none"``; see :data:`AUGMENT_NOTE`); flipping alone would be harmless
-except for ``positions`` (left ↔ right).
+resized crop, scale 0.08–1, and horizontal flip) keeps its labels: on these 64×64 images about a quarter of the
+official crops keep less than half of the object (:data:`AUGMENT_NOTE`), and crops rescale and move objects (size
+and position labels), so the demo trains every task through the test transform (``augment="none"``); flipping
+alone would be harmless except for ``positions`` (left ↔ right), where ``flip_ok`` is False.
 
 Tasks are written as in v1 (:func:`vlprompt.microclip.tasks.write_cached`: ``split_zhou`` files, manifest keyed by
 :func:`vlprompt.microclip.world2.world_fingerprint`), under ``<cache>/v2/<name>``. Image ``j`` of class ``c`` in
@@ -30,8 +30,10 @@ from vlprompt.microclip import tasks as tasks_v1
 from vlprompt.microclip import world2
 
 TASKS_FORMAT = 2
-AUGMENT_NOTE = ("random resized crop (scale 0.08–1) often leaves no object in view on 64×64 images where an object "
-                "covers 2–25% of the image, so every v2 task trains through the test transform")  # fmt: skip
+AUGMENT_NOTE = ("the official random resized crop (scale 0.08-1, ratio 3/4-4/3) keeps less than half of the object "
+                "in 21% (small), 23% (medium) and 28% (large objects) of crops (simulated, 20,000 crops each over the "
+                "five positions), and it rescales and moves what it keeps, which destroys size and position labels "
+                "outright; so every v2 task trains through the test transform")  # fmt: skip
 _SHAPES8 = world2.ATTRIBUTES["shape"][:8]
 _ONE, _TWO = (("count", ("one",)),), (("count", ("two",)),)
 
@@ -164,21 +166,37 @@ def _expected(name: str, spec: TaskSpec2, seed: int) -> dict:
             "spec": json.loads(json.dumps(asdict(spec)))}  # fmt: skip
 
 
+def class_images(name: str, label: int, part: str, count: int, seed: int = 0):
+    """Images ``0 … count-1`` of class ``label`` in split ``part`` of task ``name``: ``uint8[count, 64, 64, 3]``.
+
+    Exactly the pixels :func:`write_task` saves (PNG is lossless), so in-memory checks (the acceptance table) see
+    the task's own images.
+    """
+    import numpy as np
+
+    spec = TASKS[name]
+    cvals = spec.class_values()[label]
+    extra = dict(spec.fixed) | (dict(spec.test_fixed) if part == "test" else {})
+    # a shifted test set shares its source's train/val images; its test images are its own
+    wseed = _world_seed(name if part == "test" else (spec.shift_source or name), seed, part)
+    out = np.empty((count, world2.IMAGE_SIZE, world2.IMAGE_SIZE, 3), np.uint8)
+    for j in range(count):
+        fixed = {a: _index(a, vals[j % len(vals)]) for a, vals in extra.items()}
+        fixed |= {a: _index(a, w) for a, w in cvals.items()}
+        out[j] = world2.draw(wseed, label * 1_000_000 + j, fixed)[0]
+    return out
+
+
 def _write_into(tmp: Path, name: str, spec: TaskSpec2, seed: int) -> dict:
-    split: dict[str, list] = {p: [] for p in tasks_v1.SPLITS}
+    # the split file also carries the task's template and class names (read by vlprompt's split: loader)
+    split: dict = {p: [] for p in tasks_v1.SPLITS} | {"template": spec.template, "classnames": spec.classnames}
     counts = {"train": spec.n_train, "val": spec.n_val, "test": spec.n_test}
-    for label, (cname, cvals) in enumerate(zip(spec.classnames, spec.class_values())):
+    for label, cname in enumerate(spec.classnames):
         folder = cname.replace(" ", "_")
         (tmp / "images" / folder).mkdir(parents=True, exist_ok=True)
         idx = 0
         for part in tasks_v1.SPLITS:
-            extra = dict(spec.fixed) | (dict(spec.test_fixed) if part == "test" else {})
-            # a shifted test set shares its source's train/val images; its test images are its own
-            wseed = _world_seed(name if part == "test" else (spec.shift_source or name), seed, part)
-            for j in range(counts[part]):
-                fixed = {a: _index(a, vals[j % len(vals)]) for a, vals in extra.items()}
-                fixed |= {a: _index(a, w) for a, w in cvals.items()}
-                image, _, _ = world2.draw(wseed, label * 1_000_000 + j, fixed)
+            for image in class_images(name, label, part, counts[part], seed):
                 rel = f"images/{folder}/{idx:04d}.png"
                 Image.fromarray(image).save(tmp / rel, format="PNG", compress_level=1)
                 split[part].append([rel, label, cname])
