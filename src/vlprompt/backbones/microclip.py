@@ -40,11 +40,22 @@ MICROCLIP_CONFIG: dict = {
     "vision_cfg": {"layers": [1, 1, 1, 1], "width": 16, "image_size": MICROCLIP_IMAGE_SIZE},
     "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 128, "heads": 4, "layers": 2},
 }
+#: Micro-CLIP v2 (issue 14): a ViT image tower (class token + 64 patch tokens of 8×8 pixels, width 128, 4 layers,
+#: 4 heads) and a 4-layer text transformer, so that prompts can be inserted at several layers of both towers as on
+#: real CLIP; GELU (``quick_gelu`` False) as recorded here and in every checkpoint's metadata.
+MICROCLIP_V2_CONFIG: dict = {
+    "embed_dim": 128,
+    "quick_gelu": False,
+    "vision_cfg": {"layers": 4, "width": 128, "head_width": 32, "patch_size": 8, "image_size": MICROCLIP_IMAGE_SIZE},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 128, "heads": 4, "layers": 4},
+}
 TOKEN_INIT_STD = 0.02  # open_clip's token-embedding init
 COMPACT_FORMAT = "vlprompt-microclip-compact-v1"
 # The shipped file stays next to its model card and the pretraining recipe that wrote it (a data path, no import).
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "microclip" / "weights"
 SHIPPED_WEIGHTS = WEIGHTS_DIR / "microclip.safetensors"
+#: micro-CLIP v2 (``weights="v2"``), shipped next to v1 until it becomes the default.
+SHIPPED_WEIGHTS_V2 = WEIGHTS_DIR / "microclip-v2.safetensors"
 
 
 def create_microclip_model(config: dict | None = None) -> torch.nn.Module:
@@ -52,7 +63,8 @@ def create_microclip_model(config: dict | None = None) -> torch.nn.Module:
     from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 
     cfg = json.loads(json.dumps(config or MICROCLIP_CONFIG))  # deep copy
-    vision = CLIPVisionCfg(**{**cfg["vision_cfg"], "layers": tuple(cfg["vision_cfg"]["layers"])})
+    layers = cfg["vision_cfg"]["layers"]  # a list for the ModifiedResNet (v1), an int for the ViT (v2)
+    vision = CLIPVisionCfg(**{**cfg["vision_cfg"], "layers": tuple(layers) if isinstance(layers, list) else layers})
     return CLIP(cfg["embed_dim"], vision, CLIPTextCfg(**cfg["text_cfg"]), quick_gelu=cfg.get("quick_gelu", False))
 
 
@@ -89,13 +101,15 @@ def _sha256(t: torch.Tensor) -> str:
     return hashlib.sha256(t.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
 
 
-def compact_state(model: torch.nn.Module, rows: torch.Tensor, token_seed: int) -> tuple[dict, dict[str, str]]:
+def compact_state(model: torch.nn.Module, rows: torch.Tensor, token_seed: int,
+                  config: dict | None = None) -> tuple[dict, dict[str, str]]:  # fmt: skip
     """Split a trained model into the compact tensors + metadata written by :func:`save_compact`.
 
     Args:
         model: trained micro-CLIP.
         rows: ``LongTensor[K]`` the token rows pretraining updated (all others equal ``init_token_table(token_seed)``).
         token_seed: the seed the token table was initialised from.
+        config: the model's config (recorded; ``None`` = ``MICROCLIP_CONFIG``).
     """
     state = {k: v for k, v in model.state_dict().items() if k != "token_embedding.weight"}
     table = model.token_embedding.weight.detach()
@@ -104,7 +118,7 @@ def compact_state(model: torch.nn.Module, rows: torch.Tensor, token_seed: int) -
     state["token_embedding.values"] = table[rows].clone()
     meta = {
         "format": COMPACT_FORMAT,
-        "config": json.dumps(MICROCLIP_CONFIG, sort_keys=True),
+        "config": json.dumps(config or MICROCLIP_CONFIG, sort_keys=True),
         "token_init_seed": str(token_seed),
         "token_table_sha256": _sha256(table),
     }
@@ -112,11 +126,11 @@ def compact_state(model: torch.nn.Module, rows: torch.Tensor, token_seed: int) -
 
 
 def save_compact(path: str | Path, model: torch.nn.Module, rows: torch.Tensor, token_seed: int,
-                 extra_metadata: dict[str, str] | None = None) -> None:  # fmt: skip
-    """Atomically write ``model`` in the compact shipped format (see the module docstring)."""
+                 extra_metadata: dict[str, str] | None = None, config: dict | None = None) -> None:  # fmt: skip
+    """Atomically write ``model`` (built from ``config``, default v1's) in the compact shipped format."""
     from vlprompt._io import atomic_save_safetensors
 
-    state, meta = compact_state(model, rows, token_seed)
+    state, meta = compact_state(model, rows, token_seed, config)
     atomic_save_safetensors(path, state, metadata={**(extra_metadata or {}), **meta})
 
 
@@ -167,8 +181,8 @@ def build_microclip(weights: str | Path | None = "shipped") -> torch.nn.Module:
     """Build micro-CLIP in eval mode with the shipped weights, a given compact safetensors file, or random ones.
 
     Args:
-        weights: ``"shipped"`` (the checkpoint bundled with vlprompt), a path to a compact ``.safetensors`` file,
-            or ``None`` for random initialisation.
+        weights: ``"shipped"`` (the checkpoint bundled with vlprompt), ``"v2"`` (the bundled micro-CLIP v2), a
+            path to a compact ``.safetensors`` file, or ``None`` for random initialisation.
 
     Returns:
         An ``open_clip.model.CLIP`` in eval mode on the CPU.
@@ -177,14 +191,15 @@ def build_microclip(weights: str | Path | None = "shipped") -> torch.nn.Module:
         WeightsNotFoundError: the file does not exist.
         ArtifactError: the file is not a micro-CLIP checkpoint or does not match the architecture.
     """
-    model = create_microclip_model()
-    if weights is not None:
-        path = SHIPPED_WEIGHTS if str(weights) == "shipped" else Path(weights)
-        state, _ = load_compact_state(path)
-        try:
-            model.load_state_dict(state, strict=True)
-        except RuntimeError as e:
-            raise ArtifactError(f"{path} does not match MICROCLIP_CONFIG: {e}") from e
+    if weights is None:
+        return create_microclip_model().eval()
+    path = {"shipped": SHIPPED_WEIGHTS, "v2": SHIPPED_WEIGHTS_V2}.get(str(weights), Path(weights))
+    state, meta = load_compact_state(path)
+    model = create_microclip_model(json.loads(meta["config"]))  # the architecture the file records (v1 or v2)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise ArtifactError(f"{path} does not match the config it records: {e}") from e
     return model.eval()
 
 

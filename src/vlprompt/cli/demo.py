@@ -16,6 +16,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tasks", default=None, help="comma-separated task names (default: all few-shot tasks)")
     p.add_argument("--workers", type=int, default=None, help="parallel worker processes (default: CPU count, ≤ 4)")
     p.add_argument("--task-dir", default=None, help="where task images are generated (default: the vlprompt cache)")
+    p.add_argument("--suite", default="v1", choices=("v1", "v2"),
+                   help="task suite: v1 (world v1) or v2 (world v2, 11 tasks + shifted sets + base-to-new; needs "
+                        "micro-CLIP v2 weights)")
+    p.add_argument("--weights", default=None, help="micro-CLIP weights file (default: the shipped checkpoint)")
     p.set_defaults(func=run)
 
 
@@ -23,7 +27,8 @@ def run(args: argparse.Namespace) -> int:
     """Run ``vlprompt demo``."""
     from vlprompt.microclip.demo import DemoConfig, default_workers, run_demo
 
-    cfg = DemoConfig.quick(args.out) if args.quick else DemoConfig(out=args.out)
+    cfg = (DemoConfig.quick(args.out, args.suite, args.weights) if args.quick
+           else DemoConfig(out=args.out, suite=args.suite, weights=args.weights))
     if args.tasks:
         cfg.tasks = tuple(t.strip() for t in args.tasks.split(",") if t.strip())
     cfg.workers = default_workers() if args.workers is None else args.workers

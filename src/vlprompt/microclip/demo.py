@@ -60,6 +60,10 @@ class DemoConfig:
         task_dir: where task images are generated (default: the tasks cache).
         epochs: override MAX_EPOCH (default: official counts per shot).
         domain_shift: evaluate the domain-shift pair.
+        suite: ``v1`` or ``v2`` (:mod:`vlprompt.microclip.demo_suite`).
+        weights: the micro-CLIP weights (``None``: the shipped checkpoint; a compact ``.safetensors`` path).
+        base2new: tasks of the base-to-new protocol (every registered prompt learner and zero-shot CLIP; 16 shots);
+            ``None``: the suite's own (none in v1).
     """
 
     out: str = "demo"
@@ -70,11 +74,20 @@ class DemoConfig:
     task_dir: str | None = None
     epochs: int | None = None
     domain_shift: bool = True
+    suite: str = "v1"
+    weights: str | None = None
+    base2new: tuple[str, ...] | None = None
 
     @classmethod
-    def quick(cls, out: str = "demo") -> DemoConfig:
-        """One seed, two shot counts, two tasks (one that should gain, one that should tie) + domain shift."""
-        return cls(out=out, tasks=("sizes", "shapes"), shots=(1, 4), seeds=(1,))
+    def quick(cls, out: str = "demo", suite: str = "v1", weights: str | None = None) -> DemoConfig:
+        """One seed, two shot counts, two tasks (one that should gain, one that should tie) + domain shift; in v2
+        also base-to-new on one task at 4 shots, and 10 epochs instead of the official 50–100 (the v2 domain-shift
+        source has 64 classes: a smoke test, not the paper's recipe)."""
+        from vlprompt.microclip.demo_suite import get_suite
+
+        s = get_suite(suite)
+        return cls(out=out, tasks=s.quick_tasks, shots=(1, 4), seeds=(1,), suite=suite, weights=weights,
+                   base2new=s.quick_base2new, epochs=10 if suite == "v2" else None)
 
 
 # --- jobs: grid jobs (vlprompt.runs.grid.Job) run by the grid runner (vlprompt.runs.grid_run.run_jobs) -------------
@@ -84,7 +97,8 @@ def _settings(cfg: DemoConfig) -> BenchmarkConfig:
     seconds: per-epoch states would only cost fsyncs)."""
     return BenchmarkConfig(datasets=tuple(cfg.tasks), shots=tuple(cfg.shots), seeds=tuple(cfg.seeds),
                            methods=("zeroshot", "linear-probe", "coop"), out=str(Path(cfg.out) / "runs"),
-                           backbone="microclip", device="cpu",
+                           backbone="microclip", pretrained=cfg.weights or ("v2" if cfg.suite == "v2" else None),
+                           device="cpu",
                            train=TrainConfig(augment="none", flip=False, epochs=cfg.epochs),
                            cache_dir=None, state_every_seconds=60.0)
 
@@ -92,8 +106,10 @@ def _settings(cfg: DemoConfig) -> BenchmarkConfig:
 def _jobs(cfg: DemoConfig, split_files: dict[str, Path], runs: Path) -> list[Job]:
     """The demo's runs as grid jobs (its own folder layout and labels); the domain-shift targets are evaluations of
     the zero-shot runs (with the source task's template) and of the CoOp runs at the largest shot count."""
-    from vlprompt.microclip.tasks import DOMAIN_SHIFT, TASKS
+    from vlprompt.microclip.demo_suite import get_suite
 
+    suite = get_suite(cfg.suite)
+    DOMAIN_SHIFT, TASKS = suite.domain_shift, suite.tasks  # noqa: N806 - the suite's tables
     jobs: list[Job] = []
     for task in cfg.tasks:
         dataset = f"split:{split_files[task]}"
@@ -131,20 +147,24 @@ def _execute(jobs: list[Job], cfg: DemoConfig, progress: bool) -> None:
 
 def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
     """Run the demo and write ``report.md``, ``results.json`` and ``fewshot_curves.png`` into ``cfg.out``."""
-    from vlprompt.microclip.tasks import DOMAIN_SHIFT, FEWSHOT_TASKS, TASKS, write_task
+    from vlprompt.microclip.demo_suite import get_suite
     from vlprompt.reports import aggregate, collect_runs
     from vlprompt.reports.plots import plot_fewshot_curves
 
     t0 = time.perf_counter()
-    cfg.tasks = tuple(cfg.tasks or FEWSHOT_TASKS)
+    suite = get_suite(cfg.suite)
+    cfg.tasks = tuple(cfg.tasks or suite.fewshot)
+    b2n = tuple(suite.base2new if cfg.base2new is None else cfg.base2new)
     out = Path(cfg.out)
     runs = out / "runs"
-    needed = set(cfg.tasks)
+    needed = set(cfg.tasks) | set(b2n)
     if cfg.domain_shift:
-        needed |= {t for s in cfg.tasks for t in DOMAIN_SHIFT.get(s, ())}
-    split_files = {name: write_task(name, cfg.task_dir) for name in sorted(needed)}
+        needed |= {t for s in cfg.tasks for t in suite.domain_shift.get(s, ())}
+    split_files = {name: suite.write_task(name, cfg.task_dir) for name in sorted(needed)}
     jobs = _jobs(cfg, split_files, runs)
     _execute(jobs, cfg, progress)
+    b2n_jobs = _base2new_jobs(cfg, b2n, split_files, runs)
+    _execute(b2n_jobs, cfg, progress)
 
     rows = aggregate(r for r in collect_runs(runs) if r.dataset in cfg.tasks)
     out.mkdir(parents=True, exist_ok=True)
@@ -153,11 +173,14 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
     summary = _summary(rows, cfg)
     elapsed = time.perf_counter() - t0
     results = {
-        "config": {"tasks": list(cfg.tasks), "shots": list(cfg.shots), "seeds": list(cfg.seeds),
+        "config": {"suite": cfg.suite, "weights": cfg.weights or "shipped", "tasks": list(cfg.tasks),
+                   "shift_source": next(iter(suite.domain_shift)), "base2new_tasks": list(b2n),
+                   "shots": list(cfg.shots), "seeds": list(cfg.seeds),
                    "variants": VARIANTS, "train": {"augment": "none", "flip": False, "epochs": cfg.epochs or "official"},
-                   "characters": {t: TASKS[t].character for t in cfg.tasks}},
+                   "characters": {t: suite.tasks[t].character for t in cfg.tasks}},
         "summary": summary,
         "domain_shift": shift,
+        "base2new": _base2new_table(b2n_jobs),
         "rows": [r.__dict__ for r in rows],
         "seconds": elapsed,
         "files": {"report": str(out / "report.md"), "curves": png},
@@ -167,6 +190,40 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
 
     atomic_write_text(out / "report.md", render_report(results, rows))
     return results
+
+
+def _base2new_jobs(cfg: DemoConfig, tasks: tuple[str, ...], split_files: dict[str, Path], runs: Path) -> list[Job]:
+    """The base-to-new grid (CoCoOp protocol) on ``tasks``, planned by the grid runner: every registered prompt
+    learner and zero-shot CLIP, trained on the base half of the classes, evaluated on the new half; 16 shots (4 in
+    ``--quick``, which runs CoOp only)."""
+    from vlprompt.runs.grid import BenchmarkConfig, default_methods, plan
+
+    if not tasks:
+        return []
+    quick = len(cfg.seeds) == 1 and max(cfg.shots) < 16
+    methods = ("coop", "zeroshot") if quick else default_methods("base2new")
+    # one grid per task, each under runs/<task>/: the grid names a split: dataset's folder after the file's own name
+    # (split.json), which every task shares
+    return [job for t in tasks for job in plan(BenchmarkConfig(
+        datasets=(f"split:{split_files[t]}",), shots=(4,) if quick else (16,), seeds=tuple(cfg.seeds),
+        methods=methods, out=str(runs / t), protocol="base2new"))]  # fmt: skip
+
+
+def _base2new_table(jobs: list[Job]) -> dict:
+    """``{method: {task: {"base", "new", "H", "n"}}}``: means over seeds; H = 2·base·new / (base + new)."""
+    cells: dict[str, dict[str, list[tuple[float, float]]]] = {}
+    for job in jobs:
+        base = json.loads((job.out / "metrics.json").read_text(encoding="utf-8"))["accuracy"]
+        new = json.loads((job.evaluations[0].out / "metrics.json").read_text(encoding="utf-8"))["accuracy"]
+        cells.setdefault(job.method, {}).setdefault(Path(job.dataset.removeprefix("split:")).parent.name, []).append(
+            (base, new))
+    table: dict[str, dict] = {}
+    for method, per_task in cells.items():
+        for task, pairs in per_task.items():
+            b, n = float(np.mean([p[0] for p in pairs])), float(np.mean([p[1] for p in pairs]))
+            table.setdefault(method, {})[task] = {"base": b, "new": n, "H": 2 * b * n / (b + n) if b + n else 0.0,
+                                                  "n": len(pairs)}  # fmt: skip
+    return table
 
 
 def _shift_table(jobs: list[Job]) -> dict:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from vlprompt.microclip.demo_claims import base2new_lines, claim_lines
 from vlprompt.reports.render import render_markdown
 
 ZERO_SHOT = "Zero-shot CLIP"
@@ -68,7 +69,7 @@ def _shift_lines(results: dict) -> list[str]:
     if not shift:
         return []
     targets = sorted({t for d in shift.values() for t in d})
-    source = "shapes"
+    source = results["config"].get("shift_source", "shapes")
     top = max(results["config"]["shots"])
     src_acc = {r["label"]: r["accuracy_mean"] for r in results["rows"]
                if r["dataset"] == source and (r["shots"] == top or (r["label"] == ZERO_SHOT and r["shots"] is None))}
@@ -104,7 +105,7 @@ def render_report(results: dict, rows) -> str:
     lines = [
         "# vlprompt demo: CoOp on the micro-CLIP task suite",
         "",
-        f"Backbone: the bundled micro-CLIP (offline). Tasks: {', '.join(cfg['tasks'])}. Shots: "
+        f"Backbone: micro-CLIP ({cfg.get('weights', 'shipped')}; suite {cfg.get('suite', 'v1')}, offline). Tasks: {', '.join(cfg['tasks'])}. Shots: "
         f"{', '.join(map(str, cfg['shots']))}; seeds: {', '.join(map(str, cfg['seeds']))}. CoOp variants: "
         f"{', '.join(cfg['variants'])}; official optimiser, schedule and epochs ({cfg['train']['epochs']}); training "
         "images through the test transform (`--augment none`, no flip: crops and flips would destroy position and "
@@ -115,6 +116,8 @@ def render_report(results: dict, rows) -> str:
         *_commentary(results),
         "",
         *_shift_lines(results),
+        *base2new_lines(results),
+        *claim_lines(results),
         "## Few-shot curves",
         "",
         "![few-shot curves](fewshot_curves.png)",

@@ -30,6 +30,8 @@ from tqdm import tqdm
 
 from vlprompt._io import append_jsonl, atomic_save_safetensors, atomic_write_json
 from vlprompt.backbones.microclip import (
+    MICROCLIP_CONFIG,
+    MICROCLIP_V2_CONFIG,
     build_microclip,
     create_microclip_model,
     encode_text_truncated,
@@ -38,7 +40,7 @@ from vlprompt.backbones.microclip import (
     save_compact,
 )
 from vlprompt.errors import ArtifactError, ConfigError
-from vlprompt.microclip import world
+from vlprompt.microclip import world, world2
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +64,8 @@ class PretrainConfig:
         checkpoint_every: steps between checkpoints.
         log_every: steps between lines in ``log.jsonl``.
         text_buckets: captions are encoded in this many length buckets (speed only; exact).
+        version: 1 = the ResNet micro-CLIP on world v1; 2 = micro-CLIP v2 (ViT, ``MICROCLIP_V2_CONFIG``) on world v2
+            (:mod:`vlprompt.microclip.world2`).
     """
 
     steps: int = 2100
@@ -78,10 +82,28 @@ class PretrainConfig:
     checkpoint_every: int = 200
     log_every: int = 25
     text_buckets: int = 4
+    version: int = 1
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 2 or self.threads < 1 or self.workers < 1:
             raise ConfigError(f"invalid PretrainConfig {self}: steps ≥ 1, batch_size ≥ 2, threads/workers ≥ 1")
+        if self.version not in (1, 2):
+            raise ConfigError(f"PretrainConfig.version={self.version!r}: expected 1 (v1 world/model) or 2 (v2)")
+
+    @property
+    def world(self):
+        """The world module this recipe trains on."""
+        return world2 if self.version == 2 else world
+
+    @property
+    def model_config(self) -> dict:
+        """The micro-CLIP architecture this recipe trains."""
+        return MICROCLIP_V2_CONFIG if self.version == 2 else MICROCLIP_CONFIG
+
+
+#: The v2 recipe (issue 14): ViT micro-CLIP on world v2. A ViT trained from scratch wants a lower peak learning rate
+#: and a longer warm-up than the ResNet. One thread: bit-reproducible, and on a loaded machine faster than two.
+V2_RECIPE = {"version": 2, "steps": 3000, "lr": 1e-3, "warmup": 100, "workers": 2, "threads": 1, "checkpoint_every": 50}
 
 
 def lr_at(step: int, cfg: PretrainConfig) -> float:
@@ -92,13 +114,13 @@ def lr_at(step: int, cfg: PretrainConfig) -> float:
     return 0.5 * cfg.lr * (1.0 + math.cos(math.pi * t))
 
 
-def vocabulary_token_ids() -> torch.Tensor:
+def vocabulary_token_ids(world_module=world) -> torch.Tensor:
     """Sorted ``LongTensor[K]``: SOS, EOS and every BPE id of the world's caption words (the trained rows)."""
     from open_clip.tokenizer import SimpleTokenizer
 
     tok = SimpleTokenizer()
     ids = {tok.sot_token_id, tok.eot_token_id}
-    for w in world.caption_words():
+    for w in world_module.caption_words():
         ids.update(tok.encode(w))
     return torch.tensor(sorted(ids), dtype=torch.int64)
 
@@ -109,7 +131,7 @@ def _check_checkpoint(out: Path, cfg: PretrainConfig) -> dict:
     if not meta_path.is_file():
         return {}
     info = json.loads(meta_path.read_text())
-    saved = {k: tuple(v) if isinstance(v, list) else v for k, v in info["config"].items()}
+    saved = {"version": 1, **{k: tuple(v) if isinstance(v, list) else v for k, v in info["config"].items()}}
     speed_only = ("threads", "workers", "checkpoint_every", "log_every", "text_buckets")
     diff = {
         k: (saved.get(k), v) for k, v in dataclasses.asdict(cfg).items() if k not in speed_only and saved.get(k) != v
@@ -126,8 +148,8 @@ class _Trainer:
     def __init__(self, cfg: PretrainConfig) -> None:
         self.cfg = cfg
         torch.manual_seed(cfg.seed)
-        self.model = create_microclip_model().train()
-        self.rows = vocabulary_token_ids()  # [K]
+        self.model = create_microclip_model(cfg.model_config).train()
+        self.rows = vocabulary_token_ids(cfg.world)  # [K]
         table = init_token_table(cfg.seed)
         # [K, 128] compact table; token id -> row index via `remap` (ids outside the vocabulary only occur as
         # padding after EOS, which the causal mask makes irrelevant, so they map to row 0)
@@ -169,7 +191,7 @@ class _Trainer:
 
     def full_model(self) -> torch.nn.Module:
         """A stock micro-CLIP (full token table) carrying the trained weights, in eval mode."""
-        model = create_microclip_model()
+        model = create_microclip_model(self.cfg.model_config)
         state = {k: v for k, v in self.model.state_dict().items() if k != "token_embedding.weight"}
         table = init_token_table(self.cfg.seed)
         table[self.rows] = self.model.token_embedding.weight.detach()
@@ -219,6 +241,17 @@ def model_from_checkpoint(out: str | Path) -> torch.nn.Module:
     return trainer.full_model()
 
 
+def export_checkpoint(out: str | Path, path: str | Path) -> Path:
+    """Write the latest training checkpoint in ``out`` as a compact micro-CLIP file ``path`` (to try an unfinished
+    run with the acceptance table or the demo); returns ``path``."""
+    info = json.loads((Path(out) / "checkpoint.json").read_text())
+    cfg = PretrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in info["config"].items()})
+    model = model_from_checkpoint(out)
+    save_compact(path, model, vocabulary_token_ids(cfg.world), cfg.seed, config=cfg.model_config,
+                 extra_metadata={"pretrain_config": json.dumps(info["config"]), "step": str(info["step"])})  # fmt: skip
+    return Path(path)
+
+
 def pretrain(cfg: PretrainConfig, out: str | Path, progress: bool = True, stop_after: int | None = None) -> dict:
     """Pretrain (or resume) micro-CLIP into ``out``; writes ``microclip.safetensors`` (compact) at the end.
 
@@ -243,7 +276,7 @@ def pretrain(cfg: PretrainConfig, out: str | Path, progress: bool = True, stop_a
         logger.info("resumed from %s at step %d", out / "checkpoint.json", trainer.step)
     start, t0 = trainer.step, time.perf_counter()
     end = cfg.steps if stop_after is None else min(cfg.steps, start + stop_after)
-    batches = world.iter_batches(cfg.world_seed, cfg.batch_size, start_batch=start, num_batches=end - start,
+    batches = cfg.world.iter_batches(cfg.world_seed, cfg.batch_size, start_batch=start, num_batches=end - start,
                                  processes=cfg.workers)  # fmt: skip
     bar = tqdm(total=cfg.steps, initial=start, disable=not progress, desc="pretrain micro-CLIP", dynamic_ncols=True)
     for batch in batches:
@@ -263,19 +296,20 @@ def pretrain(cfg: PretrainConfig, out: str | Path, progress: bool = True, stop_a
     if summary["finished"]:
         model = trainer.full_model()
         path = out / "microclip.safetensors"
-        save_compact(path, model, trainer.rows, cfg.seed,
-                     extra_metadata={"pretrain_config": json.dumps(dataclasses.asdict(cfg)), **summary["versions"]})  # fmt: skip
-        _verify_export(model, path)
+        save_compact(path, model, trainer.rows, cfg.seed, config=cfg.model_config,
+                     extra_metadata={"pretrain_config": json.dumps(dataclasses.asdict(cfg)), **summary["versions"],
+                                     "world_fingerprint": cfg.world.world_fingerprint()})  # fmt: skip
+        _verify_export(model, path, cfg.world)
     atomic_write_json(out / "summary.json", summary)
     return summary
 
 
 @torch.no_grad()
-def _verify_export(model: torch.nn.Module, path: Path) -> None:
+def _verify_export(model: torch.nn.Module, path: Path, world_module=world) -> None:
     """Check that the compact file loads into a model with bit-identical logits on held-out world data."""
     from open_clip import tokenize
 
-    batch = world.generate(seed=12345, start=0, count=64)
+    batch = world_module.generate(seed=12345, start=0, count=64)
     ids = tokenize(batch.captions)
     x = images_to_tensor(batch.images)
     loaded = build_microclip(path)
@@ -297,26 +331,22 @@ def _versions() -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command-line entry point."""
-    d = PretrainConfig()
+    """Command-line entry point (``--version 2``: the v2 recipe, :data:`V2_RECIPE`, for any flag not given)."""
     p = argparse.ArgumentParser(prog="python -m vlprompt.microclip.pretrain", description=__doc__.split("\n")[0])
     p.add_argument("--out", required=True, help="output folder (resumes from the checkpoint in it if present)")
-    p.add_argument("--steps", type=int, default=d.steps)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--warmup", type=int, default=d.warmup)
-    p.add_argument("--seed", type=int, default=d.seed, help="model init seed")
-    p.add_argument("--world-seed", type=int, default=d.world_seed)
-    p.add_argument("--threads", type=int, default=d.threads, help="torch threads; 1 = deterministic mode")
-    p.add_argument("--workers", type=int, default=d.workers, help="image-rendering processes")
-    p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
+    p.add_argument("--version", type=int, default=1, choices=(1, 2), help="1: v1 model and world; 2: v2 (ViT)")
+    for flag, kind, what in (("--steps", int, ""), ("--batch-size", int, ""), ("--lr", float, ""),
+                             ("--warmup", int, ""), ("--seed", int, "model init seed"), ("--world-seed", int, ""),
+                             ("--threads", int, "torch threads; 1 = deterministic mode"),
+                             ("--workers", int, "image-rendering processes"), ("--checkpoint-every", int, "")):
+        p.add_argument(flag, type=kind, default=None, help=what or None)  # fmt: skip
     p.add_argument("--stop-after", type=int, default=None, help="stop (checkpointed) after this many steps")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    cfg = PretrainConfig(steps=a.steps, batch_size=a.batch_size, lr=a.lr, warmup=a.warmup, seed=a.seed,
-                         world_seed=a.world_seed, threads=a.threads, workers=a.workers,
-                         checkpoint_every=a.checkpoint_every)  # fmt: skip
+    names = ("steps", "batch_size", "lr", "warmup", "seed", "world_seed", "threads", "workers", "checkpoint_every")
+    given = {k: getattr(a, k) for k in names if getattr(a, k) is not None}
+    cfg = PretrainConfig(**{**(V2_RECIPE if a.version == 2 else {}), **given})
     summary = pretrain(cfg, a.out, progress=not a.no_progress, stop_after=a.stop_after)
     print(json.dumps({k: summary[k] for k in ("finished", "step", "steps_this_run", "seconds_this_run")}))
     return 0

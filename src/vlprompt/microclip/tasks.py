@@ -25,6 +25,7 @@ import os
 import shutil
 import tempfile
 import zlib
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -129,16 +130,43 @@ def _content_hash(root: Path, split: dict) -> str:
     return h.hexdigest()
 
 
-def _is_complete(root: Path, name: str, spec: TaskSpec, seed: int) -> bool:
+def _is_complete(root: Path, expected: dict) -> bool:
     try:
         manifest = json.loads((root / "manifest.json").read_text())
         split = json.loads((root / "split.json").read_text())
-        expected = _manifest_expected(name, spec, seed)
         if {k: manifest.get(k) for k in expected} != expected:
             return False
         return manifest.get("content_sha256") == _content_hash(root, split)
     except (OSError, ValueError, KeyError, TypeError):
         return False
+
+
+def write_cached(root: Path, expected: dict, render_into: Callable[[Path], dict], extra: dict) -> Path:
+    """Reuse task folder ``root`` if its manifest matches ``expected`` and its content hash checks out, else render
+    it (``render_into(tmp)`` writes the images and returns the split dict) into a temporary sibling and swap it in.
+
+    Shared by world v1's and v2's tasks (:mod:`vlprompt.microclip.tasks2`). Returns ``root / "split.json"``.
+    """
+    if _is_complete(root, expected):
+        return root / "split.json"
+    cache, name = root.parent, root.name
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=cache))
+    tmp.chmod(0o755)
+    try:
+        split = render_into(tmp)
+        atomic_write_json(tmp / "split.json", split)
+        atomic_write_json(tmp / "manifest.json", {**expected, **extra, "content_sha256": _content_hash(tmp, split)})
+        if root.exists():  # stale or incomplete: move aside, then swap in the new folder
+            trash = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".old", dir=cache))
+            os.replace(root, trash / name)
+            shutil.rmtree(trash, ignore_errors=True)
+        os.replace(tmp, root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    logger.info("wrote micro task %s (%d images) to %s", name, sum(len(split[p]) for p in SPLITS), root)
+    return root / "split.json"
 
 
 def _write_into(tmp: Path, name: str, spec: TaskSpec, seed: int) -> dict:
@@ -187,25 +215,6 @@ def write_task(name: str, cache_dir: str | Path | None = None, seed: int = 0) ->
         raise ConfigError(f"unknown micro task {name!r}; choose one of {sorted(TASKS)}")
     spec = TASKS[name]
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    root = cache / name
-    if _is_complete(root, name, spec, seed):
-        return root / "split.json"
-    cache.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=cache))
-    tmp.chmod(0o755)
-    try:
-        split = _write_into(tmp, name, spec, seed)
-        atomic_write_json(tmp / "split.json", split)
-        manifest = {**_manifest_expected(name, spec, seed), "template": spec.template, "classnames": spec.classnames,
-                    "content_sha256": _content_hash(tmp, split)}  # fmt: skip
-        atomic_write_json(tmp / "manifest.json", manifest)
-        if root.exists():  # stale or incomplete: move aside, then swap in the new folder
-            trash = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".old", dir=cache))
-            os.replace(root, trash / name)
-            shutil.rmtree(trash, ignore_errors=True)
-        os.replace(tmp, root)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    logger.info("wrote micro task %s (%d images) to %s", name, sum(len(v) for v in split.values()), root)
-    return root / "split.json"
+    extra = {"template": spec.template, "classnames": spec.classnames}
+    return write_cached(cache / name, _manifest_expected(name, spec, seed),
+                        lambda tmp: _write_into(tmp, name, spec, seed), extra)  # fmt: skip

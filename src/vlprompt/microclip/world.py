@@ -29,7 +29,7 @@ from __future__ import annotations
 import functools
 import multiprocessing as mp
 from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -403,15 +403,13 @@ def world_fingerprint() -> str:
 
 
 def _concat(parts: list[WorldBatch]) -> WorldBatch:
-    return WorldBatch(
-        np.concatenate([p.images for p in parts]), [c for p in parts for c in p.captions],
-        np.concatenate([p.labels for p in parts]),
-    )  # fmt: skip
+    return WorldBatch(np.concatenate([p.images for p in parts]), [c for p in parts for c in p.captions],
+                      np.concatenate([p.labels for p in parts]))  # fmt: skip
 
 
 def iter_batches(
     seed: int, batch_size: int, start_batch: int = 0, num_batches: int | None = None, processes: int = 1,
-    prefetch: int = 4, fixed: Mapping[str, int] | None = None,
+    prefetch: int = 4, fixed: Mapping[str, int] | None = None, generate: Callable = generate,
 ) -> Iterator[WorldBatch]:  # fmt: skip
     """Yield consecutive batches ``b = start_batch, start_batch+1, …`` (images ``b·batch_size …``), in order.
 
@@ -427,6 +425,7 @@ def iter_batches(
         processes: rendering processes (1 renders in the calling process).
         prefetch: batches rendered ahead when ``processes > 1``.
         fixed: attribute overrides passed to :func:`draw`.
+        generate: the batch renderer (world v2 passes its own :func:`vlprompt.microclip.world2.generate`).
     """
     stop = None if num_batches is None else start_batch + num_batches
     if processes <= 1:

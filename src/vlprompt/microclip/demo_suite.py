@@ -1,0 +1,54 @@
+"""The task suites the demo can run: ``v1`` (world v1, the shipped ResNet micro-CLIP) and ``v2`` (world v2, the
+ViT micro-CLIP v2 of issue 14): their tasks, domain-shift sets, base-to-new tasks and ``--quick`` subsets."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from vlprompt.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Suite:
+    """One task suite.
+
+    Attributes:
+        name: ``v1`` or ``v2``.
+        tasks: task name → spec (``template``, ``character``, ``classnames``).
+        fewshot: the few-shot tasks (default demo tasks).
+        domain_shift: source task → its shifted test sets.
+        base2new: tasks with enough classes (≥ 20) for the base-to-new protocol.
+        write_task: ``write_task(name, cache_dir) -> split.json path``.
+        quick_tasks: the few-shot tasks of ``--quick``.
+        quick_base2new: the base-to-new tasks of ``--quick``.
+    """
+
+    name: str
+    tasks: Mapping
+    fewshot: tuple[str, ...]
+    domain_shift: Mapping[str, tuple[str, ...]]
+    base2new: tuple[str, ...]
+    write_task: Callable[[str, str | None], Path]
+    quick_tasks: tuple[str, ...]
+    quick_base2new: tuple[str, ...]
+
+
+def get_suite(name: str) -> Suite:
+    """The suite called ``name`` (``v1`` or ``v2``).
+
+    Raises:
+        ConfigError: another name.
+    """
+    if name == "v1":
+        from vlprompt.microclip import tasks
+
+        return Suite("v1", tasks.TASKS, tasks.FEWSHOT_TASKS, tasks.DOMAIN_SHIFT, (), tasks.write_task,
+                     ("sizes", "shapes"), ())  # fmt: skip
+    if name == "v2":
+        from vlprompt.microclip import tasks2
+
+        return Suite("v2", tasks2.TASKS, tasks2.FEWSHOT_TASKS, tasks2.DOMAIN_SHIFT, tasks2.BASE2NEW_TASKS,
+                     tasks2.write_task, ("thermal", "objects"), ("aircraft",))  # fmt: skip
+    raise ConfigError(f"unknown demo suite {name!r}; expected 'v1' (world v1) or 'v2' (world v2, micro-CLIP v2)")

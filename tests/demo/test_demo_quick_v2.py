@@ -1,0 +1,32 @@
+"""`vlprompt demo --quick --suite v2` on micro-CLIP v2: few-shot rows, the four shifted sets of the ImageNet-like
+source, a base-to-new table from the grid runner and the claim-by-claim section, all from real run folders."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from vlprompt.backbones.microclip import SHIPPED_WEIGHTS_V2
+from vlprompt.cli.main import main
+
+pytestmark = pytest.mark.skipif(not SHIPPED_WEIGHTS_V2.exists(), reason="micro-CLIP v2 weights not shipped")
+
+
+def test_demo_quick_v2_writes_every_protocol(tmp_path):
+    out = tmp_path / "demo"
+    argv = ["demo", "--quick", "--suite", "v2", "--out", str(out), "--workers", "0", "--task-dir", str(tmp_path / "t")]
+    assert main(argv) == 0
+    results = json.loads((out / "results.json").read_text())
+    report = (out / "report.md").read_text()
+    assert results["config"]["tasks"] == ["thermal", "objects"] and results["config"]["shift_source"] == "objects"
+    assert set(results["domain_shift"]["CoOp M=16"]) == {"objects_sketch", "objects_cartoon", "objects_hard",
+                                                          "objects_v2"}
+    b2n = results["base2new"]["coop"]["aircraft"]
+    base_run = out / "runs" / "aircraft" / "base2new" / "split.json" / "coop" / "4shots" / "seed1"
+    assert json.loads((base_run / "metrics.json").read_text())["accuracy"] == b2n["base"]
+    assert json.loads((base_run / "eval_new" / "metrics.json").read_text())["accuracy"] == b2n["new"]
+    assert b2n["H"] == pytest.approx(2 * b2n["base"] * b2n["new"] / (b2n["base"] + b2n["new"]))
+    assert "## Base-to-new generalization" in report and "## Claims of the paper on this suite" in report
+    zs = results["summary"]["tasks"]["Average"]["zero_shot"]
+    assert f"| zero-shot average ≤ 85 | {zs:.1f} |" in report
