@@ -135,3 +135,13 @@ def test_a_settings_file_of_the_old_few_shot_runner_still_resumes(tmp_path):
     (tmp_path / "benchmark.json").write_text(json.dumps({**old, "settings": {
         **old["settings"], "learner": {"n_ctx": 4, "ctx_init": None, "class_token_position": "end"}}}))
     check_settings(BenchmarkConfig(**same, learner={"n_ctx": 4, "ctx_init": None}))  # old --n-ctx 4 = new --n-ctx 4
+
+
+def test_split_files_with_the_generic_name_get_their_folder_name():
+    """Micro task folders each hold a ``split.json``: two of them in one grid must not share a run folder."""
+    from vlprompt.runs.grid import dataset_dirname
+
+    assert dataset_dirname("split:/tasks/pets/split.json") == "pets"
+    assert dataset_dirname("split:/tasks/cars/split.json") == "cars"
+    assert dataset_dirname("split:/x/split_zhou_OxfordPets.json") == "split_zhou_OxfordPets.json"
+    assert dataset_dirname("folder:/data/my data/") == "my_data" and dataset_dirname("dtd") == "dtd"

@@ -163,8 +163,14 @@ def parse_ints(value: str | list[int], flag: str) -> list[int]:
 
 
 def dataset_dirname(dataset: str) -> str:
-    """Folder name of a dataset under ``RUNS_DIR``: the benchmark name, or the custom data's last path component."""
-    base = os.path.basename(dataset.split(":", 1)[-1].rstrip("/\\")) or "dataset"
+    """Folder name of a dataset under ``RUNS_DIR``: the benchmark name, or the custom data's last path component —
+    for a split file with the generic name ``split.json`` (each micro task's folder holds one), its folder's name, so
+    that several such datasets in one grid do not collide."""
+    path = dataset.split(":", 1)[-1].rstrip("/\\")
+    base = os.path.basename(path)
+    if dataset.startswith("split:") and base == "split.json":
+        base = os.path.basename(os.path.dirname(path)) or base
+    base = base or "dataset"
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", base)
 
 
