@@ -26,6 +26,18 @@ def test_demo_quick_writes_report_results_and_curves(tmp_path, capsys):
         for k in (1, 4):
             for label in ("CoOp M=16", "CoOp M=4 'a photo of a'", "CoOp CSC M=16", "Linear probe"):
                 assert (task, label, k) in labels
+    # issue 16: the feature-space adapters run on the same subsets (quick: Tip-Adapter), in their own table
+    for task in ("sizes", "shapes"):
+        for k in (1, 4):
+            run = out / "runs" / task / "tip-adapter" / f"{k}shots" / "seed1"
+            cfg = json.loads((run / "config.json").read_text())
+            assert cfg["method"] == "tip-adapter" and (task, "Tip-Adapter", k) in labels
+            probe = json.loads((out / "runs" / task / "linear_probe" / f"{k}shots" / "seed1" / "config.json").read_text())
+            assert cfg["fewshot"] == probe["fewshot"]  # the same training images as the linear probe (and CoOp)
+    table = results["adapters"]
+    assert set(table) == {"Zero-shot CLIP", "Linear probe", "CoOp (best variant)", "Tip-Adapter"}
+    tip = [r["accuracy_mean"] for r in results["rows"] if r["label"] == "Tip-Adapter" and r["shots"] == 4]
+    assert table["Tip-Adapter"]["4"] == pytest.approx(sum(tip) / len(tip)) and "## Feature-space adapters" in report
     assert set(results["domain_shift"]) == {"Zero-shot CLIP", "CoOp M=16", "CoOp M=4 'a photo of a'", "CoOp CSC M=16"}
     # the domain-shift numbers are evaluations run by the grid runner: one run folder per prompt and target, made
     # from the prompt's own folder (eval_run), and zero-shot CLIP's own run on each target

@@ -4,7 +4,11 @@ Runs, on every few-shot task of :mod:`vlprompt.microclip.tasks` (real image fold
 readers as real benchmarks): zero-shot CLIP with the task's hand-written template; CoOp with M = 16 random
 context, M = 4 initialised from "a photo of a", and class-specific context (M = 16), each at 1/2/4/8/16 shots ×
 3 seeds with the official optimiser, schedule and epoch counts; the linear probe on the same few-shot subsets;
-and the domain-shift pair (prompts learned on photos, evaluated on sketches, cartoons, blurry and noisy images).
+the domain-shift pair (prompts learned on photos, evaluated on sketches, cartoons, blurry and noisy images); and
+every registered feature-space adapter (:mod:`vlprompt.adapters`: CLIP-Adapter, Tip-Adapter(-F), TaskRes, CLAP,
+LP++) on the same few-shot subsets at every shot count, with the first seed only (they fit in seconds, but six
+methods × three seeds would double the demo's wall time); with ``--augment none`` a method that wants augmented
+views gets the test-transform features as its one view.
 
 One deliberate difference from the official recipe, recorded in every run's config: training images go through the
 test transform (``--augment none``, no flip), because on this 64×64 world a random crop or flip destroys the
@@ -64,6 +68,7 @@ class DemoConfig:
         weights: the micro-CLIP weights (``None``: the shipped checkpoint; a compact ``.safetensors`` path).
         base2new: tasks of the base-to-new protocol (every registered prompt learner and zero-shot CLIP; 16 shots);
             ``None``: the suite's own (none in v1).
+        adapters: feature-space adapters to run (first seed only); ``None``: every registered one.
     """
 
     out: str = "demo"
@@ -77,6 +82,7 @@ class DemoConfig:
     suite: str = "v1"
     weights: str | None = None
     base2new: tuple[str, ...] | None = None
+    adapters: tuple[str, ...] | None = None
 
     @classmethod
     def quick(cls, out: str = "demo", suite: str = "v1", weights: str | None = None) -> DemoConfig:
@@ -87,7 +93,7 @@ class DemoConfig:
 
         s = get_suite(suite)
         return cls(out=out, tasks=s.quick_tasks, shots=(1, 4), seeds=(1,), suite=suite, weights=weights,
-                   base2new=s.quick_base2new, epochs=10 if suite == "v2" else None)
+                   base2new=s.quick_base2new, epochs=10 if suite == "v2" else None, adapters=("tip-adapter",))
 
 
 # --- jobs: grid jobs (vlprompt.runs.grid.Job) run by the grid runner (vlprompt.runs.grid_run.run_jobs) -------------
@@ -124,7 +130,41 @@ def _jobs(cfg: DemoConfig, split_files: dict[str, Path], runs: Path) -> list[Job
                     out = runs / task / f"coop{i}" / f"{shots}shots" / f"seed{seed}"
                     jobs.append(Job(dataset, "coop", shots, seed, out, label=label, learner=dict(learner),
                                     evaluations=_shift(targets, split_files, runs, out) if shots == max(cfg.shots) else ()))
+        jobs += _adapter_jobs(cfg, dataset, runs / task)
     return jobs
+
+
+def _adapter_jobs(cfg: DemoConfig, dataset: str, task_runs: Path) -> list[Job]:
+    """Every adapter of ``cfg.adapters`` at every shot count, first seed: ``<task>/<method>/<K>shots/seed<S>``."""
+    from vlprompt.adapters import get_adapter_class, list_adapters
+
+    seed = cfg.seeds[0]
+    return [Job(dataset, m, shots, seed, task_runs / m / f"{shots}shots" / f"seed{seed}",
+                label=get_adapter_class(m).display_name or m)
+            for m in (list_adapters() if cfg.adapters is None else cfg.adapters) for shots in cfg.shots]
+
+
+def _adapter_table(rows, cfg: DemoConfig) -> dict:
+    """``{label: {shots: mean over tasks}}`` for zero-shot, the linear probe, the best CoOp variant (per task) and
+    each adapter, over the tasks where the label has a result at that shot count."""
+    from vlprompt.adapters import get_adapter_class
+
+    names = [get_adapter_class(m).display_name or m for m in (cfg.adapters or ())] if cfg.adapters is not None else None
+    by = {(r.dataset, r.label, r.shots): r.accuracy_mean for r in rows}
+    labels = sorted({r.label for r in rows if r.shots and (names is None or r.label in names)}
+                    - {*VARIANTS, LINEAR_PROBE})
+    table: dict[str, dict[int, float]] = {}
+    for k in cfg.shots:
+        cols = {ZERO_SHOT: [by.get((t, ZERO_SHOT, None)) for t in cfg.tasks],
+                LINEAR_PROBE: [by.get((t, LINEAR_PROBE, k)) for t in cfg.tasks],
+                "CoOp (best variant)": [max((by[(t, v, k)] for v in VARIANTS if (t, v, k) in by), default=None)
+                                        for t in cfg.tasks],
+                **{lbl: [by.get((t, lbl, k)) for t in cfg.tasks] for lbl in labels}}
+        for lbl, vals in cols.items():
+            got = [v for v in vals if v is not None]
+            if got:
+                table.setdefault(lbl, {})[k] = float(np.mean(got))
+    return table
 
 
 def _shift(targets, split_files: dict[str, Path], runs: Path, run: Path | None) -> tuple[Evaluation, ...]:
@@ -181,6 +221,7 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
         "summary": summary,
         "domain_shift": shift,
         "base2new": _base2new_table(b2n_jobs),
+        "adapters": _adapter_table(rows, cfg),
         "rows": [r.__dict__ for r in rows],
         "seconds": elapsed,
         "files": {"report": str(out / "report.md"), "curves": png},

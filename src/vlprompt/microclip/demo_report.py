@@ -99,6 +99,20 @@ def _shift_lines(results: dict) -> list[str]:
     return lines + [""]
 
 
+def _adapter_lines(results: dict) -> list[str]:
+    table = results.get("adapters") or {}
+    if len(table) <= 3:  # zero-shot, linear probe and CoOp only: no adapter ran
+        return []
+    shots = results["config"]["shots"]
+    lines = ["## Feature-space adapters", "",
+             "Top-1 accuracy averaged over the tasks, by shots. Adapters: the first seed only; CoOp (the best variant "
+             "per task) and the linear probe: mean over seeds; all on the same few-shot subsets and cached features.",
+             "", "| method | " + " | ".join(f"{k} shots" for k in shots) + " |", "|---|" + "---|" * len(shots)]
+    for label, per in table.items():
+        lines.append(f"| {label} | " + " | ".join(_fmt(per.get(k, per.get(str(k)))) for k in shots) + " |")
+    return lines + [""]
+
+
 def render_report(results: dict, rows) -> str:
     """The demo's ``report.md`` from ``results`` (see :func:`vlprompt.microclip.demo.run_demo`) and report rows."""
     cfg = results["config"]
@@ -116,6 +130,7 @@ def render_report(results: dict, rows) -> str:
         *_commentary(results),
         "",
         *_shift_lines(results),
+        *_adapter_lines(results),
         *base2new_lines(results),
         *claim_lines(results),
         "## Few-shot curves",
