@@ -104,7 +104,7 @@ def run_here(summary: BenchmarkSummary, cfg: BenchmarkConfig, progress: bool,
     from tqdm.auto import tqdm
 
     backbone = None  # built at the first job that runs, then shared by the whole grid (it stays frozen)
-    bar = tqdm(summary.jobs, desc=desc or f"benchmark ({cfg.protocol})", unit="run", disable=not progress)
+    bar = tqdm(summary.runnable(), desc=desc or f"benchmark ({cfg.protocol})", unit="run", disable=not progress)
     for job in bar:
         if job.done:
             summary.skipped.append(job)
@@ -151,8 +151,8 @@ def run_pool(summary: BenchmarkSummary, cfg: BenchmarkConfig, workers: int, prog
 
     from tqdm.auto import tqdm
 
-    todo = [job for job in summary.jobs if not job.done]
-    summary.skipped.extend(job for job in summary.jobs if job.done)
+    todo = [job for job in summary.runnable() if not job.done]
+    summary.skipped.extend(job for job in summary.runnable() if job.done)
     results: dict[int, tuple[dict | None, str | None]] = {}
     with tqdm(total=len(todo), desc=desc, unit="run", disable=not progress) as bar, \
             ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_worker_init) as pool:
@@ -218,8 +218,8 @@ def run_submitit(summary: BenchmarkSummary, cfg: BenchmarkConfig, executor: Exec
                   on_result: Callable[[Job, dict | None, str | None], None] | None) -> None:
     """A cluster executor: the unfinished jobs as one submitit job array, each :class:`GridJob`; wait for all."""
     submitit = require_submitit(executor.kind)
-    todo = [job for job in summary.jobs if not job.done]
-    summary.skipped.extend(job for job in summary.jobs if job.done)
+    todo = [job for job in summary.runnable() if not job.done]
+    summary.skipped.extend(job for job in summary.runnable() if job.done)
     if not todo:  # nothing to submit
         return
     folder = Path(executor.folder) if executor.folder else Path(cfg.out) / SUBMITIT_DIR

@@ -18,13 +18,24 @@ _logger = logging.getLogger(__name__)
 
 @dataclass
 class BenchmarkSummary:
-    """What :func:`run_benchmark` did: finished runs, skipped (already finished) runs, failures, the report."""
+    """What :func:`run_benchmark` did: finished runs, skipped (already finished) runs, failures, the report.
+
+    ``missing``: the datasets that could not be found (:func:`missing_datasets`) → why, the message naming the
+    folder and the fix; their unfinished jobs are ``not_started``, and are also in ``failed`` with that message.
+    """
 
     jobs: list[Job]
     ran: list[Job] = field(default_factory=list)
     skipped: list[Job] = field(default_factory=list)
     failed: list[tuple[Job, str]] = field(default_factory=list)
     report: dict | None = None
+    missing: dict[str, str] = field(default_factory=dict)
+    not_started: list[Job] = field(default_factory=list)
+
+    def runnable(self) -> list[Job]:
+        """The jobs an executor is given (finished ones included, to be counted as skipped): all but the
+        ``not_started``."""
+        return [j for j in self.jobs if j not in self.not_started]
 
 
 def job_recipe(job: Job, cfg: BenchmarkConfig) -> dict | None:
@@ -140,6 +151,20 @@ def run_job(job: Job, cfg: BenchmarkConfig, backbone=None) -> dict:
     return {**metrics, "evaluations": accuracies}
 
 
+def missing_datasets(jobs: list[Job], root: str | None) -> dict[str, str]:
+    """The datasets of the unfinished ``jobs`` whose folder or file is missing → the error message
+    (:func:`vlprompt.data.check_dataset`: the layout is checked, nothing is read), in plan order."""
+    from vlprompt.data import check_dataset
+
+    out = {}
+    for dataset in dict.fromkeys(j.dataset for j in jobs if not j.done):
+        try:
+            check_dataset(dataset, root)
+        except VLPromptError as e:
+            out[dataset] = str(e)
+    return out
+
+
 def dataset_template(dataset: str, root: str | None) -> str:
     """The hand-crafted zero-shot template of a benchmark (custom data: the template its loader reports)."""
     from vlprompt.data import get_templates, load_dataset
@@ -159,4 +184,5 @@ def build_backbone(cfg: BenchmarkConfig):
     return create_backbone(cfg.backbone, cfg.pretrained, device=device, precision=cfg.train.precision)
 
 
-__all__ = ["BenchmarkSummary", "build_backbone", "dataset_template", "describe", "job_recipe", "run_job"]
+__all__ = ["BenchmarkSummary", "build_backbone", "dataset_template", "describe", "job_recipe", "missing_datasets",
+           "run_job"]
