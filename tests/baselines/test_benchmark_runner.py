@@ -134,6 +134,6 @@ def test_a_failed_run_does_not_stop_the_grid(bench, tmp_path, capsys):
                  str(tmp_path / "r"), "--backbone", "vlp-tiny-rn", "--pretrained", "random", "--device", "cpu", "--no-report"]) == 1
     captured = capsys.readouterr()
     assert "2 runs: 1 ran, 0 already finished, 1 failed" in captured.out
-    assert "failed: eurosat/zeroshot" in captured.err and "eurosat" in captured.err
+    assert "not started: dataset eurosat (1 run(s)): " in captured.err and "(1 not started: missing eurosat)" in captured.out
     assert (tmp_path / "r" / "dtd" / "zeroshot" / "metrics.json").exists()
     assert not (tmp_path / "r" / "results.md").exists()

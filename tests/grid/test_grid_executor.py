@@ -154,15 +154,17 @@ def test_a_killed_job_is_reported_the_others_finish_and_the_same_command_resumes
 
 
 def test_a_failed_job_is_reported_with_its_error_and_the_others_finish(data, tmp_path, capsys):
-    """One dataset is missing: its job fails inside its submitit process with the data error the local loop
-    reports; the other job finishes."""
+    """One dataset is missing: found before anything is submitted (one warning naming its folder, as the local loop
+    gives), its job is not submitted; the other job finishes in its submitit process."""
     code, out, err = benchmark(capsys, *_argv(data, tmp_path, "--executor", "submitit-local", "--no-report",
                                               methods="coop", datasets="dtd,oxford_pets"))
     assert code == 1 and "2 runs: 1 ran, 0 already finished, 1 failed" in out
+    assert "(1 not started: missing oxford_pets)" in out
     assert (tmp_path / "dtd/coop/1shots/seed1/metrics.json").exists()
-    failed = [line for line in err.splitlines() if line.startswith("failed: ")]
-    assert len(failed) == 1 and failed[0].startswith("failed: oxford_pets/coop/1shots/seed1: ")
-    assert str(data / "oxford_pets") in failed[0]  # the error names the missing folder
+    assert not [line for line in err.splitlines() if line.startswith("failed: ")]
+    lines = [line for line in err.splitlines() if str(data / "oxford_pets") in line]  # the error names the folder
+    assert len(lines) == 1 and lines[0].startswith("not started: dataset oxford_pets (1 run(s)): ")
+    assert not (tmp_path / "oxford_pets").exists()  # nothing was submitted for it
 
 
 def test_a_crashed_job_is_summarised_from_its_remote_traceback(tmp_path):

@@ -174,12 +174,17 @@ def run(args: argparse.Namespace) -> int:
 
     summary = run_benchmark(cfg, progress=args.executor == "local", report=args.report, on_result=on_result,
                             executor=executor)
+    missing = f" ({len(summary.not_started)} not started: missing {', '.join(summary.missing)})" if summary.missing else ""
     print(f"{len(summary.jobs)} runs: {len(summary.ran)} ran, {len(summary.skipped)} already finished, "
-          f"{len(summary.failed)} failed")
+          f"{len(summary.failed)} failed{missing}")
     if summary.report:
         print(summary.report["markdown"])
         for kind, path in summary.report["files"].items():
             print(f"wrote {kind}: {path}", file=sys.stderr)
+    for dataset, why in summary.missing.items():  # one line per missing dataset, not one per run
+        runs = sum(j.dataset == dataset for j in summary.not_started)
+        print(f"not started: dataset {dataset} ({runs} run(s)): {why}", file=sys.stderr)
     for job, error in summary.failed:
-        print(f"failed: {job}: {error}", file=sys.stderr)
+        if job not in summary.not_started:
+            print(f"failed: {job}: {error}", file=sys.stderr)
     return 1 if summary.failed else 0

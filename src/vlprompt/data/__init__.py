@@ -14,7 +14,7 @@ Typical use::
 from vlprompt.data.benchmarks import BENCHMARKS, IMAGENET_FAMILY, Benchmark, get_benchmark, list_datasets
 from vlprompt.data.fewshot import apply_few_shot, sample_few_shot, sample_few_shot_coop, subsample_classes
 from vlprompt.data.images import check_images, load_image
-from vlprompt.data.load import load_dataset
+from vlprompt.data.load import check_dataset, load_dataset
 from vlprompt.data.records import DatasetSplits, Sample
 from vlprompt.data.templates import (
     CUSTOM_TEMPLATES,
@@ -33,6 +33,7 @@ __all__ = [
     "DatasetSplits",
     "Sample",
     "apply_few_shot",
+    "check_dataset",
     "check_images",
     "get_benchmark",
     "get_templates",

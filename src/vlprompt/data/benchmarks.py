@@ -84,6 +84,10 @@ class Benchmark:
         name_from_path: that rule as a function of the stored relative path, when it depends only on the path
             (``vlprompt datasets check`` uses it to verify split files); ``None`` otherwise.
         test_only: train/val are empty (the ImageNet variants).
+        coop_epochs: the official CoOp ``MAX_EPOCH`` on this benchmark for every shot count, where it is not the
+            per-shot-count default (ImageNet: 50, ``CoOp:COOP.md`` runs its ``*_ep50`` configs for every shot count);
+            ``None``: by the shot count. The dataset default of the recipe resolver
+            (:func:`vlprompt.engine.recipe.coop_epochs`).
     """
 
     name: str
@@ -100,6 +104,7 @@ class Benchmark:
     classname_rule: str
     name_from_path: Callable[[str], str] | None = None
     test_only: bool = False
+    coop_epochs: int | None = None
 
 
 def _split_source(files: str, link: str) -> str:
@@ -119,6 +124,7 @@ BENCHMARKS: dict[str, Benchmark] = {
             f"ILSVRC2012 train and val (val sorted into <wnid>/ folders) from https://image-net.org into "
             f"imagenet/images/{{train,val}}; {_IMAGENET_NAMES} (CoOp {_DATASETS_MD})",
             "classnames.txt lines '<wnid> <name>'; labels = sorted wnid folders; val = test = official val",
+            coop_epochs=50,
         ),
         Benchmark(
             "caltech101", "Caltech101", "caltech-101", "101_ObjectCategories", "split_json",
@@ -231,6 +237,13 @@ IMAGENET_FAMILY = ("imagenet", "imagenetv2", "imagenet_sketch", "imagenet_a", "i
 def list_datasets() -> list[str]:
     """Names of the built-in benchmarks, in the order of the CoOp paper (ImageNet first, then the variants)."""
     return list(BENCHMARKS)
+
+
+def benchmark_epochs(dataset: str | None) -> int | None:
+    """:attr:`Benchmark.coop_epochs` of the benchmark called ``dataset`` (its ``DatasetSplits.name``); ``None`` for
+    another dataset or a benchmark without its own epoch count."""
+    b = BENCHMARKS.get(dataset) if dataset is not None else None
+    return b.coop_epochs if b is not None else None
 
 
 def get_benchmark(name: str) -> Benchmark:

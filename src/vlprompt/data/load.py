@@ -6,10 +6,10 @@ import logging
 import os
 from dataclasses import replace
 
-from vlprompt.data.benchmarks import list_datasets
+from vlprompt.data.benchmarks import get_benchmark, list_datasets
 from vlprompt.data.csv_reader import read_csv
 from vlprompt.data.custom import read_classnames_file, read_folder
-from vlprompt.data.readers import load_benchmark
+from vlprompt.data.readers import check_layout, load_benchmark
 from vlprompt.data.records import DatasetSplits, Sample
 from vlprompt.data.splitfile import classnames_from_records, file_sha256, read_split_file
 from vlprompt.errors import DataError
@@ -61,6 +61,32 @@ def _rename(splits: DatasetSplits, classnames_file: str) -> DatasetSplits:
     return replace(splits, classnames=names, train=re(splits.train), val=val, test=test, info=info)
 
 
+def _custom_path(spec: str, prefix: str, root: str | None) -> str:
+    """The path of a custom spec (``folder:PATH`` …), relative paths resolved against ``root``."""
+    path = os.path.expanduser(spec[len(prefix):])
+    if not path:
+        raise DataError(f"dataset {spec!r}: give a path after {prefix!r}")
+    return os.path.join(root, path) if root and not os.path.isabs(path) else path
+
+
+def check_dataset(spec: str, root: str | None = None) -> None:
+    """Check that the folder or file ``spec`` is read from exists, without reading it: the benchmark's layout
+    (:func:`vlprompt.data.readers.check_layout`: data root, dataset and image folders, required files, split file),
+    or a custom spec's path. A grid calls it once per dataset before any run starts, so a missing folder is one
+    error rather than one per run.
+
+    Raises:
+        DataError: what :func:`load_dataset` would raise for the missing folder or file (same message).
+    """
+    for prefix in CUSTOM_PREFIXES:
+        if spec.startswith(prefix):
+            if not os.path.exists(_custom_path(spec, prefix, root)):
+                load_dataset(spec, root)  # its reader refuses the missing path first, with its own message
+                raise DataError(f"dataset {spec!r}: {_custom_path(spec, prefix, root)!r} does not exist")
+            return
+    check_layout(get_benchmark(spec), root)
+
+
 def load_dataset(
     spec: str,
     root: str | None = None,
@@ -93,11 +119,7 @@ def load_dataset(
     """
     for prefix in CUSTOM_PREFIXES:
         if spec.startswith(prefix):
-            path = os.path.expanduser(spec[len(prefix):])
-            if not path:
-                raise DataError(f"dataset {spec!r}: give a path after {prefix!r}")
-            if root and not os.path.isabs(path):
-                path = os.path.join(root, path)
+            path = _custom_path(spec, prefix, root)
             if prefix == "folder:":
                 return read_folder(path, classnames_file=classnames_file, split_seed=split_seed, strict=strict)
             if prefix == "csv:":
@@ -109,4 +131,4 @@ def load_dataset(
     return _rename(splits, classnames_file) if classnames_file else splits
 
 
-__all__ = ["load_dataset", "list_datasets", "read_split_spec"]
+__all__ = ["check_dataset", "list_datasets", "load_dataset", "read_split_spec"]

@@ -152,6 +152,37 @@ def _read_split_json(b: Benchmark, ddir: str, image_dir: str, allow_outside_root
     return train, val, test, {"split_file": b.split_file, "split_sha256": extra["sha256"]}
 
 
+def check_layout(b: Benchmark, root: str | None) -> tuple[str, str, str]:
+    """Check that ``root`` holds ``b``'s folders and required files, without listing or reading any of them.
+
+    Cheap enough to run once per dataset before a grid starts (:func:`vlprompt.data.load.check_dataset`).
+
+    Returns:
+        ``(root, dataset folder, image folder)``, absolute.
+
+    Raises:
+        DataError: ``root`` is not given or missing, or a folder or file of the layout is missing (the message
+            names it and where to get it).
+    """
+    if not root:
+        raise DataError(f"{b.official_name}: a data root is required (--root DIR, the folder that holds "
+                        f"{b.dataset_dir}/)")
+    root = os.path.abspath(os.path.expanduser(root))
+    if not os.path.isdir(root):
+        raise DataError(f"data root {root!r} does not exist; pass the folder that holds {b.dataset_dir}/ as --root")
+    ddir = os.path.join(root, b.dataset_dir)
+    if not os.path.isdir(ddir):
+        raise _missing(b, "dataset folder", ddir)
+    image_dir = os.path.join(ddir, b.image_dir) if b.image_dir else ddir
+    if not os.path.isdir(image_dir):
+        raise _missing(b, "image folder", image_dir)
+    for req in (*b.required, *((b.split_file,) if b.reader == "split_json" else ())):
+        if not os.path.exists(os.path.join(ddir, req)):
+            raise _missing(b, "split file" if req == b.split_file else "file" if "." in req else "folder",
+                           os.path.join(ddir, req))
+    return root, ddir, image_dir
+
+
 def load_benchmark(name: str, root: str | None, *, allow_outside_root: bool = False, strict: bool = False,
                    check_first: bool = True) -> DatasetSplits:
     """Read a benchmark from ``root`` (the ``$DATA`` folder) in its official layout.
@@ -171,22 +202,7 @@ def load_benchmark(name: str, root: str | None, *, allow_outside_root: bool = Fa
             not in the official format.
     """
     b = get_benchmark(name)
-    if not root:
-        raise DataError(f"{b.official_name}: a data root is required (--root DIR, the folder that holds "
-                        f"{b.dataset_dir}/)")
-    root = os.path.abspath(os.path.expanduser(root))
-    if not os.path.isdir(root):
-        raise DataError(f"data root {root!r} does not exist; pass the folder that holds {b.dataset_dir}/ as --root")
-    ddir = os.path.join(root, b.dataset_dir)
-    if not os.path.isdir(ddir):
-        raise _missing(b, "dataset folder", ddir)
-    image_dir = os.path.join(ddir, b.image_dir) if b.image_dir else ddir
-    if not os.path.isdir(image_dir):
-        raise _missing(b, "image folder", image_dir)
-    for req in b.required:
-        if not os.path.exists(os.path.join(ddir, req)):
-            raise _missing(b, "file" if "." in req else "folder", os.path.join(ddir, req))
-
+    root, ddir, image_dir = check_layout(b, root)
     if b.reader == "split_json":
         train, val, test, info = _read_split_json(b, ddir, image_dir, allow_outside_root, strict)
     else:

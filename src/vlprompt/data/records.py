@@ -22,9 +22,10 @@ class Sample:
     classname: str
 
 
-@dataclass
+@dataclass(frozen=True)
 class DatasetSplits:
-    """A dataset's train/val/test records and metadata.
+    """A dataset's train/val/test records and metadata; frozen: a step that changes them (few-shot sampling, class
+    subsampling, renaming) derives new splits with :func:`dataclasses.replace`.
 
     Attributes:
         name: dataset name (benchmark name, or ``folder``/``csv``/``split`` for custom data).
@@ -63,8 +64,8 @@ class DatasetSplits:
         recorded = {"val_is_test": bool(self.info.get("val_is_test", False)),
                     "sampler": self.info.get("sampler", "pure"), "benchmark": self.info.get("benchmark") or None}
         for name, value in recorded.items():
-            if getattr(self, name) is None:
-                setattr(self, name, value)
+            if getattr(self, name) is None:  # filled once at construction (frozen afterwards)
+                object.__setattr__(self, name, value)
             elif name in self.info and getattr(self, name) != value:
                 raise ValueError(f"DatasetSplits({self.name!r}): {name}={getattr(self, name)!r} but info records "
                                  f"{self.info[name]!r}; give one value (a reader bug).")

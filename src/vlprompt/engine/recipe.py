@@ -1,7 +1,8 @@
 """Each method's official training recipe, resolved once, in the library (``docs/recipes.md``).
 
-The precedence is: the user's value > the method's own official recipe > CoOp's default for the shot count and
-dataset. :func:`resolve_train_config` applies it; :func:`vlprompt.engine.run.train_run` calls it before training,
+The precedence is: the user's value > the method's own official recipe > the dataset default (CoOp's epochs for
+the shot count, or the benchmark's own: :func:`coop_epochs`, a typed property of the benchmark's metadata, never a
+name compared in the engine). :func:`resolve_train_config` applies it; :func:`vlprompt.engine.run.train_run` calls it before training,
 so the Python API and ``vlprompt train`` train with the same settings, and ``config.json`` records the resolved
 values.
 
@@ -28,7 +29,6 @@ import logging
 from dataclasses import replace
 
 from vlprompt.engine.config import TrainConfig
-from vlprompt.engine.schedule import default_epochs
 from vlprompt.errors import ConfigError
 
 _logger = logging.getLogger(__name__)
@@ -40,13 +40,35 @@ RECIPE_FIELDS = ("epochs", "batch_size")
 COOP_BATCH_SIZE = 32
 
 
+def coop_epochs(shots: int | None, dataset: str | None = None) -> int:
+    """CoOp's ``MAX_EPOCH``, the default of a method without its own epochs: the dataset's own count where its
+    benchmark has one (:attr:`vlprompt.data.Benchmark.coop_epochs`: ImageNet 50 for every shot count), else by the
+    shot count (``CoOp:COOP.md``): 50 for 1 shot, 100 for 2–4, 200 for 8–16 and for all images.
+
+    Args:
+        shots: images per class (``None`` or 0: all training images).
+        dataset: the dataset's name (``DatasetSplits.name``).
+    """
+    from vlprompt.data.benchmarks import benchmark_epochs
+
+    own = benchmark_epochs(dataset)
+    if own is not None:
+        return own
+    if shots is not None and 0 < shots <= 1:
+        return 50
+    if shots is not None and 0 < shots <= 4:
+        return 100
+    return 200
+
+
 def method_recipe(method: str, shots: int | None = None, dataset: str | None = None) -> dict[str, int]:
     """The official ``{"epochs", "batch_size"}`` of ``method`` for ``shots`` images per class on ``dataset``.
 
     Args:
         method: a registered prompt-learning method (``coop``, ``cocoop``, ``kgcoop``, …).
         shots: images per class (``None`` or 0: all training images).
-        dataset: the dataset's name (``DatasetSplits.name``; ``imagenet`` changes CoOp's epoch count).
+        dataset: the dataset's name (``DatasetSplits.name``; a benchmark with its own epoch count, ImageNet,
+            changes CoOp's: :func:`coop_epochs`).
 
     Raises:
         ConfigError: an unknown method, or a method whose ``recipe`` sets other fields than :data:`RECIPE_FIELDS`.
@@ -59,7 +81,7 @@ def method_recipe(method: str, shots: int | None = None, dataset: str | None = N
     if extra:
         raise ConfigError(f"method '{method}' ({cls.__name__}.recipe) sets {extra}; a method's recipe may only set "
                           f"{', '.join(RECIPE_FIELDS)} (the other settings are TrainConfig defaults).")
-    base = {"epochs": default_epochs(shots, dataset), "batch_size": COOP_BATCH_SIZE}
+    base = {"epochs": coop_epochs(shots, dataset), "batch_size": COOP_BATCH_SIZE}  # the dataset default
     return {**base, **own}
 
 
@@ -120,5 +142,5 @@ def method_template(method: str, dataset: str | None, dataset_template: str) -> 
     return dataset_template
 
 
-__all__ = ["RECIPE_FIELDS", "COOP_BATCH_SIZE", "method_recipe", "resolve_train_config", "train_drop_last",
+__all__ = ["RECIPE_FIELDS", "COOP_BATCH_SIZE", "coop_epochs", "method_recipe", "resolve_train_config", "train_drop_last",
            "steps_per_epoch", "method_template"]

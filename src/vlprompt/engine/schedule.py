@@ -20,11 +20,9 @@ def coop_lr(epoch: int, max_epoch: int, base_lr: float = 0.002, warmup_epochs: i
 
 
 def default_epochs(shots: int | None, dataset: str | None = None) -> int:
-    """Official MAX_EPOCH: 50 for 1 shot, 100 for 2–4, 200 for 8–16 (and all data); 50 for ImageNet always."""
-    if dataset == "imagenet":
-        return 50
-    if shots is not None and 0 < shots <= 1:
-        return 50
-    if shots is not None and 0 < shots <= 4:
-        return 100
-    return 200
+    """Official CoOp MAX_EPOCH: 50 for 1 shot, 100 for 2–4, 200 for 8–16 (and all data); a benchmark with its own
+    count (ImageNet: 50 always) takes that. Kept for existing callers: the recipe resolver's
+    :func:`vlprompt.engine.recipe.coop_epochs`, which owns the rule."""
+    from vlprompt.engine.recipe import coop_epochs
+
+    return coop_epochs(shots, dataset)

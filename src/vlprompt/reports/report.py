@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,8 @@ def _split_transfer(records: list[RunRecord]) -> tuple[list[Row], list[TransferR
     return rows, transfer(rows if len(fewshot) == len(own) else aggregate(own), records)
 
 
-def write_report(runs_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+def write_report(runs_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None, *,
+                 missing_datasets: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Aggregate every finished run under ``runs_dir`` and write the report into ``out_dir``.
 
     Writes ``results.md`` (one table per dataset, the average over datasets, base-to-new when present, the
@@ -46,6 +48,9 @@ def write_report(runs_dir: str | os.PathLike, out_dir: str | os.PathLike | None 
     Args:
         runs_dir: folder searched recursively for run folders (``config.json`` + ``metrics.json``).
         out_dir: where to write; defaults to ``runs_dir``.
+        missing_datasets: datasets whose runs were not started because their folder is missing → why (a grid's
+            :attr:`~vlprompt.runs.jobs.BenchmarkSummary.missing`); named under the report's first line and in
+            ``results.json`` (``"missing_datasets"``).
 
     Returns:
         ``{"num_runs", "num_unfinished", "num_invalid", "rows", "base_to_new", "transfer", "files", "markdown"}``; rows are
@@ -66,6 +71,7 @@ def write_report(runs_dir: str | os.PathLike, out_dir: str | os.PathLike | None 
     intro = [f"{len(scan.records)} finished runs read from `{runs_dir}`."]
     if scan.unfinished or scan.invalid:
         intro[0] += f" Skipped: {len(scan.unfinished)} unfinished, {len(scan.invalid)} unreadable."
+    intro += [f"Not run: dataset `{name}` is missing: {why}" for name, why in (missing_datasets or {}).items()]
     intro.append("")
     files = write_tables(rows, out, intro, moved)
     png = plot_fewshot_curves(rows, out / "fewshot_curves.png")
@@ -80,6 +86,7 @@ def write_report(runs_dir: str | os.PathLike, out_dir: str | os.PathLike | None 
         "rows": [asdict(r) for r in rows],
         "base_to_new": [asdict(r) for r in base_to_new(rows)],
         "transfer": [asdict(r) for r in moved],
+        "missing_datasets": dict(missing_datasets or {}),
     }
     atomic_write_json(files["json"], summary)
     logger.info("report written to %s (%d runs, %d rows)", out, len(scan.records), len(rows))

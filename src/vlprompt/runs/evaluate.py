@@ -56,16 +56,18 @@ def zeroshot_run(spec: RunSpec, templates: list[str], progress: bool = False, ba
     return metrics
 
 
-def eval_run(run_dir: str, spec: RunSpec, progress: bool = False) -> dict:
+def eval_run(run_dir: str, spec: RunSpec, progress: bool = False, *, backbone=None) -> dict:
     """Evaluate the prompt saved in ``run_dir`` on the test split of ``spec.dataset``; writes ``spec.out``.
 
+    ``backbone`` reuses a built one (a grid's: the prompt's own backbone in fp32, which the identity check of
+    :func:`~vlprompt.engine.checkpoint.load_learner` verifies); ``None`` builds it from the run folder's record.
     Launched with torchrun, the ranks share the feature extraction and only rank 0 writes ``spec.out``.
     """
     with open_execution(P.resolve_device(spec.device)) as ex:
-        return _eval(run_dir, spec, progress and ex.is_main, ex)
+        return _eval(run_dir, spec, progress and ex.is_main, ex, backbone)
 
 
-def _eval(run_dir: str, spec: RunSpec, progress: bool, ex: Execution) -> dict:
+def _eval(run_dir: str, spec: RunSpec, progress: bool, ex: Execution, backbone=None) -> dict:
     from vlprompt.api import PromptClassifier
 
     src = TS.read_json(Path(run_dir) / "config.json") if (Path(run_dir) / "config.json").exists() else {}
@@ -75,7 +77,7 @@ def _eval(run_dir: str, spec: RunSpec, progress: bool, ex: Execution) -> dict:
                           classnames_file=spec.classnames_file, strict=spec.strict,
                           allow_outside_root=spec.allow_outside_root)
     clf = PromptClassifier.load(run_dir, device=device, classnames=data.splits.classnames,
-                                pretrained=spec.pretrained, execution=ex)
+                                pretrained=spec.pretrained, execution=ex, backbone=backbone)
     spec = replace(spec, method=clf.method, backbone=clf.backbone.name)  # a derived copy: see RunSpec
     out = ex.on_main(prepare_out, spec.out, spec.overwrite)  # after the inputs are validated: no folder on failure
     config = {**base_config(spec, data, clf.backbone, None, src.get("label", clf.method)),

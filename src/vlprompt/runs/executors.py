@@ -23,7 +23,7 @@ from typing import Any
 
 from vlprompt.errors import ConfigError, VLPromptError
 from vlprompt.runs.grid import BenchmarkConfig, Job
-from vlprompt.runs.jobs import BenchmarkSummary, build_backbone, run_job
+from vlprompt.runs.jobs import Backbones, BenchmarkSummary, run_job
 
 _logger = logging.getLogger(__name__)
 
@@ -103,17 +103,18 @@ def run_here(summary: BenchmarkSummary, cfg: BenchmarkConfig, progress: bool,
     """The ``local`` executor: every unfinished job in this process, in plan order, sharing one backbone."""
     from tqdm.auto import tqdm
 
-    backbone = None  # built at the first job that runs, then shared by the whole grid (it stays frozen)
-    bar = tqdm(summary.jobs, desc=desc or f"benchmark ({cfg.protocol})", unit="run", disable=not progress)
+    backbones = Backbones()  # each built at the first job that needs it, then shared by the whole grid (frozen)
+    backbone = None
+    bar = tqdm(summary.runnable(), desc=desc or f"benchmark ({cfg.protocol})", unit="run", disable=not progress)
     for job in bar:
         if job.done:
             summary.skipped.append(job)
             continue
         bar.set_postfix_str(str(job))
         if backbone is None:  # a backbone that cannot be built fails the whole grid: let the error through
-            backbone = build_backbone(cfg)
+            backbone = backbones.get(cfg)
         try:
-            metrics = run_job(job, cfg, backbone)
+            metrics = run_job(job, cfg, backbone, backbones=backbones)
         except VLPromptError as e:
             record(summary, job, None, str(e), on_result)
             if cfg.fail_fast:
@@ -123,7 +124,8 @@ def run_here(summary: BenchmarkSummary, cfg: BenchmarkConfig, progress: bool,
     bar.close()
 
 
-_PROCESS_BACKBONES: dict[tuple, Any] = {}
+#: The backbones of a worker process of :func:`run_pool`, shared by the jobs it runs.
+_PROCESS_BACKBONES = Backbones()
 
 
 def _worker_init() -> None:
@@ -135,11 +137,8 @@ def _worker_init() -> None:
 
 def _pool_job(job: Job, cfg: BenchmarkConfig) -> tuple[dict | None, str | None]:
     """One job in a worker process of :func:`run_jobs`: :func:`run_job` on the process's own backbone."""
-    key = (cfg.backbone, cfg.pretrained, cfg.device, cfg.train.precision)
-    if key not in _PROCESS_BACKBONES:
-        _PROCESS_BACKBONES[key] = build_backbone(cfg)
     try:
-        return run_job(job, cfg, _PROCESS_BACKBONES[key]), None
+        return run_job(job, cfg, _PROCESS_BACKBONES.get(cfg), backbones=_PROCESS_BACKBONES), None
     except VLPromptError as e:
         return None, str(e)
 
@@ -151,8 +150,8 @@ def run_pool(summary: BenchmarkSummary, cfg: BenchmarkConfig, workers: int, prog
 
     from tqdm.auto import tqdm
 
-    todo = [job for job in summary.jobs if not job.done]
-    summary.skipped.extend(job for job in summary.jobs if job.done)
+    todo = [job for job in summary.runnable() if not job.done]
+    summary.skipped.extend(job for job in summary.runnable() if job.done)
     results: dict[int, tuple[dict | None, str | None]] = {}
     with tqdm(total=len(todo), desc=desc, unit="run", disable=not progress) as bar, \
             ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_worker_init) as pool:
@@ -182,7 +181,8 @@ class GridJob:
     def __call__(self, job: Job, cfg: BenchmarkConfig) -> tuple[dict | None, str | None]:
         """Run ``job`` (resuming its run folder if it holds an unfinished run of the same configuration)."""
         try:
-            return run_job(job, cfg, build_backbone(cfg)), None
+            backbones = Backbones()  # one cluster job, one process: its evaluations share these
+            return run_job(job, cfg, backbones.get(cfg), backbones=backbones), None
         except VLPromptError as e:
             return None, str(e)
 
@@ -218,8 +218,8 @@ def run_submitit(summary: BenchmarkSummary, cfg: BenchmarkConfig, executor: Exec
                   on_result: Callable[[Job, dict | None, str | None], None] | None) -> None:
     """A cluster executor: the unfinished jobs as one submitit job array, each :class:`GridJob`; wait for all."""
     submitit = require_submitit(executor.kind)
-    todo = [job for job in summary.jobs if not job.done]
-    summary.skipped.extend(job for job in summary.jobs if job.done)
+    todo = [job for job in summary.runnable() if not job.done]
+    summary.skipped.extend(job for job in summary.runnable() if job.done)
     if not todo:  # nothing to submit
         return
     folder = Path(executor.folder) if executor.folder else Path(cfg.out) / SUBMITIT_DIR

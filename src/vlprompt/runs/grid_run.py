@@ -20,7 +20,7 @@ from pathlib import Path
 
 from vlprompt import __version__
 from vlprompt._io import atomic_write_json
-from vlprompt.errors import ArtifactError, ConfigError
+from vlprompt.errors import ArtifactError, ConfigError, DataError
 from vlprompt.runs.executors import (  # noqa: F401 (re-exported: the grid's public names stay importable here)
     EXECUTORS,
     ExecutorConfig,
@@ -31,7 +31,14 @@ from vlprompt.runs.executors import (  # noqa: F401 (re-exported: the grid's pub
     run_submitit,
 )
 from vlprompt.runs.grid import BenchmarkConfig, Job, plan
-from vlprompt.runs.jobs import BenchmarkSummary, dataset_template, describe, job_recipe, run_job  # noqa: F401
+from vlprompt.runs.jobs import (  # noqa: F401
+    BenchmarkSummary,
+    dataset_template,
+    describe,
+    job_recipe,
+    missing_datasets,
+    run_job,
+)
 
 _logger = logging.getLogger(__name__)
 
@@ -90,6 +97,24 @@ def _diff(have: dict, want: dict, prefix: str = "") -> list[str]:
     return out
 
 
+def set_aside_missing(summary: BenchmarkSummary, cfg: BenchmarkConfig) -> None:
+    """Check each dataset of the unfinished jobs once before any runs (:func:`missing_datasets`): the jobs of a
+    missing one are not started (``summary.not_started``, and ``failed`` with the dataset's message), with one
+    warning per dataset instead of one failure per run; the other datasets' jobs run.
+
+    Raises:
+        DataError: a dataset is missing and ``cfg.fail_fast`` (nothing has run).
+    """
+    summary.missing = missing_datasets(summary.jobs, cfg.root)
+    for dataset, why in summary.missing.items():
+        if cfg.fail_fast:
+            raise DataError(why)
+        jobs = [j for j in summary.jobs if j.dataset == dataset and not j.done]
+        summary.not_started += jobs
+        summary.failed += [(j, why) for j in jobs]
+        _logger.warning("dataset %s is missing, its %d unfinished run(s) are not started: %s", dataset, len(jobs), why)
+
+
 def run_benchmark(
     cfg: BenchmarkConfig,
     *,
@@ -109,11 +134,13 @@ def run_benchmark(
         executor: where the jobs run (``None``: ``local``, in this process); see the module docstring.
 
     Returns:
-        The :class:`BenchmarkSummary`; failed runs (a :class:`VLPromptError`, e.g. a missing dataset; on a cluster
-        also a job that crashed or was killed) are listed there and the grid goes on, unless ``cfg.fail_fast``.
+        The :class:`BenchmarkSummary`; failed runs (a :class:`VLPromptError`; on a cluster also a job that crashed
+        or was killed) are listed there and the grid goes on, unless ``cfg.fail_fast``. A missing dataset is found
+        before anything runs (:func:`set_aside_missing`): its runs are not started, the others run.
 
     Raises:
         ConfigError: a cluster executor without submitit installed (before anything is submitted).
+        DataError: a missing dataset with ``cfg.fail_fast``.
     """
     executor = executor or ExecutorConfig()
     if EXECUTORS[executor.kind] is not None:
@@ -124,6 +151,7 @@ def run_benchmark(
         require_tensorboard()
     check_settings(cfg)
     summary = BenchmarkSummary(plan(cfg))
+    set_aside_missing(summary, cfg)
     if EXECUTORS[executor.kind] is None:
         run_here(summary, cfg, progress, on_result)
     else:
@@ -133,7 +161,7 @@ def run_benchmark(
     if report and (summary.ran or summary.skipped):
         from vlprompt.reports import write_report
 
-        summary.report = write_report(cfg.out)
+        summary.report = write_report(cfg.out, missing_datasets=summary.missing)
     return summary
 
 
@@ -161,6 +189,7 @@ def run_jobs(
         The :class:`BenchmarkSummary` (``failed``: the jobs that raised a :class:`VLPromptError`).
     """
     summary = BenchmarkSummary(list(jobs))
+    set_aside_missing(summary, cfg)
     if workers <= 0:
         run_here(summary, cfg, progress, on_result, desc=desc)
     else:
@@ -169,4 +198,5 @@ def run_jobs(
 
 
 __all__ = ["EXECUTORS", "SETTINGS_FILE", "BenchmarkSummary", "ExecutorConfig", "GridJob", "check_settings",
-           "dataset_template", "describe", "job_recipe", "require_submitit", "run_benchmark", "run_job", "run_jobs"]
+           "dataset_template", "describe", "job_recipe", "missing_datasets", "require_submitit", "run_benchmark", "run_job",
+           "run_jobs", "set_aside_missing"]

@@ -18,13 +18,24 @@ _logger = logging.getLogger(__name__)
 
 @dataclass
 class BenchmarkSummary:
-    """What :func:`run_benchmark` did: finished runs, skipped (already finished) runs, failures, the report."""
+    """What :func:`run_benchmark` did: finished runs, skipped (already finished) runs, failures, the report.
+
+    ``missing``: the datasets that could not be found (:func:`missing_datasets`) → why, the message naming the
+    folder and the fix; their unfinished jobs are ``not_started``, and are also in ``failed`` with that message.
+    """
 
     jobs: list[Job]
     ran: list[Job] = field(default_factory=list)
     skipped: list[Job] = field(default_factory=list)
     failed: list[tuple[Job, str]] = field(default_factory=list)
     report: dict | None = None
+    missing: dict[str, str] = field(default_factory=dict)
+    not_started: list[Job] = field(default_factory=list)
+
+    def runnable(self) -> list[Job]:
+        """The jobs an executor is given (finished ones included, to be counted as skipped): all but the
+        ``not_started``."""
+        return [j for j in self.jobs if j not in self.not_started]
 
 
 def job_recipe(job: Job, cfg: BenchmarkConfig) -> dict | None:
@@ -124,20 +135,43 @@ def _train(job: Job, cfg: BenchmarkConfig, backbone) -> dict:
     return train_run(spec, backbone=backbone)
 
 
-def _evaluate(job: Job, ev: Evaluation, cfg: BenchmarkConfig, backbone) -> dict:
+class Backbones:
+    """The frozen backbones one worker has built, each once per (name, pretrained, precision, device), shared by
+    the worker's jobs and their evaluations."""
+
+    def __init__(self) -> None:
+        self._built: dict[tuple, object] = {}
+
+    def get(self, cfg: BenchmarkConfig, precision: str | None = None):
+        """The backbone of ``cfg`` in ``precision`` (``None``: ``cfg.train.precision``), built at the first call."""
+        key = (cfg.backbone, cfg.pretrained, precision or cfg.train.precision, cfg.device)
+        if key not in self._built:
+            self._built[key] = build_backbone(cfg, precision)
+        return self._built[key]
+
+
+#: The precision :func:`vlprompt.engine.run.eval_run` builds a prompt's backbone in (``create_backbone``'s default).
+EVAL_PRECISION = "fp32"
+
+
+def _evaluate(job: Job, ev: Evaluation, cfg: BenchmarkConfig, backbone, backbones: Backbones) -> dict:
     """One evaluation of the job's prompt (zero-shot: zero-shot CLIP itself) on ``ev``'s classes or dataset."""
     if job.method == "zeroshot":
         return _zeroshot(cfg, job, ev.dataset, ev.out, ev.subsample, backbone)
     from vlprompt.engine.run import eval_run
 
-    # the prompt is rebuilt from the run folder for the target's class names (PromptClassifier.load)
-    return eval_run(str(job.out), _spec(cfg, ev.dataset, ev.out, None, job.seed, ev.subsample))
+    # the prompt is rebuilt from the run folder for the target's class names (PromptClassifier.load), on the fp32
+    # backbone eval_run would build itself: the grid's when it trains in fp32, else the worker's fp32 one
+    same = backbone is not None and cfg.train.precision == EVAL_PRECISION
+    return eval_run(str(job.out), _spec(cfg, ev.dataset, ev.out, None, job.seed, ev.subsample),
+                    backbone=backbone if same else backbones.get(cfg, EVAL_PRECISION))
 
 
-def run_job(job: Job, cfg: BenchmarkConfig, backbone=None) -> dict:
+def run_job(job: Job, cfg: BenchmarkConfig, backbone=None, *, backbones: Backbones | None = None) -> dict:
     """Run one job into its folder (through :func:`vlprompt.engine.run.train_run`, ``zeroshot_run`` or
     :func:`vlprompt.engine.baselines.linear_probe_run`), then each of its unfinished evaluations (``eval_run``);
-    ``backbone`` reuses a built one.
+    ``backbone`` reuses a built one, and the evaluations of a prompt use ``backbones`` (``None``: the job's own, so
+    its evaluations build at most one backbone between them).
 
     Returns:
         The job's own metrics; with evaluations, plus ``"evaluations"``: ``{name: accuracy}`` of every evaluation.
@@ -153,17 +187,32 @@ def run_job(job: Job, cfg: BenchmarkConfig, backbone=None) -> dict:
     if not job.evaluations:
         return metrics
     accuracies, failures = {}, []
+    backbones = backbones if backbones is not None else Backbones()
     for ev in job.evaluations:
         if ev.done:
             accuracies[ev.name] = json.loads((ev.out / "metrics.json").read_text(encoding="utf-8"))["accuracy"]
             continue
         try:  # one missing target must not cost the others
-            accuracies[ev.name] = _evaluate(job, ev, cfg, backbone)["accuracy"]
+            accuracies[ev.name] = _evaluate(job, ev, cfg, backbone, backbones)["accuracy"]
         except VLPromptError as e:
             failures.append((ev, e))
     if failures:
         raise VLPromptError("; ".join(f"eval {ev.name} ({ev.out}): {e}" for ev, e in failures)) from failures[0][1]
     return {**metrics, "evaluations": accuracies}
+
+
+def missing_datasets(jobs: list[Job], root: str | None) -> dict[str, str]:
+    """The datasets of the unfinished ``jobs`` whose folder or file is missing → the error message
+    (:func:`vlprompt.data.check_dataset`: the layout is checked, nothing is read), in plan order."""
+    from vlprompt.data import check_dataset
+
+    out = {}
+    for dataset in dict.fromkeys(j.dataset for j in jobs if not j.done):
+        try:
+            check_dataset(dataset, root)
+        except VLPromptError as e:
+            out[dataset] = str(e)
+    return out
 
 
 def dataset_template(dataset: str, root: str | None) -> str:
@@ -176,13 +225,16 @@ def dataset_template(dataset: str, root: str | None) -> str:
     return load_dataset(dataset, root).template
 
 
-def build_backbone(cfg: BenchmarkConfig):
+def build_backbone(cfg: BenchmarkConfig, precision: str | None = None):
+    """The frozen backbone of ``cfg`` on its device, in ``precision`` (``None``: ``cfg.train.precision``)."""
     from vlprompt.backbones import create_backbone
     from vlprompt.engine.pipeline import check_precision, resolve_device
 
     device = resolve_device(cfg.device)
-    check_precision(cfg.train.precision, device)
-    return create_backbone(cfg.backbone, cfg.pretrained, device=device, precision=cfg.train.precision)
+    precision = precision or cfg.train.precision
+    check_precision(precision, device)
+    return create_backbone(cfg.backbone, cfg.pretrained, device=device, precision=precision)
 
 
-__all__ = ["BenchmarkSummary", "build_backbone", "dataset_template", "describe", "job_recipe", "run_job"]
+__all__ = ["EVAL_PRECISION", "BenchmarkSummary", "Backbones", "build_backbone", "dataset_template", "describe", "job_recipe", "missing_datasets",
+           "run_job"]
