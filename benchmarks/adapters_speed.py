@@ -12,6 +12,10 @@ has them; ``val [val_shots·C, E]`` and ``test [test_per_class·C, E]`` drawn li
 Each adapter runs in a fresh child process with ``--threads`` torch threads (default 2), so its peak resident
 memory (``ru_maxrss``) is its own: the child reports the resident memory after building the inputs and the peak
 after fit + evaluation. Targets of the issue: Tip-Adapter and LP++ fit + eval < 10 s, Tip-Adapter-F and CLAP < 60 s.
+Each row also has the fit's CPU time (all threads; on a shared machine wall time includes waiting for a core) and
+the 1-minute load average at its start and end; the JSON has ``uptime`` before and after the whole run.
+``--config 'METHOD=JSON'`` times an adapter with other options (e.g. fewer epochs, to project a long recipe from
+its per-epoch cost); such a row names its config and is not compared with the target.
 
     python benchmarks/adapters_speed.py --out benchmarks/results/cpu-2threads            # every registered adapter
     python benchmarks/adapters_speed.py --out /tmp/x --stand-in --classes 50              # the harness, on a branch
