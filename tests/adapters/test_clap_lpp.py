@@ -194,3 +194,34 @@ def test_lpp_step_size_is_4n_over_the_largest_squared_singular_value(n):
     text = torch.nn.functional.normalize(torch.randn(C, E, generator=g), dim=-1)
     sigma = torch.linalg.svdvals(feats.double())[0]
     assert float(lpp_init(feats, labels, text)["lr_w"]) == pytest.approx(4 * n / float(sigma) ** 2, rel=1e-5)
+
+
+def test_lpp_hand_gradients_equal_autograd_of_the_official_loop():
+    """``LPPlusPlus._train`` forms the gradients and the SGD-momentum step by hand; the official loop restated with
+    autograd and ``torch.optim.SGD`` (``linear_probe_p2.py``: ``(W, b)`` stepped every iteration, ``α`` after every
+    10th from its never-zeroed gradient) must reach the same weights after 25 iterations (two ``α`` steps)."""
+    from vlprompt.adapters.lp_plus_plus import lpp_init
+
+    data = _data()
+    ours = create_adapter("lpplusplus", {"epochs": 25})
+    ours.fit(data)
+    feats = torch.nn.functional.normalize(data.views[0], dim=-1)
+    init = lpp_init(feats, data.train_labels, data.text)
+    bound = 1.0 / E**0.5
+    w = torch.nn.Parameter(init["weight"].clone())
+    b = torch.nn.Parameter(torch.empty(C).uniform_(-bound, bound, generator=torch.Generator().manual_seed(data.seed)))
+    alpha = torch.nn.Parameter(init["alpha"] * torch.ones(C))
+    opt = torch.optim.SGD([w, b], lr=float(init["lr_w"]), momentum=0.9)
+    for epoch in range(25):
+        logits = torch.nn.functional.linear(feats, w, b) + alpha * (feats @ data.text.t())
+        loss = torch.nn.functional.cross_entropy(logits, data.train_labels)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if (epoch + 1) % 10 == 0:
+            with torch.no_grad():
+                alpha -= init["lr_alpha"] * alpha.grad
+    assert not torch.equal(alpha.detach(), init["alpha"] * torch.ones(C))  # α did move
+    for mine, official in ((ours.weight, w), (ours.bias, b), (ours.alpha, alpha)):
+        torch.testing.assert_close(mine, official.detach(), rtol=1e-5, atol=1e-5)
+    assert ours.record["final_loss"] == pytest.approx(loss.item(), rel=1e-5)

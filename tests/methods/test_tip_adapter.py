@@ -173,6 +173,43 @@ def test_pruned_grid_count_equals_the_dense_argmax(seed):
     assert torch.equal(count_correct(clip, torch.zeros(m, c), alphas, labels), no_cache)
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_grid_count_equals_the_dense_argmax_on_real_valued_crossings(seed):
+    """The search settles a row from the two ends of the α grid when no class crosses the true class in between;
+    on real-valued logits (clip of either sign, exp-weighted caches) where many classes cross it inside the grid,
+    the count must still be the dense ``argmax(clip + cache · α)``'s at every α."""
+    g = torch.Generator().manual_seed(seed)
+    m, c = 200, 40
+    clip = 30 * torch.randn(m, c, generator=g) / (1 + 9 * torch.rand(m, 1, generator=g))
+    cache = torch.exp(3 * torch.randn(m, c, generator=g)) * (torch.rand(m, c, generator=g) < 0.5)
+    labels = torch.randint(0, c, (m,), generator=g)
+    # row 0: the true class wins only from α = 1 on (a crossing inside the grid); row 1: beaten at every α
+    clip[0], cache[0], labels[0] = 0.0, 0.0, 3
+    clip[0, 3], cache[0, 3], clip[0, 5] = 0.0, 2.0, 2.0
+    clip[1], cache[1], labels[1] = 0.0, 0.0, 0
+    clip[1, 2], cache[1, 2] = 1.0, 1.0
+    alphas = torch.tensor(search_grid(3, 20))
+    dense = torch.stack([((clip + cache * a).argmax(dim=1) == labels).sum() for a in alphas])
+    assert torch.equal(count_correct(clip, cache, alphas, labels), dense)
+    assert not torch.equal(dense, dense[:1].expand_as(dense))  # the crossings do change the count along α
+
+
+def test_loading_other_cache_values_changes_the_classes():
+    """The key → class index is kept between calls; loading another artifact in place (``load_state_dict`` writes
+    into the same ``cache_values``) must not leave the old classes in use."""
+    first, second = make_data(seed=0), make_data(seed=0)
+    second = AdapterData(train=second.train, train_labels=second.train_labels.roll(1), text=second.text,
+                         logit_scale=100.0, views=second.views, val=second.val, val_labels=second.val_labels, seed=3)
+    a, b = create_adapter("tip-adapter"), create_adapter("tip-adapter")
+    a.fit(first)
+    b.fit(second)
+    x = torch.randn(5, E, generator=torch.Generator().manual_seed(9))
+    with torch.no_grad():
+        before = a(x)  # fills a's class index
+        a.load_state_dict(b.state_dict())
+        assert torch.equal(a(x), b(x)) and not torch.equal(a(x), before)
+
+
 def test_tip_adapter_f_refuses_a_diverged_loss():
     data = make_data()
     views = data.views.clone()

@@ -72,7 +72,8 @@ class LPPlusPlusConfig:
 @torch.no_grad()
 def lpp_init(features: torch.Tensor, labels: torch.Tensor, text: torch.Tensor) -> dict[str, torch.Tensor]:
     """The official initial point and step sizes from normalised ``features`` ``[N, E]``, ``labels`` ``[N]`` and
-    ``text`` ``[C, E]``: ``weight`` ``[C, E]``, ``alpha`` (scalar), ``lr_w``, ``lr_alpha`` (scalars)."""
+    ``text`` ``[C, E]``: ``weight`` ``[C, E]``, ``alpha`` (scalar), ``lr_w``, ``lr_alpha`` (scalars), and
+    ``text_logits`` ``F Tᵀ`` ``[N, C]`` (constant during training; one ``N × E × C`` product not to repeat)."""
     n, num_classes = features.shape[0], text.shape[0]
     counts = torch.bincount(labels, minlength=num_classes)
     missing = (counts == 0).nonzero().flatten().tolist()
@@ -88,7 +89,7 @@ def lpp_init(features: torch.Tensor, labels: torch.Tensor, text: torch.Tensor) -
     gram = features.t() @ features if n >= features.shape[1] else features @ features.t()
     lr_w = 4 * n / torch.linalg.eigvalsh(gram)[-1]
     lr_alpha = n / (text_logits.pow(2).sum(0).max() * 4)
-    return {"weight": weight, "alpha": alpha.float(), "lr_w": lr_w, "lr_alpha": lr_alpha}
+    return {"weight": weight, "alpha": alpha.float(), "lr_w": lr_w, "lr_alpha": lr_alpha, "text_logits": text_logits}
 
 
 @register_adapter
@@ -138,8 +139,7 @@ class LPPlusPlus(FeatureAdapter):
         bias = torch.empty(data.num_classes).uniform_(-bound, bound, generator=torch.Generator().manual_seed(
             int(data.seed)))
         self._make(init["weight"].clone(), bias, init["alpha"] * torch.ones(data.num_classes), text)
-        with torch.enable_grad():
-            loss = self._train(feats, labels, float(init["lr_w"]), init["lr_alpha"])
+        loss = self._train(feats, labels, float(init["lr_w"]), init["lr_alpha"], init["text_logits"])
         self.record = {"method": self.method, "epochs": self.config.epochs, "alpha_every": self.config.alpha_every,
                        "views_used": 1 if data.views is not None else 0, "lr_w": float(init["lr_w"]),
                        "lr_alpha": float(init["lr_alpha"]), "alpha_init": float(init["alpha"]),
@@ -148,24 +148,47 @@ class LPPlusPlus(FeatureAdapter):
                        "final_loss": loss}
         return self.record
 
-    def _train(self, feats: torch.Tensor, labels: torch.Tensor, lr_w: float, lr_alpha: torch.Tensor) -> float | None:
-        """The official loop; returns the last iteration's loss."""
-        text_logits = feats @ self.text.t()  # (N, C), constant
-        opt = torch.optim.SGD([self.weight, self.bias], lr=lr_w, momentum=0.9)
+    def _train(self, feats: torch.Tensor, labels: torch.Tensor, lr_w: float, lr_alpha: torch.Tensor,
+               text_logits: torch.Tensor) -> float | None:
+        """The official loop, with its gradients formed by hand; returns the last iteration's loss.
+
+        The same maths as autograd on ``CE(F Wᵀ + b + α ⊙ (F Tᵀ))`` followed by ``SGD(momentum 0.9)`` on ``(W, b)``:
+        with ``G = (softmax(z) − onehot) / N`` ``(N, C)``, ``∂W = Gᵀ F``, ``∂b = Σ_i G_i``, ``∂α = Σ_i G_i ⊙ (F Tᵀ)_i``,
+        but with each ``(N, C)`` tensor written once and reused in place (autograd keeps several alive and adds
+        passes). The two ``N × E × C`` products per iteration (``F Wᵀ`` and ``Gᵀ F``) remain: they are the cost.
+        ``text_logits`` ``(N, C)``: ``F Tᵀ`` from :func:`lpp_init` (``T`` = ``self.text``)."""
+        n = feats.shape[0]
+        weight, bias, alpha = self.weight.data, self.bias.data, self.alpha.data  # updated in place
+        alpha_grad = torch.zeros_like(alpha)  # (C,): accumulated, never zeroed (official: see the module docstring)
+        buf_w = buf_b = None  # SGD's momentum buffers: the first step's gradient, then 0.9 · buf + grad
+        scratch = torch.empty_like(text_logits)  # (N, C): α ⊙ (F Tᵀ), then G ⊙ (F Tᵀ)
+        rows, inv_n = torch.arange(n), 1.0 / n
         loss_value = None
         for epoch in range(self.config.epochs):
-            logits = F.linear(feats, self.weight, self.bias) + self.alpha * text_logits  # (N, C)
-            loss = F.cross_entropy(logits, labels)
+            logits = torch.addmm(bias, feats, weight.t())  # (N, C): F.linear
+            logits.add_(torch.mul(text_logits, alpha, out=scratch))
+            logp = torch.log_softmax(logits, dim=-1)
+            del logits
+            loss = -logp[rows, labels].mean()  # F.cross_entropy (mean)
             if not torch.isfinite(loss):
                 raise TrainingDivergedError(f"lpplusplus: loss became {loss.item()} at iteration {epoch}; check "
                                             "the cached features for NaN/inf.")
-            opt.zero_grad(set_to_none=True)  # the classifier only: alpha.grad keeps accumulating (official)
-            loss.backward()
-            opt.step()
+            grad = logp.exp_().mul_(inv_n)  # (N, C): softmax / N, as log_softmax's backward forms it
+            grad[rows, labels] -= inv_n
+            grad_w = grad.t() @ feats  # (C, E)
+            grad_b = grad.sum(0)  # (C,)
+            alpha_grad += torch.mul(grad, text_logits, out=scratch).sum(0)
+            del grad, logp
+            if buf_w is None:
+                buf_w, buf_b = grad_w, grad_b
+            else:
+                buf_w.mul_(0.9).add_(grad_w)
+                buf_b.mul_(0.9).add_(grad_b)
+            weight.add_(buf_w, alpha=-lr_w)
+            bias.add_(buf_b, alpha=-lr_w)
             if (epoch + 1) % self.config.alpha_every == 0:
-                with torch.no_grad():
-                    self.alpha -= lr_alpha * self.alpha.grad
-            loss_value = float(loss.detach())
+                alpha -= lr_alpha * alpha_grad
+            loss_value = float(loss)
         for p in (self.weight, self.bias, self.alpha):
             p.grad = None
             p.requires_grad_(False)

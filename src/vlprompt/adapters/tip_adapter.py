@@ -124,14 +124,16 @@ def build_cache(views: torch.Tensor, labels: torch.Tensor, num_classes: int) -> 
     return keys, values
 
 
-def cache_logits(affinity_t: torch.Tensor, classes: torch.Tensor, num_classes: int, beta: Any) -> torch.Tensor:
+def cache_logits(affinity_t: torch.Tensor, classes: torch.Tensor, num_classes: int, beta: Any,
+                 out: torch.Tensor | None = None) -> torch.Tensor:
     """``[B, C]`` = ``exp(-(β - β · affinity)) @ values`` from the transposed affinity ``[N, B]`` and one-hot values
     whose row ``n`` is class ``classes[n]``.
 
     The same floats as the official expression (``fl(fl(β·a) − β) = −fl(β − fl(β·a))``, computed in place), and the
     same sums, added per class along contiguous rows (``index_add`` on dim 0) instead of a dense ``[N, C]`` product,
-    which on a 1000-class, 16-shot cache is 1000 times the work."""
-    weights = (affinity_t * beta).sub_(beta).exp_()  # [N, B]
+    which on a 1000-class, 16-shot cache is 1000 times the work. ``out`` (``[N, B]``, optional): scratch space for
+    the weights, so that a caller looping over β allocates it once."""
+    weights = torch.mul(affinity_t, beta, out=out).sub_(beta).exp_()  # [N, B]
     return weights.new_zeros(num_classes, weights.shape[1]).index_add_(0, classes, weights).t()
 
 
@@ -141,23 +143,35 @@ def search_grid(scale: float, steps: int) -> list[float]:
 
 
 def count_correct(clip: torch.Tensor, cache: torch.Tensor, alphas: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """``[A]``: for each α of the ascending ``alphas``, how many rows ``argmax(clip + cache · α)`` gets right
+    """``[A]``: for each α of the ascending ``alphas`` (≥ 0), how many rows ``argmax(clip + cache · α)`` gets right
     (``clip``, ``cache`` ``[m, C]``, ``cache ≥ 0``).
 
-    Exactly the dense argmax (first index on ties), over fewer classes: ``clip + cache · α`` is non-decreasing in α
-    (``cache ≥ 0``, rounding is monotone), so a class whose value at the largest α is below the best value at the
-    smallest α never wins; the others (usually a handful) are kept in class order."""
-    upper = clip + cache * alphas[-1]  # [m, C]
-    floor = (clip + cache * alphas[0]).amax(dim=1, keepdim=True)  # [m, 1]: some class stays above it
-    keep = int((upper >= floor).sum(dim=1).max())
-    idx = upper.topk(keep, dim=1).indices.sort(dim=1).values  # [m, t]: every candidate, in class order
-    values = clip.gather(1, idx).unsqueeze(0) + cache.gather(1, idx).unsqueeze(0) * alphas[:, None, None]  # [A, m, t]
-    pred = idx.unsqueeze(0).expand(len(alphas), -1, -1).gather(2, values.argmax(dim=2, keepdim=True)).squeeze(2)
-    return (pred == labels).sum(dim=1)
+    Exactly the dense argmax (first index on ties), without scoring every class at every α. Against the true class
+    ``y``, ``d_c(α) = v_c(α) − v_y(α)`` is linear in α up to rounding (each ``v = fl(clip + fl(cache · α))`` is within
+    ``δ = 2⁻²³ (|clip| + cache · α_max)`` of the exact line), so with ``tol = 8δ``: a class with ``d_c > tol`` at both
+    ends of the grid beats ``y`` at every α (the row is wrong throughout); a class with ``d_c < −tol`` at both ends
+    never reaches ``y``. Only the remaining (row, class) pairs, usually few, are scored at every α, with the dense
+    argmax's tie rule (``v_c = v_y`` loses to ``y`` when ``c > y``)."""
+    lo = clip + cache * alphas[0]  # [m, C]
+    hi = clip + cache * alphas[-1]  # [m, C]
+    y = labels[:, None]
+    d_lo, d_hi = lo - lo.gather(1, y), hi - hi.gather(1, y)  # [m, C]
+    tol = 8 * 2.0**-23 * (clip.abs() + cache * alphas[-1].abs()).amax(dim=1, keepdim=True)  # [m, 1]
+    beaten = (torch.minimum(d_lo, d_hi) > tol).any(dim=1)  # [m]: wrong at every α
+    near = (torch.maximum(d_lo, d_hi) >= -tol) & ~beaten[:, None]  # [m, C]: y itself included
+    near.scatter_(1, y, False)
+    rows, cols = near.nonzero(as_tuple=True)  # [P]: the pairs to score
+    a = alphas.shape[0]
+    val = clip[rows, cols] + cache[rows, cols] * alphas[:, None]  # [A, P]: the same floats as the dense sum
+    val_y = clip.gather(1, y)[rows, 0] + cache.gather(1, y)[rows, 0] * alphas[:, None]  # [A, P]
+    bad = (val > val_y) | ((val == val_y) & (cols < labels[rows]))  # [A, P]: c wins over y at α
+    lost = torch.zeros(a, clip.shape[0]).index_add_(1, rows, bad.float()) > 0  # [A, m]
+    return (~beaten).sum() - lost.sum(dim=1)
 
 
 def search_alpha_beta(affinity_fn: Callable[[torch.Tensor], torch.Tensor], val: torch.Tensor, val_labels: torch.Tensor, text: torch.Tensor,
-                      logit_scale: float, classes: torch.Tensor, settings: dict[str, Any]) -> dict[str, Any]:
+                      logit_scale: float, classes: torch.Tensor, settings: dict[str, Any],
+                      init: tuple[float, float] | None = None) -> dict[str, Any]:
     """``search_hp`` on the validation split: accuracy of every grid point, the first best (β outer, α inner).
 
     Args:
@@ -165,6 +179,8 @@ def search_alpha_beta(affinity_fn: Callable[[torch.Tensor], torch.Tensor], val: 
         val: ``[M, E]`` unnormalised validation features; val_labels: ``[M]``.
         text: ``[C, E]`` zero-shot classifier; classes: ``[N]`` the cache's class per key.
         settings: :meth:`TipAdapterConfig.resolved`.
+        init: ``(α, β)`` whose accuracy is also wanted (``val_accuracy_init``), from the same affinity blocks
+            (one more exp pass, instead of a second ``[M, N]`` affinity).
 
     Returns:
         ``beta``, ``alpha`` (as official: 0, 0 when no grid point classifies any image right), ``val_accuracy``, the
@@ -174,15 +190,20 @@ def search_alpha_beta(affinity_fn: Callable[[torch.Tensor], torch.Tensor], val: 
     alphas = search_grid(settings["search_scale"][1], settings["search_step"][1])
     alpha_t = torch.tensor(alphas, dtype=torch.float32)  # what the kernels make of the official Python floats
     correct = torch.zeros(len(betas), len(alphas), dtype=torch.long)
+    init_correct = 0
     rows = max(1, _BLOCK_ELEMENTS // max(1, classes.shape[0]))
     with torch.no_grad():
         for start in range(0, val.shape[0], rows):
             f = normalise(val[start:start + rows])
-            y = val_labels[start:start + rows]
+            y = val_labels[start:start + rows].long()
             affinity_t = affinity_fn(f)  # [N, m]
             clip = logit_scale * f @ text.float().t()  # [m, C]
+            scratch = torch.empty_like(affinity_t)  # [N, m], reused by every β
+            if init is not None:  # TipAdapter.logits at (α, β) = init, the same floats
+                logits = clip + cache_logits(affinity_t, classes, text.shape[0], init[1], out=scratch) * init[0]
+                init_correct += int((logits.argmax(dim=1) == y).sum())
             for i, beta in enumerate(betas):
-                cache = cache_logits(affinity_t, classes, text.shape[0], beta).contiguous()
+                cache = cache_logits(affinity_t, classes, text.shape[0], beta, out=scratch).contiguous()  # [m, C]
                 correct[i] += count_correct(clip, cache, alpha_t, y)
     best, trace, beta, alpha = 0, [], 0.0, 0.0
     for i, b in enumerate(betas):  # the official loop order and its strict ">"
@@ -190,9 +211,10 @@ def search_alpha_beta(affinity_fn: Callable[[torch.Tensor], torch.Tensor], val: 
             if int(correct[i, j]) > best:
                 best, beta, alpha = int(correct[i, j]), b, a
                 trace.append([b, a, 100.0 * best / val.shape[0]])
+    out = {} if init is None else {"val_accuracy_init": 100.0 * init_correct / val.shape[0]}
     return {"beta": beta, "alpha": alpha, "val_accuracy": 100.0 * best / val.shape[0], "trace": trace,
             "beta_grid": {"start": betas[0], "last": betas[-1], "steps": len(betas)},
-            "alpha_grid": {"start": alphas[0], "last": alphas[-1], "steps": len(alphas)}}
+            "alpha_grid": {"start": alphas[0], "last": alphas[-1], "steps": len(alphas)}, **out}
 
 
 @register_adapter
@@ -232,7 +254,14 @@ class TipAdapter(FeatureAdapter):
         return self.cache_keys @ features.t()
 
     def _classes(self) -> torch.Tensor:
-        return self.cache_values.argmax(dim=1)  # [N]: one-hot rows (checked on load)
+        """``[N]``: each key's class (the one-hot rows of ``cache_values``, checked on load). Kept between calls —
+        an argmax over ``[N, C]`` per training step or block would cost as much as the step's exp pass — and
+        recomputed whenever ``cache_values`` changes (another tensor, or written in place by ``load_state_dict``)."""
+        v = self.cache_values
+        key = (v.data_ptr(), v._version, tuple(v.shape))
+        if getattr(self, "_class_key", None) != key:
+            self._class_key, self._class_index = key, v.argmax(dim=1)
+        return self._class_index
 
     def _check_values(self) -> None:
         v = self.cache_values
@@ -282,11 +311,10 @@ class TipAdapter(FeatureAdapter):
             beta, alpha = settings["init_beta"], settings["init_alpha"]
             self.record.update(selected_on="init (no validation split)", search=None)
         else:
-            init = self.accuracy(data.val, data.val_labels, settings["init_alpha"], settings["init_beta"])
             search = search_alpha_beta(self._affinity, data.val, data.val_labels, self.text, self.logit_scale,
-                                       self._classes(), settings)
+                                       self._classes(), settings, init=(settings["init_alpha"], settings["init_beta"]))
             beta, alpha = search["beta"], search["alpha"]
-            self.record.update(selected_on="val", search={**search, "val_accuracy_init": init})
+            self.record.update(selected_on="val", search=search)
         self.alpha, self.beta = torch.tensor(float(alpha)), torch.tensor(float(beta))
         self.record.update(alpha=alpha, beta=beta)
         _logger.info("%s: alpha %.4g, beta %.4g (%s)", self.method, alpha, beta, self.record["selected_on"])

