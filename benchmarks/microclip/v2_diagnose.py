@@ -1,0 +1,204 @@
+"""Cheap diagnostics of why micro-CLIP v2 (ViT) does not learn shape on world v2 (see ``V2_DIAGNOSIS.md``).
+
+Usage (``PYTHONPATH=src``):
+
+- ``python benchmarks/microclip/v2_diagnose.py captions`` — how often a caption names the shape.
+- ``python benchmarks/microclip/v2_diagnose.py probe [--run DIR]`` — linear probes (shape, position, texture,
+  colour) on raw pixels, on a random-init v2 image tower and on a pretraining checkpoint's image features.
+- ``python benchmarks/microclip/v2_diagnose.py supervised --arch vit8 --lr 1e-3 --steps 300`` — the image tower
+  alone trained to classify shape (one-object images), to tell the architecture/optimiser apart from the
+  contrastive objective.
+- ``python benchmarks/microclip/v2_diagnose.py overfit --arch vit8`` — can the tower memorise one fixed batch?
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from vlprompt.backbones.microclip import MICROCLIP_CONFIG, MICROCLIP_V2_CONFIG, create_microclip_model, images_to_tensor
+from vlprompt.microclip import world, world2
+
+ONE = {"count": 0}  # one-object images: "shape" is unambiguous
+COL = {a: i for i, a in enumerate(world2.ATTRIBUTE_NAMES)}
+
+
+def captions(n: int = 5000) -> dict:
+    """Fraction of captions naming the (first) object's shape by one of its words."""
+    b = world2.generate(seed=0, start=0, count=n)
+    shapes = world2.ATTRIBUTES["shape"]
+    hit = [any(f" {w}" in f" {c[:-1]} ".replace(".", " ") for w in world2.ATTRIBUTE_WORDS["shape"][shapes[lab[0]]])
+           for c, lab in zip(b.captions, b.labels)]  # fmt: skip
+    pos = [any(p in c for p in ("left", "right", "top", "bottom", "center", "middle")) for c in b.captions]
+    words = [len(c.split()) for c in b.captions]
+    return {"n": n, "shape_named": float(np.mean(hit)), "position_word": float(np.mean(pos)),
+            "mean_words": float(np.mean(words)), "examples": b.captions[:8]}  # fmt: skip
+
+
+def _probe(xtr: torch.Tensor, ytr: np.ndarray, xte: torch.Tensor, yte: np.ndarray, iters: int = 200) -> float:
+    """Test accuracy of an L2-regularised multinomial logistic regression (L-BFGS) on standardised features."""
+    mu, sd = xtr.mean(0), xtr.std(0) + 1e-6
+    xtr, xte = (xtr - mu) / sd, (xte - mu) / sd
+    ytr_t = torch.as_tensor(ytr)
+    k = int(max(ytr.max(), yte.max())) + 1
+    w = torch.zeros(xtr.shape[1], k, requires_grad=True)
+    b = torch.zeros(k, requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], max_iter=iters, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(xtr @ w + b, ytr_t) + 1e-3 * (w * w).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    with torch.no_grad():
+        return float(((xte @ w + b).argmax(1).numpy() == yte).mean())
+
+
+@torch.no_grad()
+def _features(model: torch.nn.Module, images: np.ndarray) -> torch.Tensor:
+    return torch.cat([model.encode_image(images_to_tensor(images[i : i + 500])) for i in range(0, len(images), 500)])
+
+
+def probe(run: str | None, n_train: int, n_test: int) -> dict:
+    """Linear-probe accuracies on one-object images (world seeds 5 / 6) for several feature extractors."""
+    tr, te = world2.generate(5, 0, n_train, ONE), world2.generate(6, 0, n_test, ONE)
+    pix = lambda b: F.avg_pool2d(images_to_tensor(b.images), 4).flatten(1)  # noqa: E731  [N, 3·16·16]
+    extractors = {"pixels_16x16": (pix(tr), pix(te))}
+    torch.manual_seed(0)
+    rnd = create_microclip_model(MICROCLIP_V2_CONFIG).eval()
+    extractors["vit_random_init"] = (_features(rnd, tr.images), _features(rnd, te.images))
+    if run:
+        from vlprompt.microclip.pretrain import model_from_checkpoint
+
+        m = model_from_checkpoint(run)
+        extractors["checkpoint"] = (_features(m, tr.images), _features(m, te.images))
+        # the training path (train mode) and the evaluation path (eval mode) must see the same features
+        m2 = copy.deepcopy(m).train()
+        x = images_to_tensor(te.images[:64])
+        with torch.no_grad():
+            extractors["_train_vs_eval_max_abs_diff"] = float((m2.encode_image(x) - m.encode_image(x)).abs().max())
+    out = {}
+    for name, feats in extractors.items():
+        if name.startswith("_"):
+            out[name] = feats
+            continue
+        out[name] = {a: round(_probe(feats[0], tr.labels[:, COL[a]], feats[1], te.labels[:, COL[a]]), 3)
+                     for a in ("shape", "position", "texture", "shade", "style")}  # fmt: skip
+        out[name]["dims"] = int(feats[0].shape[1])
+    return out
+
+
+def _tower(arch: str, pool: str) -> torch.nn.Module:
+    if arch == "resnet":
+        return create_microclip_model(MICROCLIP_CONFIG).visual
+    cfg = json.loads(json.dumps(MICROCLIP_V2_CONFIG))
+    cfg["vision_cfg"]["patch_size"] = {"vit8": 8, "vit4": 4}[arch]
+    if pool != "tok":
+        cfg["vision_cfg"]["pool_type"] = pool  # open_clip: "tok" (class token) or "avg" (mean of patch tokens)
+    return create_microclip_model(cfg).visual
+
+
+def supervised(arch: str, pool: str, lr: float, warmup: int, steps: int, clip: float, batch: int,
+               version: int = 2, extra_fixed: dict | None = None) -> dict:  # fmt: skip
+    """Train the image tower + a linear head on shape (one-object images of world seed 0); test on seed 1.
+
+    ``version=1`` uses world v1's images (8 shapes, no textures, clutter or scenes) instead of world v2's;
+    ``extra_fixed`` (v2 only, a diagnostic, not a world change) fixes more attributes, e.g. solid plain photos.
+    """
+    wm, fixed = (world2, {**ONE, **(extra_fixed or {})}) if version == 2 else (world, None)
+    torch.manual_seed(0)
+    tower = _tower(arch, pool).train()
+    head = torch.nn.Linear(128, len(wm.ATTRIBUTES["shape"]))
+    params = list(tower.parameters()) + list(head.parameters())
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
+                            lr=lr, betas=(0.9, 0.98), eps=1e-6)  # fmt: skip
+    test = wm.generate(1, 0, 1000, fixed)
+    xte, yte = images_to_tensor(test.images), test.labels[:, 0]  # column 0 is "shape" in both worlds
+    log, t0 = [], time.perf_counter()
+    for step, b in enumerate(wm.iter_batches(0, batch, num_batches=steps, fixed=fixed)):
+        cur = lr * (step + 1) / warmup if step < warmup else 0.5 * lr * (1 + math.cos(math.pi * step / steps))
+        for g in opt.param_groups:
+            g["lr"] = cur
+        loss = F.cross_entropy(head(tower(images_to_tensor(b.images))), torch.as_tensor(b.labels[:, 0]))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if clip > 0:
+            torch.nn.utils.clip_grad_norm_(params, clip)
+        opt.step()
+        if (step + 1) % min(50, max(1, steps // 4)) == 0 or step + 1 == steps:
+            tower.eval()
+            with torch.no_grad():
+                acc = float((head(tower(xte)).argmax(1).numpy() == yte).mean())
+            tower.train()
+            log.append({"step": step + 1, "loss": round(loss.item(), 3), "test_shape_acc": round(acc, 3),
+                        "seconds": round(time.perf_counter() - t0, 1)})  # fmt: skip
+            print(json.dumps(log[-1]), flush=True)
+    return {"world": version, "fixed": fixed, "arch": arch, "pool": pool, "lr": lr, "warmup": warmup, "clip": clip,
+            "batch": batch, "log": log}  # fmt: skip
+
+
+def overfit(arch: str, lr: float, steps: int = 60) -> list[dict]:
+    """Sanity check: can the tower + a linear head memorise one fixed batch of 128 one-object v2 images?"""
+    torch.manual_seed(0)
+    tower, head = _tower(arch, "tok").train(), torch.nn.Linear(128, len(world2.ATTRIBUTES["shape"]))
+    b = world2.generate(0, 0, 128, ONE)
+    x, y = images_to_tensor(b.images), torch.as_tensor(b.labels[:, COL["shape"]])
+    opt = torch.optim.AdamW([*tower.parameters(), *head.parameters()], lr=lr, betas=(0.9, 0.98), eps=1e-6,
+                            weight_decay=0.0)  # fmt: skip
+    log = []
+    for s in range(steps):
+        logits = head(tower(x))
+        loss = F.cross_entropy(logits, y)
+        opt.zero_grad()
+        loss.backward()
+        if s % 10 == 0 or s == steps - 1:
+            grads = {n: round(p.grad.norm().item(), 3) for n, p in tower.named_parameters() if p.grad is not None
+                     and n in ("conv1.weight", "class_embedding", "positional_embedding", "proj")}  # fmt: skip
+            log.append({"step": s, "loss": round(loss.item(), 3), "train_acc": float((logits.argmax(1) == y).float()
+                        .mean()), "grad_norms": grads})  # fmt: skip
+        opt.step()
+    return log
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("what", choices=("captions", "probe", "supervised", "overfit"))
+    p.add_argument("--run", default=None, help="a pretraining --out folder (probe)")
+    p.add_argument("--n-train", type=int, default=3000)
+    p.add_argument("--n-test", type=int, default=1000)
+    p.add_argument("--arch", default="vit8", choices=("vit8", "vit4", "resnet"))
+    p.add_argument("--pool", default="tok", choices=("tok", "avg"))
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--warmup", type=int, default=100)
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--clip", type=float, default=0.0)
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--world", type=int, default=2, choices=(1, 2), help="supervised: world v1 or v2 images")
+    p.add_argument("--fixed", default="{}", help='supervised, v2: JSON of attribute indices, e.g. {"texture": 0}')
+    p.add_argument("--threads", type=int, default=1)
+    a = p.parse_args()
+    torch.set_num_threads(a.threads)
+    if a.what == "captions":
+        res = captions()
+    elif a.what == "probe":
+        res = probe(a.run, a.n_train, a.n_test)
+    elif a.what == "overfit":
+        res = overfit(a.arch, a.lr)
+    else:
+        res = supervised(a.arch, a.pool, a.lr, a.warmup, a.steps, a.clip, a.batch, a.world, json.loads(a.fixed))
+    print(json.dumps(res, indent=1))
+
+
+if __name__ == "__main__":
+    main()
