@@ -38,19 +38,12 @@ from vlprompt.adapters import AdapterData, FeatureAdapter, create_adapter, get_a
 from vlprompt.engine import pipeline as P
 from vlprompt.engine import train_state as TS
 from vlprompt.engine.adapter_artifact import ADAPTER_JSON, ADAPTER_WEIGHTS, AdapterHead, save_adapter
-from vlprompt.engine.baselines import selection_set
 from vlprompt.engine.config import TrainConfig, parse_augment
-from vlprompt.engine.run import (
-    RunSpec,
-    base_config,
-    load_inputs,
-    log_eval_only,
-    prepare_out,
-    refuse_finished,
-    test_features,
-)
+from vlprompt.engine.spec import RunSpec
 from vlprompt.errors import ConfigError
 from vlprompt.eval.metrics import classification_metrics
+from vlprompt.runs.folder import base_config, load_inputs, log_eval_only, prepare_out, refuse_finished, test_features
+from vlprompt.runs.probe import selection_set
 
 _logger = logging.getLogger(__name__)
 
