@@ -14,6 +14,7 @@ from vlprompt.engine.config import TrainConfig
 from vlprompt.engine.execution import Execution, resolve
 from vlprompt.engine.model import PromptModel
 from vlprompt.engine.schedule import coop_lr
+from vlprompt.errors import ConfigError
 from vlprompt.errors import TrainingDivergedError  # re-exported (defined with every vlprompt error)
 from vlprompt.features.extract import autocast_context
 
@@ -96,14 +97,17 @@ class _TrainStep:
         if shard is not None:
             x, y = shard.split(x, y)  # this rank's rows of the global batch: (B_r, ...), (B_r,)
         y = y.to(device)
+        images = None if self.images_are_features else x.to(device)  # (B, 3, H, W)
         if self.images_are_features:
             img = x.to(device)
+        elif model.learner.prompts_image:  # the prompted image tower runs inside the loss, with autograd
+            img = None
         else:
             with torch.no_grad(), autocast_context(device, cfg.precision):
-                img = model.image_features(x.to(device))
+                img = model.image_features(images)
         with autocast_context(device, cfg.precision):
-            # cross-entropy plus the learner's own regularizer, if it has one (KgCoOp)
-            loss, logits = model.training_loss(img, y)  # (), (B, C)
+            # cross-entropy plus the learner's own terms, if it has any (KgCoOp, PromptSRC)
+            loss, logits = model.training_loss(img, y, images)  # (), (B, C)
         if shard is None:
             step_loss, step_correct, rows = loss.item(), (logits.argmax(-1) == y).sum().item(), y.numel()
         else:  # this rank's share of the global loss; loss, correct count and rows summed over ranks
@@ -167,6 +171,10 @@ def fit(model: PromptModel, batches: Callable[[], Iterator[tuple[torch.Tensor, t
     Returns:
         ``[{"epoch", "lr", "loss", "train_accuracy", "seconds"}, ...]``.
     """
+    if images_are_features and model.learner.prompts_image:
+        raise ConfigError(f"method '{model.learner.method}' prompts the image tower, so it trains on images, not "
+                          "cached features: give fit() image batches (--augment online, or none for unaugmented "
+                          "images; 'cached:K' views are features and cannot be used).")
     optimizer = make_optimizer(model.learner, cfg) if optimizer is None else optimizer
     scaler = make_scaler(cfg, model.backbone.device) if isinstance(scaler, str) else scaler
     train_step = _TrainStep(model, optimizer, scaler, cfg, images_are_features, resolve(execution))
@@ -189,6 +197,7 @@ def fit(model: PromptModel, batches: Callable[[], Iterator[tuple[torch.Tensor, t
                     global_step += 1
                     on_step({"epoch": epoch, "step": step, "global_step": global_step, "loss": step_loss,
                              "accuracy": 100.0 * step_correct / max(rows, 1), "lr": lr, "rows": rows})
+            model.learner.on_epoch_end(epoch, epochs)  # before on_epoch saves the resumable state
             record = _epoch_record(epoch, epochs, lr, total_loss, correct, seen, t0)
             history.append(record)
             bar.set_postfix(loss=f"{record['loss']:.3f}", acc=f"{record['train_accuracy']:.1f}")
@@ -196,5 +205,6 @@ def fit(model: PromptModel, batches: Callable[[], Iterator[tuple[torch.Tensor, t
                 on_epoch(record, optimizer)
     finally:
         bar.close()  # clears the bar, so that an error message starts on a clean line
+    model.learner.finalize()
     model.learner.eval()
     return history

@@ -13,6 +13,11 @@ Text features go through the fastest exact path the backbone and learner allow (
   classes and the features are gathered with gradient support (:mod:`vlprompt.engine.execution`).
 
 Every path gives the same features as the plain full-length computation, to float tolerance (tests/speed/).
+
+Deep prompts (:meth:`~vlprompt.prompts.base.PromptLearner.deep_prompts`) keep every path: deep text tokens sit at
+positions ``1…n`` of every prompt, inside the shared prefix, so they are encoded once per call; a learner that
+``prompts_image`` runs the image tower with its vision tokens (:meth:`PromptModel.encode_images`), with autograd in
+training.
 """
 
 from __future__ import annotations
@@ -25,9 +30,10 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from vlprompt.backbones.base import Backbone
+from vlprompt.backbones.deep_prompts import DeepPrompts
 from vlprompt.engine.execution import Execution, resolve
 from vlprompt.errors import ConfigError
-from vlprompt.prompts.base import PromptLearner
+from vlprompt.prompts.base import PromptLearner, TrainingStep
 
 #: The cost of one more text-encoder pass, in token positions: length buckets are merged unless splitting saves
 #: more than this (per-call overhead is small next to per-token cost on a CPU, larger on a GPU).
@@ -119,19 +125,37 @@ class PromptModel(nn.Module):
             return None
         return get_parts()
 
-    def encode_prompts(self, image_features: torch.Tensor | None = None) -> torch.Tensor:
+    def deep_prompts(self) -> DeepPrompts | None:
+        """The learner's deep prompts for one step or evaluation (``None`` when it has none)."""
+        return self.learner.deep_prompts()
+
+    def _deep_text_kwargs(self, deep: DeepPrompts | None) -> dict:
+        """Keyword arguments that hand ``deep``'s text tokens to the backbone's text methods (none without them)."""
+        if deep is None or deep.text is None:
+            return {}
+        return {"deep_text": deep.text, "prompt_cast": self.learner.prompt_cast}
+
+    def encode_prompts(
+        self, image_features: torch.Tensor | None = None, deep: DeepPrompts | None | str = "learner"
+    ) -> torch.Tensor:
         """Unnormalised class text features ``[C, E]`` (backbone dtype), through the fastest exact path.
 
         A conditional learner (CoCoOp) gives ``[B, C, E]`` for L2-normalised ``image_features`` ``[B, E]``: its
         ``B × C`` prompts are encoded together (length buckets and ``text_chunk`` apply to prompts, not classes),
         instead of once per image as in the official code.
+
+        ``deep``: the step's deep prompts (so that both towers use one set), ``None`` for none, or ``"learner"``
+        (the default) to take them from the learner now.
         """
+        deep = self.deep_prompts() if isinstance(deep, str) else deep
+        deep_kw = self._deep_text_kwargs(deep)
         # Truncation (and per-length buckets) is exact only under a causal mask.
         truncate = bool(getattr(self.learner.config, "truncate", True)) and bool(getattr(self.backbone, "causal", False))
         parts = self._shared_parts()
         if parts is not None:
             prefix, suffix, ids = parts  # (P, D), (C, S, D), (C, P + S)
-            kv = self.backbone.encode_text_prefix(prefix)  # once per call, with autograd: ctx gets its gradient here
+            # once per call, with autograd: ctx (and the deep text tokens, positions 1…n) get their gradient here
+            kv = self.backbone.encode_text_prefix(prefix, **deep_kw)
             flat = [t for pair in kv for t in pair]
 
             def run_suffix(suffix_c: torch.Tensor, ids_c: torch.Tensor, *flat_kv: torch.Tensor) -> torch.Tensor:
@@ -143,7 +167,7 @@ class PromptModel(nn.Module):
         embeds, ids = self.learner(image_features)  # (C, L, D) or, conditional, (B, C, L, D); ids (C, L)
 
         def run_plain(embeds_c: torch.Tensor, ids_c: torch.Tensor) -> torch.Tensor:
-            return self.backbone.encode_text_embeddings(embeds_c, ids_c, truncate=truncate)
+            return self.backbone.encode_text_embeddings(embeds_c, ids_c, truncate=truncate, **deep_kw)
 
         if embeds.dim() == 4:  # one prompt per (image, class): encode all B·C of them together
             b, c = embeds.shape[:2]
@@ -172,7 +196,10 @@ class PromptModel(nn.Module):
             found = length_buckets(lengths, overhead)
             groups = found if len(found) > 1 else groups
         chunk = self.text_chunk or n
-        needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (per_class, *shared))
+        # deep text tokens reach fn through its closure: a chunk needs autograd when any learner parameter does
+        needs_grad = torch.is_grad_enabled() and (
+            any(t.requires_grad for t in (per_class, *shared))
+            or any(p.requires_grad for p in self.learner.parameters()))
         outs, order = [], []
         for idx in groups:
             size = n if idx is None else idx.numel()
@@ -191,9 +218,23 @@ class PromptModel(nn.Module):
         perm = torch.cat(order)  # out[j] belongs to class perm[j]
         return out[torch.argsort(perm)]
 
-    def text_features(self, image_features: torch.Tensor | None = None) -> torch.Tensor:
-        """L2-normalised class text features ``[C, E]`` (fp32); ``[B, C, E]`` for a conditional learner."""
-        return F.normalize(self.encode_prompts(image_features).float(), dim=-1)
+    def text_features(
+        self, image_features: torch.Tensor | None = None, deep: DeepPrompts | None | str = "learner"
+    ) -> torch.Tensor:
+        """L2-normalised class text features ``[C, E]`` (fp32); ``[B, C, E]`` for a conditional learner
+        (``deep``: as in :meth:`encode_prompts`)."""
+        return F.normalize(self.encode_prompts(image_features, deep).float(), dim=-1)
+
+    def encode_images(self, images: torch.Tensor, deep: DeepPrompts | None | str = "learner") -> torch.Tensor:
+        """L2-normalised image features ``[B, E]`` (fp32) of preprocessed ``images`` ``[B, 3, H, W]``, through the
+        image tower with the learner's vision prompts when it has them (with autograd if enabled: this is the
+        training path of a learner that ``prompts_image``). ``deep``: as in :meth:`encode_prompts`."""
+        deep = self.deep_prompts() if isinstance(deep, str) else deep
+        if deep is not None and deep.vision is not None:
+            feats = self.backbone.encode_image(images, vision_prompts=deep.vision, prompt_cast=self.learner.prompt_cast)
+        else:
+            feats = self.backbone.encode_image(images)
+        return F.normalize(feats.float(), dim=-1)
 
     def class_text_features(self) -> torch.Tensor | None:
         """The ``[C, E]`` text features shared by every image (compute once per evaluation), or ``None`` when the
@@ -213,20 +254,31 @@ class PromptModel(nn.Module):
             return self.backbone.logit_scale * torch.einsum("be,bce->bc", img, text_features)
         return self.backbone.logit_scale * img @ text_features.t()
 
-    def training_loss(self, image_features: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Cross-entropy plus the learner's :meth:`~vlprompt.prompts.base.PromptLearner.regularizer` (if any).
+    def training_loss(
+        self, image_features: torch.Tensor | None, labels: torch.Tensor, images: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cross-entropy plus the learner's :meth:`~vlprompt.prompts.base.PromptLearner.training_terms` (if any).
 
         Args:
-            image_features: ``[B, E]`` L2-normalised image features.
+            image_features: ``[B, E]`` L2-normalised image features (frozen tower), or ``None`` when the learner
+                ``prompts_image`` (then computed here from ``images``, with autograd).
             labels: ``LongTensor[B]``.
+            images: the preprocessed images ``[B, 3, H, W]`` of the batch when it holds images (required when the
+                learner ``prompts_image``), else ``None``.
 
         Returns:
             ``(loss, logits [B, C])``.
         """
-        text = self.text_features(image_features)  # (C, E) or (B, C, E)
+        deep = self.deep_prompts()  # once per step: both towers get the same tokens, in one graph
+        if self.learner.prompts_image:
+            if images is None:
+                raise ConfigError(f"method '{self.learner.method}' prompts the image tower: it trains on images, not "
+                                  "cached image features (pass images=...).")
+            image_features = self.encode_images(images, deep)  # (B, E), with autograd
+        text = self.text_features(image_features, deep)  # (C, E) or (B, C, E)
         logits = self.logits(image_features, text)  # (B, C)
         loss = F.cross_entropy(logits.float(), labels)
-        extra = self.learner.regularizer(text)
+        extra = self.learner.training_terms(TrainingStep(text, image_features, logits, labels, images, self.backbone))
         return (loss if extra is None else loss + extra), logits
 
     @torch.no_grad()
@@ -245,5 +297,6 @@ class PromptModel(nn.Module):
 
     @torch.no_grad()
     def image_features(self, images: torch.Tensor) -> torch.Tensor:
-        """L2-normalised image features ``[B, E]`` (fp32) from preprocessed images."""
-        return F.normalize(self.backbone.encode_image(images).float(), dim=-1)
+        """L2-normalised image features ``[B, E]`` (fp32) from preprocessed images, without autograd (with the
+        learner's vision prompts when it has them: :meth:`encode_images`)."""
+        return self.encode_images(images)

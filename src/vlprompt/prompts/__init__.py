@@ -5,6 +5,7 @@ from vlprompt.prompts import coop as _coop  # noqa: F401  (registers "coop")
 from vlprompt.prompts import kgcoop as _kgcoop  # noqa: F401  (registers "kgcoop")
 from vlprompt.prompts.base import (
     PromptLearner,
+    TrainingStep,
     create_prompt_learner,
     get_prompt_learner_class,
     list_prompt_learners,
@@ -16,6 +17,7 @@ from vlprompt.prompts.kgcoop import KgCoOp, KgCoOpConfig
 
 __all__ = [
     "PromptLearner",
+    "TrainingStep",
     "CoOp",
     "CoOpConfig",
     "CoCoOp",
