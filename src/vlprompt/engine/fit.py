@@ -14,8 +14,10 @@ from vlprompt.engine.config import TrainConfig
 from vlprompt.engine.execution import Execution, resolve
 from vlprompt.engine.model import PromptModel
 from vlprompt.engine.schedule import coop_lr
-from vlprompt.errors import ConfigError
-from vlprompt.errors import TrainingDivergedError  # re-exported (defined with every vlprompt error)
+from vlprompt.errors import (
+    ConfigError,
+    TrainingDivergedError,  # re-exported (defined with every vlprompt error)
+)
 from vlprompt.features.extract import autocast_context
 
 _logger = logging.getLogger(__name__)

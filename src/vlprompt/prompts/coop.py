@@ -99,6 +99,8 @@ class CoOp(PromptLearner):
     method = "coop"
     config_class = CoOpConfig
     display_name = "CoOp"
+    #: Words kept fixed between the context and every class name (part of the class's tokens in the arrangement).
+    kept_words: str = ""
 
     def __init__(self, backbone: Backbone, classnames: list[str], config: CoOpConfig | None = None):
         super().__init__(config or CoOpConfig())
@@ -148,7 +150,9 @@ class CoOp(PromptLearner):
                 f"be applied to a different class list ({len(classnames)} classes vs {len(self.classnames)} trained). "
                 "Evaluate on the same classes, or train with unified context (no --csc) to transfer."
             )
-        names = [c.replace("_", " ") for c in classnames]
+        # fixed words between the context and the class name (the deep-prompt methods keep the init words beyond
+        # their n_ctx learned ones, vlprompt.prompts.deep); none for CoOp
+        names = [f"{self.kept_words} {c.replace('_', ' ')}".strip() for c in classnames]
         placeholder = " ".join(["X"] * self.n_ctx)
         ids = backbone.tokenize([f"{placeholder} {n}." for n in names])  # (C, 77) class-at-end order
         length = ids.shape[1]
