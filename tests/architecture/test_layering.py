@@ -31,9 +31,10 @@ LAYERS: dict[str, tuple[tuple[str, ...], frozenset[str]]] = {
     # The base every module may use: the package root (``__version__`` and a lazy façade), the error classes (one
     # registry, rebuilt on other ranks), atomic writes, and two small value types that both backbones and data
     # need (the preprocessing config of an image tower, the rule for a prompt template), and the shared types of
-    # the frozen specs (the Literal types of closed choices, the read-only mapping of their dict fields).
+    # the frozen specs (the Literal types of closed choices, the read-only mapping of their dict fields), and Dassl's
+    # learning-rate schedule that both the engine and the adapters train with.
     "foundation": (("vlprompt", "vlprompt.errors", "vlprompt._io", "vlprompt.preprocess", "vlprompt.template",
-                    "vlprompt.types"), frozenset()),
+                    "vlprompt.types", "vlprompt.schedule"), frozenset()),
     # Adapters of third-party CLIPs (open_clip, transformers, the micro-CLIP model and its compact weights) and
     # text features of hand-crafted prompts through the protocol. Independent of data.
     "backbones": (("vlprompt.backbones",), frozenset({"foundation"})),

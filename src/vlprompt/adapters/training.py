@@ -34,6 +34,7 @@ import torch
 
 from vlprompt.adapters.base import AdapterData
 from vlprompt.errors import ConfigError, TrainingDivergedError
+from vlprompt.schedule import dassl_cosine_lr
 
 _logger = logging.getLogger(__name__)
 
@@ -77,13 +78,8 @@ class DasslOptim:
 
 def dassl_lr(epoch: int, spec: DasslOptim) -> float:
     """Learning rate of 1-indexed ``epoch``: ``warmup_lr`` for the first ``warmup_epochs``, then
-    ``lr · ½(1 + cos(π (epoch − 1 − warmup_epochs) / epochs))`` (the cosine restarts after the warm-up and never
-    reaches 0)."""
-    if not 1 <= epoch <= spec.epochs:
-        raise ValueError(f"epoch {epoch} outside 1..{spec.epochs}")
-    if epoch <= spec.warmup_epochs:
-        return spec.warmup_lr
-    return spec.lr * 0.5 * (1.0 + math.cos(math.pi * (epoch - 1 - spec.warmup_epochs) / spec.epochs))
+    ``lr · ½(1 + cos(π (epoch − 1 − warmup_epochs) / epochs))`` (:func:`vlprompt.schedule.dassl_cosine_lr`)."""
+    return dassl_cosine_lr(epoch, spec.epochs, spec.lr, spec.warmup_epochs, spec.warmup_lr)
 
 
 def build_optimizer(params: Iterable[torch.nn.Parameter], spec: DasslOptim) -> torch.optim.Optimizer:

@@ -7,16 +7,13 @@ it never reaches 0: ``lr(e) = base · ½(1 + cos(π (e − 1 − W) / T))`` for 
 
 from __future__ import annotations
 
-import math
+from vlprompt.schedule import dassl_cosine_lr
 
 
 def coop_lr(epoch: int, max_epoch: int, base_lr: float = 0.002, warmup_epochs: int = 1, warmup_lr: float = 1e-5) -> float:
-    """Learning rate of 1-indexed ``epoch`` under the official schedule."""
-    if epoch < 1 or epoch > max_epoch:
-        raise ValueError(f"epoch {epoch} outside 1..{max_epoch}")
-    if epoch <= warmup_epochs:
-        return warmup_lr
-    return base_lr * 0.5 * (1.0 + math.cos(math.pi * (epoch - 1 - warmup_epochs) / max_epoch))
+    """Learning rate of 1-indexed ``epoch`` under the official schedule (:func:`vlprompt.schedule.dassl_cosine_lr`
+    with CoOp's defaults)."""
+    return dassl_cosine_lr(epoch, max_epoch, base_lr, warmup_epochs, warmup_lr)
 
 
 def default_epochs(shots: int | None, dataset: str | None = None) -> int:
