@@ -34,8 +34,11 @@ Trained (the official name filter in ``PromptSRC.build_model``: every parameter 
 
 Official recipe (``configs/trainers/PromptSRC/vit_b16_c2_ep20_batch4_4+4ctx.yaml``, base-to-new): 4 + 4 tokens,
 depth 9 in both towers, SGD lr 0.0025 (momentum 0.9, wd 5e-4), batch 4, 20 epochs, cosine, one constant warm-up
-epoch at 1e-5, loss weights 25 / 10, GPA mean 15, std 1, ``PREC fp16``. The other protocols' configs differ in a
-few values: :data:`PROTOCOL_RECIPES`.
+epoch at 1e-5, loss weights 25 / 10, GPA mean 15, std 1, ``PREC fp16``; all of it is the default here except the
+lr (``--lr 0.0025``: the recipe mechanism resolves epochs and batch size only, :attr:`PromptSRC.recipe`) and the
+precision (fp32, vlprompt's deliberate default, ``TrainConfig.precision``; the official fp16 casts of the prompt
+tokens and of the zero-shot text features are kept by ``half_tokens`` / ``half_teacher``). The other
+protocols' configs differ in a few values: :data:`PROTOCOL_RECIPES`.
 
 Differences from the official code:
 
@@ -85,10 +88,12 @@ PROMPTSRC_TEMPLATES: tuple[str, ...] = tuple(t + "." for t in (
     "a blurry photo of a {}", "a cartoon {}", "art of a {}", "a sketch of the {}", "a embroidered {}",
     "a pixelated photo of a {}", "itap of the {}"))
 
-#: The official configs per protocol (``configs/trainers/PromptSRC/``): the training settings and the learner
-#: options that differ from the base-to-new defaults. ``few_shot`` is for ImageNet, Caltech101, OxfordPets,
-#: Food101, UCF101 and SUN397, ``few_shot_fine`` (the file's commented alternative) for StanfordCars, Flowers102,
-#: FGVCAircraft, DTD and EuroSAT.
+#: The official configs per protocol (``configs/trainers/PromptSRC/``, run by ``scripts/promptsrc/``): the
+#: training settings and the learner options that differ from the base-to-new defaults (give them with
+#: ``--epochs`` / ``--lr`` / ``--learner-opt``). ``few_shot`` is for ImageNet, Caltech101, OxfordPets, Food101,
+#: UCF101 and SUN397, ``few_shot_fine`` (the file's commented alternative) for StanfordCars, Flowers102,
+#: FGVCAircraft, DTD and EuroSAT. ``cross_dataset``: ``xd_train.sh`` names ``…_ep5_…_cross_datasets``, a file the
+#: repository does not have; the one it has (below) sets MAX_EPOCH 20.
 PROTOCOL_RECIPES: dict[str, dict[str, Any]] = {
     "base2new": {"file": "vit_b16_c2_ep20_batch4_4+4ctx.yaml", "epochs": 20, "batch_size": 4, "lr": 0.0025,
                  "learner": {}},
@@ -150,7 +155,9 @@ class PromptSRC(IndependentDeepPrompts):
     method = "promptsrc"
     config_class = PromptSRCConfig
     display_name = "PromptSRC"
-    #: ``configs/trainers/PromptSRC/vit_b16_c2_ep20_batch4_4+4ctx.yaml``: BATCH_SIZE 4, MAX_EPOCH 20.
+    #: ``configs/trainers/PromptSRC/vit_b16_c2_ep20_batch4_4+4ctx.yaml``: BATCH_SIZE 4, MAX_EPOCH 20. Its
+    #: ``OPTIM.LR 0.0025`` cannot be a recipe entry yet (a recipe sets only ``engine.recipe.RECIPE_FIELDS``, and
+    #: ``TrainConfig.lr`` has no "not chosen" value): pass ``--lr 0.0025`` (:data:`PROTOCOL_RECIPES`).
     recipe = {"epochs": 20, "batch_size": 4}
 
     def __init__(self, backbone: Backbone, classnames: list[str], config: PromptSRCConfig):
