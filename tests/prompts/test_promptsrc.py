@@ -114,6 +114,39 @@ def test_fit_aggregates_every_epoch_and_ends_on_the_aggregate(vit):
         assert not torch.equal(p.detach(), seen[-1][n]), n
 
 
+def test_fit_killed_after_epoch_two_and_resumed_from_the_train_state_ends_bit_identical(vit, tmp_path):
+    """The run's own resumable state (runs/state: learner state_dict incl. the gpa_* buffers, SGD momentum) saved
+    after epoch 2 of 4, the run killed, a fresh learner (another init) restored and trained on: the final
+    (aggregated) prompts are bit-identical to an uninterrupted run's."""
+    from vlprompt.engine.fit import make_optimizer
+    from vlprompt.runs.state import load_train_state, save_train_state
+
+    cfg, opts = TrainConfig(batch_size=3, lr=0.05), {"gpa_mean": 3.0, "gpa_std": 1.0}
+    g = torch.Generator().manual_seed(4)
+    batches = [(torch.randn(3, 3, 32, 32, generator=g), torch.tensor([0, 1, 2])) for _ in range(2)]
+    whole = small(vit, **opts)
+    fit(PromptModel(vit, whole), batches, cfg, 4, images_are_features=False)
+
+    class Killed(Exception):
+        pass
+
+    def save_then_die(record, opt):
+        save_train_state(tmp_path, epoch=record["epoch"], learner=first, optimizer=opt, generator=None)
+        if record["epoch"] == 2:
+            raise Killed
+
+    first = small(vit, **opts)
+    with pytest.raises(Killed):
+        fit(PromptModel(vit, first), batches, cfg, 4, images_are_features=False, on_epoch=save_then_die)
+    resumed = small(vit, seed=99, **opts)
+    opt = make_optimizer(resumed, cfg)
+    assert load_train_state(tmp_path, learner=resumed, optimizer=opt, generator=None) == 2
+    assert int(resumed.gpa_epochs) == 2
+    fit(PromptModel(vit, resumed), batches, cfg, 4, images_are_features=False, start_epoch=3, optimizer=opt)
+    for n, p in whole.named_parameters():
+        assert torch.equal(p, dict(resumed.named_parameters())[n]), n
+
+
 def test_without_gpa_the_last_epoch_is_kept(vit):
     learner = small(vit, gpa=False)
     states = epoch_states(learner)
