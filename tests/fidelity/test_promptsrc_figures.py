@@ -139,6 +139,19 @@ def test_templates_and_the_ensemble_rule_are_the_official_ones(backbone):
     assert (clip_rule - official).abs().max() > 100 * TOL
 
 
+def test_the_official_kl_is_neither_reversed_nor_batchmean():
+    """Guard: from the official logits and zero-shot logits, the official reduction reproduces the recorded term,
+    while the reversed direction and ``batchmean`` (÷ B instead of ÷ B·C) miss it by ≫ 1e-5."""
+    fig = FIGS["cases"]["no_half"]
+    logits, zs = torch.tensor(fig["logits"]), torch.tensor(fig["zs_logits"])
+    lp, lz = F.log_softmax(logits, 1), F.log_softmax(zs, 1)
+    kl = F.kl_div(lp, lz, reduction="sum", log_target=True)
+    close(kl / logits.numel(), fig["loss"]["kl"], "official KL from the recorded logits")
+    reversed_ = F.kl_div(lz, lp, reduction="sum", log_target=True) / logits.numel()
+    assert abs(float(reversed_) - fig["loss"]["kl"]) > 100 * TOL
+    assert abs(float(kl) / logits.shape[0] - fig["loss"]["kl"]) > 100 * TOL
+
+
 def test_gpa_weights_are_the_official_ones_bit_for_bit():
     """``build_model``'s Gaussian weights for the official schedules (base-to-new 20/15/1, cross-dataset 20/6/10,
     few-shot 50/30/30 and 50/45/5) and the short one: identical float64 values."""

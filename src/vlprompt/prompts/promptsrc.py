@@ -5,7 +5,7 @@ Prompts: Foundational Model Adaptation without Forgetting", ICCV 2023, arXiv 230
 Independent deep text and vision prompts (IVLP's: :class:`~vlprompt.prompts.deep.IndependentDeepPrompts`), trained
 with three self-regulating terms that keep the prompted model close to the frozen one:
 
-``loss = CE + L1(t, t̃)·TEXT_LOSS_WEIGHT + L1(v, ṽ)·IMAGE_LOSS_WEIGHT + KL(p ‖ p̃)``
+``loss = CE + L1(t, t̃)·TEXT_LOSS_WEIGHT + L1(v, ṽ)·IMAGE_LOSS_WEIGHT + KL(p̃ ‖ p)``
 
 - ``t`` ``[C, E]``: the prompted, L2-normalised class text features; ``t̃``: the frozen model's text features of the
   official 60-template ensemble (:data:`PROMPTSRC_TEMPLATES`, ``trainers/imagenet_templates.py``
@@ -15,9 +15,10 @@ with three self-regulating terms that keep the prompted model close to the froze
   as a non-persistent buffer.
 - ``v`` ``[B, E]``: the prompted image features; ``ṽ``: the same images through the unprompted tower, without
   autograd (the official ``ZS_image_encoder``). ``F.l1_loss(…, reduction='mean')`` both: the mean over all entries.
-- ``p``, ``p̃``: the prompted logits and the zero-shot ones ``logit_scale · ṽ @ t̃ᵀ`` (the official code casts ``t̃``
+- ``p``, ``p̃``: the softmax of the prompted logits and of the zero-shot ones ``logit_scale · ṽ @ t̃ᵀ`` (the official code casts ``t̃``
   to fp16 there: ``half_teacher``); ``F.kl_div(log_softmax(logits), log_softmax(zs_logits), reduction='sum',
-  log_target=True) / logits.numel()`` (``forward_backward``), i.e. the summed KL of the B rows divided by ``B·C``.
+  log_target=True) / logits.numel()`` (``forward_backward``), i.e. ``Σ_b KL(p̃_b ‖ p_b) / (B·C)``: the
+  zero-shot distribution is the target (``kl_div``'s second argument), summed over the B rows, divided by ``B·C``.
 
 Gaussian prompt aggregation (:mod:`vlprompt.prompts.gpa`): after each epoch ``e`` of ``N`` the learned tensors,
 weighted by ``w_e`` (a Gaussian density over ``e``, mean ``GPA_MEAN``, std ``GPA_STD``, normalised over
