@@ -16,7 +16,7 @@ from vlprompt.engine.config import TrainConfig
 from vlprompt.engine.fit import fit
 from vlprompt.engine.model import PromptModel
 from vlprompt.errors import BackboneError, ConfigError
-from vlprompt.prompts import create_prompt_learner
+from vlprompt.prompts import TrainingStep, create_prompt_learner
 from vlprompt.prompts.gpa import gaussian_epoch_weights
 from vlprompt.prompts.promptsrc import PromptSRC, PromptSRCConfig
 
@@ -207,6 +207,16 @@ def test_registration_defaults_and_depth_refusal(vit):
     rn = create_backbone("vlp-tiny-rn", "random")
     with pytest.raises(BackboneError, match="not a ViT"):  # the hook's refusal of a ResNet image tower
         create_prompt_learner("promptsrc", rn, NAMES, SMALL)
+    # text prompts only (depth_vision 0): trains on cached features; the frozen image features are the step's own
+    text_only = create_prompt_learner("promptsrc", rn, NAMES, {**SMALL, "depth_vision": 0})
+    assert not text_only.prompts_image
+    feats = torch.nn.functional.normalize(torch.randn(3, rn.embed_dim), dim=-1)
+    model = PromptModel(rn, text_only)
+    with torch.no_grad():
+        text = model.text_features()
+    terms = text_only.consistency_terms(TrainingStep(text, feats, model.logits(feats, text), torch.tensor([0, 1, 2]),
+                                                     None, rn))
+    assert float(terms["image_l1"]) == 0.0 and float(terms["text_l1"]) > 0 and float(terms["kl"]) > 0
     learner = create_prompt_learner("promptsrc", vit, NAMES, SMALL)
     assert type(learner) is PromptSRC and learner.display_name == "PromptSRC" and learner.prompts_image
     assert learner.kept_words == "" and learner.init_text == "a photo of a"  # all four words learned

@@ -210,7 +210,7 @@ class PromptSRC(IndependentDeepPrompts):
                               "resume from the run's own training state, or retrain.")
         weight = gaussian_epoch_weights(epochs, self.config.gpa_mean, self.config.gpa_std)[epoch - 1]
         with torch.no_grad():
-            for name, p in self._learned():
+            for name, p in self.named_parameters():
                 accumulate(getattr(self, f"gpa_{name}"), p, weight, first=done == 0)
             self.gpa_epochs.fill_(done + 1)
 
@@ -219,16 +219,13 @@ class PromptSRC(IndependentDeepPrompts):
         if not self.config.gpa or int(self.gpa_epochs) == 0:
             return
         with torch.no_grad():
-            for name, p in self._learned():
+            for name, p in self.named_parameters():
                 p.copy_(getattr(self, f"gpa_{name}"))
         _logger.info("PromptSRC: the prompts are the Gaussian aggregate of %d epochs", int(self.gpa_epochs))
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """The learned prompts only (after :meth:`finalize`: the aggregate), without the GPA accumulators."""
         return {k: v for k, v in super().trainable_state_dict().items() if not k.startswith("gpa_")}
-
-    def _learned(self) -> list[tuple[str, torch.nn.Parameter]]:
-        return list(self.named_parameters())
 
 
 def _check_depths(backbone: Backbone, cfg: PromptSRCConfig) -> None:
