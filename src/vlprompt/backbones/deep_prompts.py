@@ -177,12 +177,18 @@ def check_prompts(backbone, prompts: DeepPrompts) -> None:
                      backbone.text_layers - 1, "one per text block after the first; the input layer's context is "
                      "in the embeddings")
     if prompts.vision is not None:
-        reason = backbone.vision_prompt_unsupported
-        if reason:
-            raise BackboneError(f"backbone '{backbone.name}' cannot take vision prompts: {reason}. Vision and "
-                                "multimodal deep prompts need a ViT image tower (e.g. ViT-B-16).")
+        check_vision_supported(backbone)
         check_tokens(backbone.name, "vision", prompts.vision, backbone.vision_layers, backbone.vision_width,
                      backbone.vision_layers, "one per image block from the first", min_depth=1)
+
+
+def check_vision_supported(backbone) -> None:
+    """Refuse a backbone whose image tower cannot take vision prompts (``vision_prompt_unsupported``, e.g. a ResNet),
+    naming the model and the reason; methods call it before sizing their vision tokens by ``vision_width``."""
+    reason = backbone.vision_prompt_unsupported
+    if reason:
+        raise BackboneError(f"backbone '{backbone.name}' cannot take vision prompts: {reason}. Vision and "
+                            "multimodal deep prompts need a ViT image tower (e.g. ViT-B-16).")
 
 
 def check_text_positions(name: str, n: int, eos: torch.Tensor) -> None:
@@ -247,6 +253,6 @@ def run_transformer(
 
 
 __all__ = [
-    "DeepPrompts", "check_prompts", "check_text_positions", "check_tokens", "expand_tokens", "open_clip_image",
-    "replace_text", "replace_vision", "run_blocks", "run_transformer", "vision_unsupported_reason",
+    "DeepPrompts", "check_prompts", "check_text_positions", "check_tokens", "check_vision_supported", "expand_tokens",
+    "open_clip_image", "replace_text", "replace_vision", "run_blocks", "run_transformer", "vision_unsupported_reason",
 ]

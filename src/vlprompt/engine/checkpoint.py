@@ -260,10 +260,10 @@ def load_learner(run_dir: str | Path, backbone: Backbone, classnames: list[str] 
     path = run_dir / LEARNER_WEIGHTS
     state, header = _read_weights(path, backbone.device)
     _check_binding(path, header, meta)
-    expected = learner.state_dict()
+    expected = learner.trainable_state_dict()  # what save_learner wrote (a learner may keep training-only state)
     check_state(path, state, expected, meta["method"], len(meta["classnames"]), learned_dtypes=meta.get("dtypes", {}))
     state = _to_learner_dtypes(path, state, expected)
-    learner.load_state_dict(state)
+    learner.load_state_dict({**learner.state_dict(), **state})  # training-only buffers keep their fresh values
     if classnames is not None and list(classnames) != learner.classnames:
         learner.set_classnames(backbone, classnames)
     return learner.eval()

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from vlprompt.backbones.base import Backbone
-from vlprompt.backbones.deep_prompts import DeepPrompts, check_prompts
+from vlprompt.backbones.deep_prompts import DeepPrompts, check_prompts, check_vision_supported
 from vlprompt.errors import ConfigError
 from vlprompt.prompts.base import PromptLearner
 from vlprompt.prompts.coop import CoOp, CoOpConfig
@@ -153,6 +153,7 @@ class IndependentDeepPrompts(DeepPromptLearner):
         if cfg.depth_text > 1:
             text = nn.Parameter(self.normal_tokens(backbone, (cfg.depth_text - 1, cfg.n_ctx, backbone.text_width)))
         if cfg.depth_vision > 0:
+            check_vision_supported(backbone)  # a ResNet tower has no vision_width to size the tokens by
             vision = nn.Parameter(self.normal_tokens(backbone, (cfg.depth_vision, cfg.n_ctx_vision,
                                                                 backbone.vision_width)))
         self.deep_text, self.deep_vision = text, vision
