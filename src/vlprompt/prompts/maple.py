@@ -40,6 +40,9 @@ Official recipe (``configs/trainers/MaPLe/vit_b16_c2_ep5_batch4_2ctx.yaml``): ``
 a"``, ``PROMPT_DEPTH 9``, batch 4, 5 epochs, SGD lr 0.0035 (momentum 0.9, weight decay 5e-4: Dassl's defaults),
 cosine, 1 constant warm-up epoch at 1e-5, ``PREC fp16`` (:attr:`MaPLe.recipe`, :class:`MaPLeConfig`). Deviation:
 the lr resolves to the shared 0.002 (the engine's recipes set only epochs and batch size); pass ``--lr 0.0035``.
+The official cross-dataset / domain-generalisation runs (``scripts/maple/xd_train_maple.sh``) use another config,
+``vit_b16_c2_ep5_batch4_2ctx_cross_datasets.yaml``: ``PROMPT_DEPTH 3``, 2 epochs, lr 0.0026 — not resolved per
+protocol here; pass ``--learner-opt depth=3 --epochs 2 --lr 0.0026``.
 """
 
 from __future__ import annotations
