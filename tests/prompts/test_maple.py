@@ -138,3 +138,36 @@ def test_save_load_gives_every_learned_tensor_and_identical_logits(bb, tmp_path)
         lw = want.logits(want.encode_images(images), want.text_features())
         lg = got.logits(got.encode_images(images), got.text_features())
     assert torch.equal(lw, lg) and (lw - lw.mean()).abs().max() > 0
+
+
+def test_official_depth_9_fits_a_12_block_tower_and_13_is_refused():
+    """ViT-B/16's 12 + 12 blocks: PROMPT_DEPTH 9 gives text tokens for blocks 1…8 ([8, n, D_t]) and vision tokens
+    for the input and blocks 1…8 ([9, n, D_v]), as the official blocks' counter reads them."""
+    arch = {"embed_dim": 16, "vision_cfg": {"image_size": 16, "layers": 12, "width": 64, "patch_size": 16},
+            "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 1, "layers": 12}}
+    torch.manual_seed(0)
+    deep12 = OpenClipBackbone(CLIP(**arch).eval(), SimpleTokenizer(), name="tiny-12-blocks")
+    d = maple(deep12).deep_prompts()  # the default depth 9
+    assert d.text.shape == (8, 2, 64) and d.vision.shape == (9, 2, 64) and (d.text_depth, d.vision_depth) == (9, 9)
+    with pytest.raises(ConfigError, match="depth=13.*N ≤ 12"):
+        maple(deep12, depth=13)
+
+
+def test_transformers_clip_with_other_widths_trains_every_parameter():
+    """Widths come from the backbone (transformers' tiny CLIP: text 64, image 32), not ViT-B's 512/768."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "backbones"))
+    from test_hf_adapter import tiny_clip
+
+    from vlprompt.backbones.hf import HFClipBackbone
+
+    hf = HFClipBackbone(tiny_clip(), "hf:tiny")
+    learner = maple(hf, depth=2)
+    assert learner.proj.weight.shape == (32, 64) and learner.deep_prompts().vision.shape == (2, 2, 32)
+    images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    loss, logits = PromptModel(hf, learner).training_loss(None, torch.tensor([0, 2]), images)
+    loss.backward()
+    assert logits.shape == (2, 3)
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in learner.parameters())
