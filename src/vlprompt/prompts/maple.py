@@ -85,7 +85,7 @@ class MaPLe(DeepPromptLearner):
     Args:
         backbone: the frozen backbone; a ViT image tower (vision tokens), whose widths size the couplings.
         classnames: class names; ``_`` becomes a space.
-        config: :class:`MaPLeConfig`.
+        config: :class:`MaPLeConfig` (default: the official options).
 
     Parameters: ``ctx`` ``(n, D_t)``; ``proj`` ``Linear(D_t → D_v)``; ``deep_text`` ``(J − 1, n, D_t)`` (``None``
     at depth 1); ``compound_prompt_projections`` ``J − 1`` × ``Linear(D_t → D_v)``.
@@ -100,7 +100,8 @@ class MaPLe(DeepPromptLearner):
     #: resolved lr is the shared 0.002 until the engine resolves ``lr`` per method; pass ``--lr 0.0035``.
     recipe = {"epochs": 5, "batch_size": 4}
 
-    def __init__(self, backbone: Backbone, classnames: list[str], config: MaPLeConfig):
+    def __init__(self, backbone: Backbone, classnames: list[str], config: MaPLeConfig | None = None):
+        config = config or MaPLeConfig()
         _check_depth(backbone, config.depth)
         super().__init__(backbone, classnames, config)  # ctx from the phrase's tokens: no random draw
         j, n, d_t, d_v = config.depth, self.n_ctx, backbone.text_width, backbone.vision_width
