@@ -32,8 +32,9 @@ on) reproduces the token casts (``prompt_cast``). ``proj`` is kept in the backbo
 fp16`` (the official ``PREC fp16`` default, where the whole CLIP is fp16), fp32 otherwise — the official
 ``PREC fp32`` calls ``clip_model.float()`` *before* building the prompt learner, so its ``proj`` stays fp16 while
 ``ctx`` is fp32, and its first forward fails (``mat1 and mat2 must have the same dtype``); under ``amp``, autocast
-runs the fp16 ``proj`` in fp16. The text tokens and the deeper projections are fp32 in every mode, as officially
-(they are never halved). vlprompt's default precision is fp32 (``TrainConfig.precision``: fp16 updates the fp16
+runs the fp16 ``proj`` in fp16 (vlprompt's ``amp`` keeps an fp32 ``proj``, autocast computing it in half
+precision). In every mode ``proj`` starts from the ``.half()``-rounded init values, as officially. The text
+tokens and the deeper projections are fp32 in every mode, as officially (they are never halved). vlprompt's default precision is fp32 (``TrainConfig.precision``: fp16 updates the fp16
 context without master weights), a deliberate deviation from the official ``PREC fp16``.
 
 Official recipe (``configs/trainers/MaPLe/vit_b16_c2_ep5_batch4_2ctx.yaml``): ``N_CTX 2``, ``CTX_INIT "a photo of
