@@ -107,13 +107,17 @@ def test_depth_above_the_towers_blocks_is_refused_with_the_option_and_the_fix(bb
 
 def test_fp16_backbone_keeps_the_official_dtypes():
     """PREC fp16 officially: the whole CLIP (and proj, .half()) in fp16, the text tokens and the deeper projections
-    fp32 (never halved); the vision tokens stack into one tensor."""
+    fp32 (never halved); the vision tokens stack into one tensor, and a training step reaches every parameter."""
     torch.manual_seed(0)
     bb16 = OpenClipBackbone(CLIP(**ARCH).eval().half(), SimpleTokenizer(), name="tiny-maple-fp16")
     learner = maple(bb16, depth=2)
     assert learner.ctx.dtype == learner.proj.weight.dtype == torch.float16
     assert learner.deep_text.dtype == learner.compound_prompt_projections[0].weight.dtype == torch.float32
     assert learner.deep_prompts().vision.shape == (2, 2, 96)
+    images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)).half()
+    loss, _ = PromptModel(bb16, learner).training_loss(None, torch.tensor([0, 1]), images)
+    loss.backward()  # one step in the official default mode: every gradient in its parameter's dtype
+    assert all(p.grad is not None and p.grad.dtype == p.dtype and p.grad.abs().sum() > 0 for p in learner.parameters())
 
 
 def test_save_load_gives_every_learned_tensor_and_identical_logits(bb, tmp_path):
