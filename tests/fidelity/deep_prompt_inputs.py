@@ -32,13 +32,15 @@ DEPTH = 3  # prompt depth J (text and vision)
 LR = 0.01  # the one SGD step
 
 
-def state_dict(seed: int = SEED) -> dict[str, torch.Tensor]:
-    """The small CLIP's weights in OpenAI's layout (fp32 holding fp16-representable values); global RNG untouched."""
+def state_dict(seed: int = SEED, arch: dict | None = None) -> dict[str, torch.Tensor]:
+    """The small CLIP's weights in OpenAI's layout (fp32 holding fp16-representable values); global RNG untouched.
+
+    ``arch``: open_clip ``CLIP`` arguments (default :data:`ARCH`; ``maple_inputs.ARCH`` for the MaPLe figures)."""
     from open_clip.model import CLIP
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        sd = {k: v.detach().clone() for k, v in CLIP(**ARCH, quick_gelu=True).state_dict().items()}
+        sd = {k: v.detach().clone() for k, v in CLIP(**(arch or ARCH), quick_gelu=True).state_dict().items()}
         g = torch.Generator().manual_seed(seed + 1)
         for name in sorted(sd):
             leaf = name.rsplit(".", 1)[-1]
@@ -65,11 +67,11 @@ def fixed_inputs(seed: int = SEED + 7) -> dict[str, torch.Tensor]:
     }
 
 
-def open_clip_model(sd: dict[str, torch.Tensor]):
-    """open_clip's own ``CLIP`` (QuickGELU) holding ``sd``, eval mode."""
+def open_clip_model(sd: dict[str, torch.Tensor], arch: dict | None = None):
+    """open_clip's own ``CLIP`` (QuickGELU) holding ``sd``, eval mode (``arch``: as in :func:`state_dict`)."""
     from open_clip.model import CLIP
 
-    model = CLIP(**ARCH, quick_gelu=True)
+    model = CLIP(**(arch or ARCH), quick_gelu=True)
     model.load_state_dict(sd)
     return model.eval()
 

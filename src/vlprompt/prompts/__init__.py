@@ -3,6 +3,7 @@
 from vlprompt.prompts import cocoop as _cocoop  # noqa: F401  (registers "cocoop")
 from vlprompt.prompts import coop as _coop  # noqa: F401  (registers "coop")
 from vlprompt.prompts import kgcoop as _kgcoop  # noqa: F401  (registers "kgcoop")
+from vlprompt.prompts import maple as _maple  # noqa: F401  (registers "maple")
 from vlprompt.prompts import promptsrc as _promptsrc  # noqa: F401  (registers "promptsrc")
 from vlprompt.prompts.base import (
     PromptLearner,
