@@ -2,7 +2,9 @@
 
 from vlprompt.prompts import cocoop as _cocoop  # noqa: F401  (registers "cocoop")
 from vlprompt.prompts import coop as _coop  # noqa: F401  (registers "coop")
+from vlprompt.prompts import ivlp as _ivlp  # noqa: F401  (registers "ivlp")
 from vlprompt.prompts import kgcoop as _kgcoop  # noqa: F401  (registers "kgcoop")
+from vlprompt.prompts import vpt as _vpt  # noqa: F401  (registers "vpt")
 from vlprompt.prompts.base import (
     PromptLearner,
     TrainingStep,
