@@ -6,6 +6,10 @@ and ``configs/trainers/VPT/vit_b16_c2_ep5_batch4_4.yaml``, the configs of every 
 
 from __future__ import annotations
 
+import ast
+import json
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -20,6 +24,9 @@ from vlprompt.prompts import create_prompt_learner, get_prompt_learner_class
 from vlprompt.prompts.ivlp import IVLPConfig
 from vlprompt.prompts.vpt import VPTConfig
 
+#: The official yamls as the figures driver parsed them (``tests/fidelity/figures/make_ivlp_vpt_figures.py``).
+OFFICIAL_YAML = json.loads((Path(__file__).parents[1] / "fidelity" / "figures" / "official_ivlp_vpt.json"
+                            ).read_text())["yaml"]
 NAMES = ["dog", "golden_retriever", "cat"]
 SMALL = {"ivlp": {"depth_text": 2, "depth_vision": 2}, "vpt": {"depth_vision": 2}}  # the tiny ViT has 2 + 2 blocks
 
@@ -45,6 +52,28 @@ def test_train_recipe_is_the_official_yaml(method, batch, lr):
     assert method_recipe(method, 16, "dtd") == {"epochs": 5, "batch_size": batch, "lr": lr}
     cls = get_prompt_learner_class(method)
     assert cls.display_name == {"ivlp": "IVLP", "vpt": "VPT-deep"}[method]
+
+
+@pytest.mark.parametrize("method", ["ivlp", "vpt"])
+def test_resolved_defaults_equal_the_recorded_official_yaml(method):
+    """The same numbers read from the official files themselves (parsed by the figures driver, not typed here):
+    train settings, the schedule's kind, and every ``TRAINER.<NAME>`` field the learner has (``PREC`` aside: the
+    deliberate fp32 default; ``CTX_INIT`` of VPT: unused by its trainer, vpt.py l.73)."""
+    y = OFFICIAL_YAML[method]
+    optim, trainer = y["OPTIM"], y["TRAINER"][method.upper()]
+    cfg = resolve_train_config(TrainConfig(), method, 16, "dtd")
+    assert (cfg.batch_size, cfg.epochs, cfg.lr) == (y["DATALOADER"]["TRAIN_X"]["BATCH_SIZE"], optim["MAX_EPOCH"],
+                                                    optim["LR"])
+    # yacs reads "1e-5" with literal_eval (Dassl's CfgNode), as here
+    assert (cfg.warmup_epochs, cfg.warmup_lr) == (optim["WARMUP_EPOCH"], ast.literal_eval(str(optim["WARMUP_CONS_LR"])))
+    assert (optim["NAME"], optim["LR_SCHEDULER"], optim["WARMUP_TYPE"]) == ("sgd", "cosine", "constant")
+    assert cfg.eval_batch_size == y["DATALOADER"]["TEST"]["BATCH_SIZE"]
+    fields = {"N_CTX_TEXT": "n_ctx", "CTX_INIT": "ctx_init", "N_CTX_VISION": "n_ctx_vision",
+              "PROMPT_DEPTH_TEXT": "depth_text", "PROMPT_DEPTH_VISION": "depth_vision"}
+    defaults = (IVLPConfig if method == "ivlp" else VPTConfig)()
+    checked = {k: v for k, v in fields.items() if k in trainer and hasattr(defaults, v)}
+    assert {k: getattr(defaults, v) for k, v in checked.items()} == {k: trainer[k] for k in checked}
+    assert len(checked) == (5 if method == "ivlp" else 2) and trainer["PREC"] == "fp16"
 
 
 def test_user_values_win_over_the_recipe():

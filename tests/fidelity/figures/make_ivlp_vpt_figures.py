@@ -10,7 +10,8 @@ repository (README.md here says how they were extracted). It runs the official c
   ``clip.build_model(state_dict, design_details)`` builds the model with the trainer's own ``design_details``);
 - ``IVLP.build_model`` / ``VPT.build_model`` on a stand-in trainer object (``cfg``, ``dm.dataset.classnames``,
   ``device`` cpu): the official ``CustomCLIP``, the official choice of trainable parameters, and Dassl's real
-  ``build_optimizer`` (SGD, momentum 0.9, weight decay 5e-4, ``OPTIM.LR`` read from the trainer's yaml). The
+  ``build_optimizer`` (SGD, momentum 0.9, weight decay 5e-4, ``OPTIM.LR`` read from the trainer's yaml, which is
+  recorded, parsed, under ``"yaml"`` for ``tests/recipes/test_ivlp_vpt_recipes.py``). The
   scheduler is not built (``build_lr_scheduler`` returns ``None``): its first epoch is the 1e-5 warm-up, and the
   step recorded here is at the base lr;
 - the learned tokens are then overwritten with ``ivlp_vpt_inputs.tokens(case)`` (IVLP's ``ctx``: the official word
@@ -26,13 +27,13 @@ import importlib
 import importlib.util
 import json
 import platform
-import re
 import sys
 import tempfile
 import types
 from pathlib import Path
 
 import torch
+import yaml
 
 ROOT, DASSL, OUT = sys.argv[1], sys.argv[2], sys.argv[3]
 sys.path.insert(0, ROOT)
@@ -92,9 +93,14 @@ def ns(**kw):
     return types.SimpleNamespace(**kw)
 
 
+def official_yaml(method):
+    """The trainer's official config file, parsed (recorded in the figures: the recipe tests read it)."""
+    return yaml.safe_load((Path(ROOT) / YAML[method]).read_text())
+
+
 def yaml_lr(method):
     """``OPTIM.LR`` of the trainer's official yaml."""
-    return float(re.search(r"^\s*LR:\s*([0-9.e-]+)\s*$", (Path(ROOT) / YAML[method]).read_text(), re.M).group(1))
+    return float(official_yaml(method)["OPTIM"]["LR"])
 
 
 def config(method, opts):
@@ -156,6 +162,7 @@ out = {
     "torch": torch.__version__, "python": platform.python_version(),
     "weights_sha256": W.tensors_sha256(W.state_dict()), "inputs_sha256": W.tensors_sha256(INP),
     "tokens_sha256": {c: W.tensors_sha256(V.tokens(c)) for c in V.CASES},
+    "yaml": {m: official_yaml(m) for m in YAML},
     "cases": {c: run(c) for c in V.CASES},
 }
 Path(OUT).write_text(json.dumps(out))
