@@ -201,7 +201,7 @@ def test_transformers_towers_take_deep_prompts_as_their_own_layers_would():
     encoders (``get_image_features`` for the image) with the tokens placed by forward pre-hooks on their layers."""
     from test_hf_adapter import tiny_clip
 
-    from vlprompt.backbones.hf import HFClipBackbone, features_tensor
+    from vlprompt.backbones.hf import HFClipBackbone
 
     bb = HFClipBackbone(tiny_clip(), "hf:tiny")
     assert (bb.text_layers, bb.text_width, bb.vision_layers, bb.vision_width, bb.vision_heads) == (2, 64, 2, 32, 2)
@@ -227,8 +227,18 @@ def test_transformers_towers_take_deep_prompts_as_their_own_layers_would():
     kv = bb.encode_text_prefix(emb[0, : 1 + N], deep_text=d)
     torch.testing.assert_close(bb.encode_text_suffix(kv, emb[:, 1 + N :], ids), ours, atol=1e-5, rtol=1e-5)
 
+    images = _check_hf_vision_prompts(bb, N)
+    with pytest.raises(BackboneError, match=r"3 vision prompt layers given.*2 blocks"):
+        bb.encode_image(images, vision_prompts=deep(3, 32))
+
+
+def _check_hf_vision_prompts(bb, n: int) -> torch.Tensor:
+    """``n`` vision tokens per layer through the explicit layers equal transformers' ``get_image_features`` with
+    the tokens placed by pre-hooks on its own layers; returns the images ``[3, 3, 32, 32]``."""
+    from vlprompt.backbones.hf import features_tensor
+
     images = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(4))
-    v = deep(bb.vision_layers, bb.vision_width)
+    v = deep(bb.vision_layers, bb.vision_width, n=n)
     ours = bb.encode_image(images, vision_prompts=v)
     vm = bb.model.vision_model
 
@@ -236,7 +246,7 @@ def test_transformers_towers_take_deep_prompts_as_their_own_layers_would():
         tok = v[j].expand(h.shape[0], -1, -1)
         if j == 0:  # appended after pre_layrnorm ran on the image tokens: normalise the new ones the same way
             return torch.cat([h, vm.pre_layrnorm(tok)], dim=1)
-        return torch.cat([h[:, :-N], tok], dim=1)
+        return torch.cat([h[:, :-n], tok], dim=1)
 
     handles = _hooked(vm.encoder.layers, vision_edit)
     try:
@@ -246,8 +256,19 @@ def test_transformers_towers_take_deep_prompts_as_their_own_layers_would():
             h.remove()
     torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
     assert (ours - bb.encode_image(images)).abs().max() > 1e-2
-    with pytest.raises(BackboneError, match=r"3 vision prompt layers given.*2 blocks"):
-        bb.encode_image(images, vision_prompts=deep(3, 32))
+    return images
+
+
+def test_more_vision_tokens_than_image_tokens():
+    """VPT-deep's 8 tokens on a tower of 1 + 4 image tokens (transformers' tiny CLIP here; open_clip's path is
+    checked against the official VPT trainer with 20 tokens on 1 + 16, ``tests/fidelity/test_ivlp_vpt_figures.py``
+    case ``vpt_many_tokens_as_is``). Catches: the first layer's tokens broadcast to the shape of the first ``n_v``
+    image tokens, which do not exist."""
+    from test_hf_adapter import tiny_clip
+
+    from vlprompt.backbones.hf import HFClipBackbone
+
+    _check_hf_vision_prompts(HFClipBackbone(tiny_clip(), "hf:tiny"), 8)
 
 
 #: open_clip ViT variants: micro-CLIP v2's architecture (issue 14: ViT 128 wide, 4 layers, head width 32; text 4

@@ -135,7 +135,7 @@ def _recipe(method: str, shots: int, dataset: str) -> dict[str, int]:
     """The recipe a run must record: the official numbers where pinned above, else the resolver's."""
     if method in OFFICIAL:
         epochs, batch = OFFICIAL[method][shots]
-        return {"epochs": epochs, "batch_size": batch}
+        return {"epochs": epochs, "batch_size": batch, "lr": 0.002}
     return method_recipe(method, shots, dataset)
 
 
@@ -157,7 +157,8 @@ def test_recipe_sets_only_recipe_fields(method):
     assert set(cls.recipe) <= set(RECIPE_FIELDS)
     for shots, dataset in ((1, "dtd"), (16, "imagenet"), (None, None)):
         recipe = method_recipe(method, shots, dataset)
-        assert set(recipe) == set(RECIPE_FIELDS) and all(isinstance(v, int) and v >= 1 for v in recipe.values())
+        assert set(recipe) == set(RECIPE_FIELDS) and 0 < recipe["lr"] < 1
+        assert all(isinstance(recipe[k], int) and recipe[k] >= 1 for k in ("epochs", "batch_size"))
     for shots in (1, 2):
         assert method_recipe(method, shots, "dtd") == _recipe(method, shots, "dtd")
 

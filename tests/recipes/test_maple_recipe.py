@@ -20,7 +20,7 @@ from vlprompt.prompts.maple import MaPLeConfig
 @pytest.mark.parametrize("shots, dataset", [(16, "dtd"), (16, "imagenet"), (1, "eurosat"), (None, None)])
 def test_maple_resolves_the_official_epochs_and_batch_for_every_dataset(shots, dataset):
     """One config for every dataset and shot count (ImageNet's CoOp 50 epochs do not apply)."""
-    assert method_recipe("maple", shots, dataset) == {"epochs": 5, "batch_size": 4}
+    assert method_recipe("maple", shots, dataset) == {"epochs": 5, "batch_size": 4, "lr": 0.0035}
     cfg = resolve_train_config(TrainConfig(), "maple", shots, dataset)
     assert (cfg.epochs, cfg.batch_size, cfg.momentum, cfg.weight_decay, cfg.warmup_epochs, cfg.warmup_lr) == \
         (5, 4, 0.9, 5e-4, 1, 1e-5)
@@ -43,8 +43,5 @@ def test_precision_default_is_fp32_a_named_deviation():
     assert TrainConfig(precision="fp16").precision == "fp16"  # the official mode stays available
 
 
-@pytest.mark.xfail(strict=True, reason="engine gap: a method recipe may only set epochs and batch_size "
-                   "(vlprompt.engine.recipe.RECIPE_FIELDS), so MaPLe's official LR 0.0035 is not resolved (the "
-                   "shared 0.002 is); pass --lr 0.0035. Remove this mark when the engine resolves lr per method.")
 def test_maple_resolves_the_official_lr():
     assert resolve_train_config(TrainConfig(), "maple", 16, "dtd").lr == 0.0035

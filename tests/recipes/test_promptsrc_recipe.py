@@ -24,8 +24,6 @@ def test_base_to_new_training_defaults_are_the_official_config():
     assert resolve_train_config(TrainConfig(epochs=3, lr=0.0025), "promptsrc", 16, "dtd").epochs == 3
 
 
-@pytest.mark.xfail(strict=True, reason="engine.recipe resolves only epochs and batch_size; TrainConfig.lr is a "
-                   "plain 0.002 default, so PromptSRC's OPTIM.LR 0.0025 needs --lr 0.0025 (PromptSRC.recipe)")
 def test_base_to_new_lr_resolves_to_the_official_one():
     assert resolve_train_config(TrainConfig(), "promptsrc", 16, "dtd").lr == 0.0025
 

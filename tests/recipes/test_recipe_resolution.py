@@ -62,7 +62,7 @@ def test_kgcoop_recipe():
             cfg = resolve_train_config(TrainConfig(), "kgcoop", shots, dataset)
             assert (cfg.batch_size, cfg.epochs) == (128, 100)
             _check_shared(cfg)
-    assert method_recipe("kgcoop", 4, "dtd") == {"epochs": 100, "batch_size": 128}
+    assert method_recipe("kgcoop", 4, "dtd") == {"epochs": 100, "batch_size": 128, "lr": 0.002}
 
 
 def test_learner_defaults_of_each_method():
@@ -79,7 +79,7 @@ def test_learner_defaults_of_each_method():
 
 
 def test_user_values_win_and_resolution_is_idempotent():
-    mine = TrainConfig(epochs=3, batch_size=7)
+    mine = TrainConfig(epochs=3, batch_size=7, lr=0.01)
     for method in ("coop", "cocoop", "kgcoop"):
         assert resolve_train_config(mine, method, 16, "dtd") == mine
     half = resolve_train_config(TrainConfig(batch_size=5), "kgcoop", 16, "dtd")
@@ -113,7 +113,9 @@ def test_cli_help_states_the_resolved_defaults(capsys):
                         ("SGD weight decay (default 5e-4)", "weight_decay"),
                         ("constant warm-up lr (default 1)", "warmup_epochs"), ("warm-up lr (default 1e-5)", "warmup_lr")):
         assert text in out
-        assert getattr(TrainConfig(), field) == float(text.rsplit(" ", 1)[1].rstrip(")"))
+        # lr: unset (None) until a method's recipe resolves it; 0.002 where none does (the CoOp family's)
+        value = TrainConfig().base_lr if field == "lr" else getattr(TrainConfig(), field)
+        assert value == float(text.rsplit(" ", 1)[1].rstrip(")"))
 
 
 def test_cli_passes_only_what_the_user_gave():
@@ -126,7 +128,7 @@ def test_cli_passes_only_what_the_user_gave():
     add_train_args(p)
     cfg = train_config(p.parse_args([]))
     assert cfg == TrainConfig() and cfg.batch_size is None and cfg.epochs is None
-    assert (cfg.weight_decay, cfg.momentum, cfg.lr) == (5e-4, 0.9, 0.002)
+    assert (cfg.weight_decay, cfg.momentum, cfg.lr, cfg.base_lr) == (5e-4, 0.9, None, 0.002)
     assert train_config(p.parse_args(["--batch-size", "3", "--no-flip"])) == TrainConfig(batch_size=3, flip=False)
 
 
@@ -137,9 +139,9 @@ def _count_steps(monkeypatch) -> list[int]:
     sizes: list[int] = []
     real = PromptModel.training_loss
 
-    def counted(self, image_features, labels):
+    def counted(self, image_features, labels, images=None):
         sizes.append(int(labels.numel()))
-        return real(self, image_features, labels)
+        return real(self, image_features, labels, images)
 
     monkeypatch.setattr(PromptModel, "training_loss", counted)
     return sizes

@@ -230,7 +230,8 @@ def open_clip_image(
     """
     x = visual._embeds(images)  # (B, 1 + g², D)
     n = vision.shape[1]
-    first = visual.ln_pre(expand_tokens(vision[0], x[:, :n], 1, cast))  # (B, n_v, D)
+    # the shape to broadcast to is (B, n_v, D): from x[:, :1], since n_v may exceed the 1 + g² image tokens
+    first = visual.ln_pre(expand_tokens(vision[0], x[:, :1].expand(-1, n, -1), 1, cast))  # (B, n_v, D)
     x = torch.cat([x, first], dim=1)  # (B, 1 + g² + n_v, D)
     x = run_transformer(visual.transformer, x, None, vision[1:], replace_vision, cast)
     x = x[:, : x.shape[1] - n]  # (B, 1 + g², D): prompt tokens out before the tower's pooling

@@ -247,7 +247,8 @@ class HFClipBackbone(ClipBpeTextMixin, SharedPrefixMixin, Backbone):
         tokens separately), layers (explicit, unmasked), CLS pooling, ``post_layernorm``, projection: ``[B, E]``."""
         vm = self.model.vision_model
         x = vm.embeddings(pixels)  # (B, 1 + g², D)
-        first = vm.pre_layrnorm(expand_tokens(vision[0], x[:, : vision.shape[1]], 1, cast))  # (B, n_v, D)
+        like = x[:, :1].expand(-1, vision.shape[1], -1)  # (B, n_v, D): n_v may exceed the 1 + g² image tokens
+        first = vm.pre_layrnorm(expand_tokens(vision[0], like, 1, cast))  # (B, n_v, D)
         x = torch.cat([vm.pre_layrnorm(x), first], dim=1)  # (B, 1 + g² + n_v, D)
         x = run_blocks(vm.encoder.layers, x, vision[1:], replace_vision,
                        lambda blk, h: hf_clip_block(blk, h, None, causal=False)[0], cast=cast)

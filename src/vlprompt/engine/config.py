@@ -26,20 +26,27 @@ def parse_augment(value: str) -> tuple[AugmentMode, int]:
     raise ConfigError(f"--augment '{value}' is invalid; expected {AUGMENT_HELP}.")
 
 
+#: SGD's base lr where neither the user nor the method's recipe sets one (``OPTIM.LR 0.002`` of the CoOp, CoCoOp
+#: and KgCoOp configs).
+DEFAULT_LR = 0.002
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Optimisation settings; defaults are the official recipe (``docs/recipes.md``, reference §2).
 
-    ``epochs`` and ``batch_size`` differ between methods: ``None`` means "not chosen by the user", and
+    ``epochs``, ``batch_size`` and ``lr`` differ between methods: ``None`` means "not chosen by the user", and
     :func:`vlprompt.engine.recipe.resolve_train_config` fills them with the method's official values (CoOp: batch 32
-    and 50/100/200 epochs by shot count; CoCoOp: batch 1, 10 epochs; KgCoOp: batch 128, 100 epochs). Training
+    and 50/100/200 epochs by shot count; CoCoOp: batch 1, 10 epochs; KgCoOp: batch 128, 100 epochs; IVLP: batch 4,
+    5 epochs, lr 0.0035). Training
     (:func:`vlprompt.engine.run.train_run`) always resolves first, and the resolved values are what ``config.json``
     records. The other defaults are the same for every method.
 
     Attributes:
         epochs: MAX_EPOCH (``None``: the method's recipe, see :mod:`vlprompt.engine.recipe`).
         batch_size: train batch size (``None``: the method's recipe).
-        lr: base learning rate of SGD (0.002, ``OPTIM.LR`` of every official config).
+        lr: base learning rate of SGD (``None``: the method's recipe; 0.002, ``OPTIM.LR`` of the CoOp family's
+            configs, IVLP 0.0035, VPT-deep 0.0025; :attr:`base_lr` reads it).
         momentum: SGD momentum (0.9, ``Dassl:dassl/config/defaults.py`` ``OPTIM.MOMENTUM``).
         weight_decay: SGD weight decay (5e-4, Dassl's ``OPTIM.WEIGHT_DECAY``, applied to every learned tensor).
         warmup_epochs: epochs at the constant warm-up lr (1, ``OPTIM.WARMUP_EPOCH``).
@@ -58,7 +65,7 @@ class TrainConfig:
 
     epochs: int | None = None
     batch_size: int | None = None
-    lr: float = 0.002
+    lr: float | None = None
     momentum: float = 0.9
     weight_decay: float = 5e-4
     warmup_epochs: int = 1
@@ -77,7 +84,7 @@ class TrainConfig:
             problems.append(f"--epochs must be ≥ 1, got {self.epochs}")
         if self.batch_size is not None and self.batch_size < 1:
             problems.append(f"--batch-size must be ≥ 1, got {self.batch_size}")
-        if self.lr <= 0:
+        if self.lr is not None and self.lr <= 0:
             problems.append(f"--lr must be > 0, got {self.lr}")
         if not 0 < self.crop_scale_min <= 1:
             problems.append(f"--crop-scale-min must be in (0, 1], got {self.crop_scale_min}")
@@ -96,9 +103,15 @@ class TrainConfig:
         parse_augment(self.augment)
 
     @property
+    def base_lr(self) -> float:
+        """SGD's base learning rate: ``lr``, or :data:`DEFAULT_LR` where no recipe resolved it (a bare
+        ``TrainConfig()`` given to :func:`vlprompt.engine.fit.fit`)."""
+        return DEFAULT_LR if self.lr is None else self.lr
+
+    @property
     def resolved(self) -> bool:
         """Whether every method-dependent field is set (see :func:`vlprompt.engine.recipe.resolve_train_config`)."""
-        return self.epochs is not None and self.batch_size is not None
+        return self.epochs is not None and self.batch_size is not None and self.lr is not None
 
     def to_dict(self) -> dict:
         """JSON-serialisable form."""

@@ -54,7 +54,7 @@ def divergence_message(loss: float, epoch: int, step: int, cfg: TrainConfig) -> 
     elif cfg.precision == "amp":
         hint = "with --precision amp this can be an fp16 overflow: rerun with --precision fp32, or a lower --lr"
     else:
-        hint = f"the optimisation diverged at --precision fp32: rerun with a lower --lr (now {cfg.lr:g})"
+        hint = f"the optimisation diverged at --precision fp32: rerun with a lower --lr (now {cfg.base_lr:g})"
     return (f"the training loss became {loss} at epoch {epoch}, step {step}; training stopped instead of continuing on "
             f"garbage ({hint}; the run folder stays unfinished: rerun with --overwrite).")
 
@@ -62,7 +62,7 @@ def divergence_message(loss: float, epoch: int, step: int, cfg: TrainConfig) -> 
 def make_optimizer(learner: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     """The official optimizer: SGD over the learner's trainable parameters only."""
     params = [p for p in learner.parameters() if p.requires_grad]
-    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=cfg.base_lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 
 def make_scaler(cfg: TrainConfig, device: torch.device) -> torch.amp.GradScaler | None:
@@ -188,7 +188,7 @@ def fit(model: PromptModel, batches: Callable[[], Iterator[tuple[torch.Tensor, t
     try:
         for epoch in bar:
             t0 = time.perf_counter()
-            lr = train_step.set_lr(coop_lr(epoch, epochs, cfg.lr, cfg.warmup_epochs, cfg.warmup_lr))
+            lr = train_step.set_lr(coop_lr(epoch, epochs, cfg.base_lr, cfg.warmup_epochs, cfg.warmup_lr))
             total_loss, correct, seen = 0.0, 0, 0
             for step, (x, y) in enumerate(batches, start=1):
                 step_loss, step_correct, rows = train_step(x, y, epoch, step)

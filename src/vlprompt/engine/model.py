@@ -17,7 +17,8 @@ Every path gives the same features as the plain full-length computation, to floa
 Deep prompts (:meth:`~vlprompt.prompts.base.PromptLearner.deep_prompts`) keep every path: deep text tokens sit at
 positions ``1…n`` of every prompt, inside the shared prefix, so they are encoded once per call; a learner that
 ``prompts_image`` runs the image tower with its vision tokens (:meth:`PromptModel.encode_images`), with autograd in
-training.
+training. A learner whose text features nothing learned changes (VPT-deep) hands them over once per class list
+(:meth:`~vlprompt.prompts.base.PromptLearner.fixed_text_features`): nothing is encoded per step.
 """
 
 from __future__ import annotations
@@ -114,7 +115,11 @@ class PromptModel(nn.Module):
         self.execution = execution
 
     def text_path(self) -> str:
-        """The text-encoding path :meth:`text_features` takes: ``"shared-prefix"`` or ``"plain"``."""
+        """The text-encoding path :meth:`text_features` takes: ``"fixed"`` (the learner's
+        :meth:`~vlprompt.prompts.base.PromptLearner.fixed_text_features`, nothing encoded), ``"shared-prefix"`` or
+        ``"plain"``."""
+        if self.learner.fixed_text_features() is not None:
+            return "fixed"
         return "shared-prefix" if self._shared_parts() is not None else "plain"
 
     def _shared_parts(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
@@ -147,6 +152,9 @@ class PromptModel(nn.Module):
         ``deep``: the step's deep prompts (so that both towers use one set), ``None`` for none, or ``"learner"``
         (the default) to take them from the learner now.
         """
+        fixed = self.learner.fixed_text_features()
+        if fixed is not None:  # nothing learned on the text side (VPT-deep): computed once per class list
+            return fixed
         deep = self.deep_prompts() if isinstance(deep, str) else deep
         deep_kw = self._deep_text_kwargs(deep)
         # Truncation (and per-length buckets) is exact only under a causal mask.

@@ -6,9 +6,10 @@ name compared in the engine). :func:`resolve_train_config` applies it; :func:`vl
 so the Python API and ``vlprompt train`` train with the same settings, and ``config.json`` records the resolved
 values.
 
-Only ``epochs`` and ``batch_size`` differ between the official methods (:data:`RECIPE_FIELDS`); every other
-optimisation default (SGD lr 0.002, momentum 0.9, weight decay 5e-4, one warm-up epoch at 1e-5, cosine) is the
-same in all their configs and is a plain :class:`~vlprompt.engine.config.TrainConfig` default.
+Only ``epochs``, ``batch_size`` and the SGD ``lr`` differ between the official methods (:data:`RECIPE_FIELDS`; lr
+0.002 for the CoOp family, :data:`~vlprompt.engine.config.DEFAULT_LR`); every other optimisation default (momentum
+0.9, weight decay 5e-4, one warm-up epoch at 1e-5, cosine) is the same in all their configs and is a plain
+:class:`~vlprompt.engine.config.TrainConfig` default.
 
 Official sources (``Repo:path``):
 
@@ -20,7 +21,9 @@ Official sources (``Repo:path``):
 - KgCoOp: ``KgCoOp:KgCoOp/configs/trainers/KgCoOp/vit_b16_ep100_ctxv1.yaml`` (``BATCH_SIZE: 128``,
   ``MAX_EPOCH: 100``), used for every dataset and shot count by ``KgCoOp/scripts/base2new_train.sh`` (16 shots; its
   ImageNet line in ``scripts/run.sh`` uses the same script and config) and ``KgCoOp/scripts/xd_train.sh`` (4 shots,
-  ImageNet included).
+  ImageNet included);
+- IVLP, VPT-deep: :attr:`vlprompt.prompts.ivlp.IVLP.recipe`, :attr:`vlprompt.prompts.vpt.VPT.recipe` (their
+  modules cite the configs).
 """
 
 from __future__ import annotations
@@ -28,13 +31,13 @@ from __future__ import annotations
 import logging
 from dataclasses import replace
 
-from vlprompt.engine.config import TrainConfig
+from vlprompt.engine.config import DEFAULT_LR, TrainConfig
 from vlprompt.errors import ConfigError
 
 _logger = logging.getLogger(__name__)
 
 #: The ``TrainConfig`` fields a method's recipe may set (the only ones that differ between official methods).
-RECIPE_FIELDS = ("epochs", "batch_size")
+RECIPE_FIELDS = ("epochs", "batch_size", "lr")
 
 #: CoOp's train batch size (``CoOp:configs/trainers/CoOp/*.yaml`` ``DATALOADER.TRAIN_X.BATCH_SIZE: 32``).
 COOP_BATCH_SIZE = 32
@@ -61,8 +64,8 @@ def coop_epochs(shots: int | None, dataset: str | None = None) -> int:
     return 200
 
 
-def method_recipe(method: str, shots: int | None = None, dataset: str | None = None) -> dict[str, int]:
-    """The official ``{"epochs", "batch_size"}`` of ``method`` for ``shots`` images per class on ``dataset``.
+def method_recipe(method: str, shots: int | None = None, dataset: str | None = None) -> dict[str, int | float]:
+    """The official ``{"epochs", "batch_size", "lr"}`` of ``method`` for ``shots`` images per class on ``dataset``.
 
     Args:
         method: a registered prompt-learning method (``coop``, ``cocoop``, ``kgcoop``, …).
@@ -81,7 +84,7 @@ def method_recipe(method: str, shots: int | None = None, dataset: str | None = N
     if extra:
         raise ConfigError(f"method '{method}' ({cls.__name__}.recipe) sets {extra}; a method's recipe may only set "
                           f"{', '.join(RECIPE_FIELDS)} (the other settings are TrainConfig defaults).")
-    base = {"epochs": coop_epochs(shots, dataset), "batch_size": COOP_BATCH_SIZE}  # the dataset default
+    base = {"epochs": coop_epochs(shots, dataset), "batch_size": COOP_BATCH_SIZE, "lr": DEFAULT_LR}  # the default
     return {**base, **own}
 
 

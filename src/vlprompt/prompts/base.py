@@ -157,6 +157,12 @@ class PromptLearner(nn.Module):
         """
         return None
 
+    def fixed_text_features(self) -> torch.Tensor | None:
+        """Class text features ``[C, E]`` that nothing learned changes (VPT-deep's hand-crafted prompts), computed
+        once per class list; the engine then uses them instead of encoding :meth:`forward`'s prompts. ``None`` (the
+        default): the text features are encoded from the prompts."""
+        return None
+
     @property
     def prompt_cast(self) -> torch.dtype | None:
         """dtype the deep tokens pass through after broadcasting (``torch.float16``: the official code's

@@ -96,10 +96,8 @@ class MaPLe(DeepPromptLearner):
     config_class = MaPLeConfig
     display_name = "MaPLe"
     prompts_image = True
-    #: ``configs/trainers/MaPLe/vit_b16_c2_ep5_batch4_2ctx.yaml``: BATCH_SIZE 4, MAX_EPOCH 5. Its ``LR 0.0035`` is
-    #: not here: a recipe may only set :data:`vlprompt.engine.recipe.RECIPE_FIELDS` (epochs, batch size), so the
-    #: resolved lr is the shared 0.002 until the engine resolves ``lr`` per method; pass ``--lr 0.0035``.
-    recipe = {"epochs": 5, "batch_size": 4}
+    #: ``configs/trainers/MaPLe/vit_b16_c2_ep5_batch4_2ctx.yaml``: BATCH_SIZE 4, MAX_EPOCH 5, OPTIM.LR 0.0035.
+    recipe = {"epochs": 5, "batch_size": 4, "lr": 0.0035}
 
     def __init__(self, backbone: Backbone, classnames: list[str], config: MaPLeConfig | None = None):
         config = config or MaPLeConfig()

@@ -35,9 +35,8 @@ Trained (the official name filter in ``PromptSRC.build_model``: every parameter 
 
 Official recipe (``configs/trainers/PromptSRC/vit_b16_c2_ep20_batch4_4+4ctx.yaml``, base-to-new): 4 + 4 tokens,
 depth 9 in both towers, SGD lr 0.0025 (momentum 0.9, wd 5e-4), batch 4, 20 epochs, cosine, one constant warm-up
-epoch at 1e-5, loss weights 25 / 10, GPA mean 15, std 1, ``PREC fp16``; all of it is the default here except the
-lr (``--lr 0.0025``: the recipe mechanism resolves epochs and batch size only, :attr:`PromptSRC.recipe`) and the
-precision (fp32, vlprompt's deliberate default, ``TrainConfig.precision``; the official fp16 casts of the prompt
+epoch at 1e-5, loss weights 25 / 10, GPA mean 15, std 1, ``PREC fp16``; all of it is the default here
+(:attr:`PromptSRC.recipe`) except the precision (fp32, vlprompt's deliberate default, ``TrainConfig.precision``; the official fp16 casts of the prompt
 tokens and of the zero-shot text features are kept by ``half_tokens`` / ``half_teacher``). The other
 protocols' configs differ in a few values: :data:`PROTOCOL_RECIPES`.
 
@@ -156,10 +155,9 @@ class PromptSRC(IndependentDeepPrompts):
     method = "promptsrc"
     config_class = PromptSRCConfig
     display_name = "PromptSRC"
-    #: ``configs/trainers/PromptSRC/vit_b16_c2_ep20_batch4_4+4ctx.yaml``: BATCH_SIZE 4, MAX_EPOCH 20. Its
-    #: ``OPTIM.LR 0.0025`` cannot be a recipe entry yet (a recipe sets only ``engine.recipe.RECIPE_FIELDS``, and
-    #: ``TrainConfig.lr`` has no "not chosen" value): pass ``--lr 0.0025`` (:data:`PROTOCOL_RECIPES`).
-    recipe = {"epochs": 20, "batch_size": 4}
+    #: ``configs/trainers/PromptSRC/vit_b16_c2_ep20_batch4_4+4ctx.yaml``: BATCH_SIZE 4, MAX_EPOCH 20, OPTIM.LR
+    #: 0.0025 (the few-shot and cross-dataset configs: :data:`PROTOCOL_RECIPES`).
+    recipe = {"epochs": 20, "batch_size": 4, "lr": 0.0025}
 
     def __init__(self, backbone: Backbone, classnames: list[str], config: PromptSRCConfig):
         _check_depths(backbone, config)
