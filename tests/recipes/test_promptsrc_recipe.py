@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import pytest
-
 from vlprompt.engine.config import TrainConfig
 from vlprompt.engine.recipe import resolve_train_config
 from vlprompt.prompts.promptsrc import PROTOCOL_RECIPES, PromptSRCConfig
