@@ -199,8 +199,8 @@ def test_registration_defaults_and_depth_refusal(vit):
     assert (cfg.n_ctx, cfg.n_ctx_vision, cfg.depth_text, cfg.depth_vision, cfg.ctx_init) == (4, 4, 9, 9, "a photo of a")
     assert (cfg.text_loss_weight, cfg.image_loss_weight, cfg.gpa_mean, cfg.gpa_std) == (25.0, 10.0, 15.0, 1.0)
     assert cfg.half_tokens and cfg.half_teacher and cfg.gpa
-    with pytest.raises(ConfigError, match="depth_text=9, depth_vision=9 .* 'vlp-tiny-vit' has 2 text and 2 image "
-                       "blocks: pass --learner-opt depth_text=N"):
+    with pytest.raises(ConfigError, match="depth_text=9: .* 'vlp-tiny-vit' has 2 text blocks; set --learner-opt "
+                       "depth_text=2"):
         create_prompt_learner("promptsrc", vit, NAMES)
     with pytest.raises(ConfigError, match="depth_vision=3"):
         create_prompt_learner("promptsrc", vit, NAMES, {**SMALL, "depth_vision": 3})

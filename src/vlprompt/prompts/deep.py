@@ -26,7 +26,7 @@ from torch import nn
 
 from vlprompt.backbones.base import Backbone
 from vlprompt.backbones.deep_prompts import DeepPrompts, check_prompts, check_vision_supported
-from vlprompt.errors import ConfigError
+from vlprompt.errors import BackboneError, ConfigError
 from vlprompt.prompts.base import PromptLearner
 from vlprompt.prompts.coop import CoOp, CoOpConfig
 
@@ -138,6 +138,35 @@ class IndependentPromptConfig(DeepPromptConfig):
                               "and, with vision prompts, n_ctx_vision ≥ 1.")
 
 
+def check_depths(
+    backbone: Backbone, depths: dict[str, int], tower_blocks: dict[str, tuple[str, int | None]],
+    optional: tuple[str, ...] = (),
+) -> None:
+    """Refuse prompt depths above a tower's block count (or any depth on a tower without blocks, a ResNet image
+    tower), naming the option and the fix; run before any token is built.
+
+    Args:
+        backbone: the backbone (named in the message).
+        depths: option name → depth, e.g. ``{"depth_text": 12}``.
+        tower_blocks: option name → ``(tower, block count or None)``, e.g. ``{"depth_text": ("text", 12)}``.
+        optional: the options that may be 0 (the message then offers that).
+    """
+    for option, depth in depths.items():
+        tower, blocks = tower_blocks[option]
+        if blocks is None and depth > 0:  # a tower without blocks to prompt (a ResNet image tower)
+            raise BackboneError(
+                f"backbone '{backbone.name}' cannot take {tower} prompts ({option}={depth}): "
+                f"{backbone.vision_prompt_unsupported}. Use a ViT backbone (e.g. ViT-B-16)"
+                + (f", or set --learner-opt {option}=0." if option in optional else ".")
+            )
+        if blocks is not None and depth > blocks:
+            raise ConfigError(
+                f"{option}={depth}: the {tower} prompt depth counts the {tower} transformer blocks that get learned "
+                f"tokens, but backbone '{backbone.name}' has {blocks} {tower} blocks; set --learner-opt "
+                f"{option}={blocks} (or less)."
+            )
+
+
 class IndependentDeepPrompts(DeepPromptLearner):
     """Learned, independent text and vision tokens per layer (official ``clip/model.py``
     ``ResidualAttentionBlock_IVLP.VPT_shallow`` and ``VisionTransformer.VPT``, each ``N(0, 0.02²)``), held here as
@@ -147,6 +176,9 @@ class IndependentDeepPrompts(DeepPromptLearner):
     config_class = IndependentPromptConfig
 
     def __init__(self, backbone: Backbone, classnames: list[str], config: IndependentPromptConfig):
+        check_depths(backbone, {"depth_text": config.depth_text, "depth_vision": config.depth_vision},
+                     {"depth_text": ("text", backbone.text_layers), "depth_vision": ("vision", backbone.vision_layers)},
+                     optional=("depth_vision",))
         super().__init__(backbone, classnames, config)
         cfg = self.config
         text = vision = None
@@ -180,5 +212,5 @@ def _decode_tail(backbone: Backbone, phrase: str, n_ctx: int) -> str:
     )
 
 
-__all__ = ["DeepPromptConfig", "DeepPromptLearner", "IndependentDeepPrompts", "IndependentPromptConfig",
+__all__ = ["DeepPromptConfig", "DeepPromptLearner", "IndependentDeepPrompts", "IndependentPromptConfig", "check_depths",
            "MAX_WORD_INIT_CTX"]

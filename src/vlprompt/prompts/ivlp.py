@@ -35,7 +35,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from vlprompt.backbones.base import Backbone
-from vlprompt.errors import BackboneError, ConfigError
 from vlprompt.prompts.base import register_prompt_learner
 from vlprompt.prompts.deep import IndependentDeepPrompts, IndependentPromptConfig
 
@@ -61,35 +60,6 @@ class IVLPConfig(IndependentPromptConfig):
     half_tokens: bool = True
 
 
-def check_depths(
-    backbone: Backbone, depths: dict[str, int], tower_blocks: dict[str, tuple[str, int | None]],
-    optional: tuple[str, ...] = (),
-) -> None:
-    """Refuse prompt depths above a tower's block count (or any depth on a tower without blocks, a ResNet image
-    tower), naming the option and the fix; run before any token is built.
-
-    Args:
-        backbone: the backbone (named in the message).
-        depths: option name → depth, e.g. ``{"depth_text": 12}``.
-        tower_blocks: option name → ``(tower, block count or None)``, e.g. ``{"depth_text": ("text", 12)}``.
-        optional: the options that may be 0 (the message then offers that).
-    """
-    for option, depth in depths.items():
-        tower, blocks = tower_blocks[option]
-        if blocks is None and depth > 0:  # a tower without blocks to prompt (a ResNet image tower)
-            raise BackboneError(
-                f"backbone '{backbone.name}' cannot take {tower} prompts ({option}={depth}): "
-                f"{backbone.vision_prompt_unsupported}. Use a ViT backbone (e.g. ViT-B-16)"
-                + (f", or set --learner-opt {option}=0." if option in optional else ".")
-            )
-        if blocks is not None and depth > blocks:
-            raise ConfigError(
-                f"{option}={depth}: the {tower} prompt depth counts the {tower} transformer blocks that get learned "
-                f"tokens, but backbone '{backbone.name}' has {blocks} {tower} blocks; set --learner-opt "
-                f"{option}={blocks} (or less)."
-            )
-
-
 @register_prompt_learner
 class IVLP(IndependentDeepPrompts):
     """IVLP prompt learner: learned context ``ctx`` ``(n_ctx, D_t)``, deep text tokens ``deep_text``
@@ -110,11 +80,7 @@ class IVLP(IndependentDeepPrompts):
     recipe = {"epochs": 5, "batch_size": 4, "lr": 0.0035}
 
     def __init__(self, backbone: Backbone, classnames: list[str], config: IVLPConfig | None = None):
-        config = config or IVLPConfig()
-        check_depths(backbone, {"depth_text": config.depth_text, "depth_vision": config.depth_vision},
-                     {"depth_text": ("text", backbone.text_layers), "depth_vision": ("vision", backbone.vision_layers)},
-                     optional=("depth_vision",))
-        super().__init__(backbone, classnames, config)
+        super().__init__(backbone, classnames, config or IVLPConfig())  # depths checked by the base, up front
 
 
-__all__ = ["IVLP", "IVLPConfig", "check_depths"]
+__all__ = ["IVLP", "IVLPConfig"]

@@ -160,7 +160,6 @@ class PromptSRC(IndependentDeepPrompts):
     recipe = {"epochs": 20, "batch_size": 4, "lr": 0.0025}
 
     def __init__(self, backbone: Backbone, classnames: list[str], config: PromptSRCConfig):
-        _check_depths(backbone, config)
         super().__init__(backbone, classnames, config)
         for name, p in self.named_parameters():
             self.register_buffer(f"gpa_{name}", torch.zeros_like(p.detach()))
@@ -224,18 +223,6 @@ class PromptSRC(IndependentDeepPrompts):
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """The learned prompts only (after :meth:`finalize`: the aggregate), without the GPA accumulators."""
         return {k: v for k, v in super().trainable_state_dict().items() if not k.startswith("gpa_")}
-
-
-def _check_depths(backbone: Backbone, cfg: PromptSRCConfig) -> None:
-    """Refuse depths beyond the towers' block counts up front, naming the options (the official 9 / 9 are for
-    ViT-B/16's 12 blocks)."""
-    text, vision = backbone.text_layers, backbone.vision_layers
-    if cfg.depth_text > text or (vision is not None and cfg.depth_vision > vision):
-        raise ConfigError(
-            f"PromptSRC depth_text={cfg.depth_text}, depth_vision={cfg.depth_vision} (the official depths are for "
-            f"ViT-B/16's 12 blocks), but backbone '{backbone.name}' has {text} text and {vision} image blocks: pass "
-            f"--learner-opt depth_text=N --learner-opt depth_vision=N with N at most the block counts."
-        )
 
 
 def template_ensemble(backbone: Backbone, classnames: list[str], templates: tuple[str, ...]) -> torch.Tensor:

@@ -38,7 +38,7 @@ from vlprompt.backbones.deep_prompts import DeepPrompts, check_prompts
 from vlprompt.backbones.text import zero_shot_weights
 from vlprompt.errors import ConfigError
 from vlprompt.prompts.base import PromptLearner, register_prompt_learner
-from vlprompt.prompts.ivlp import check_depths
+from vlprompt.prompts.deep import check_depths
 from vlprompt.template import check_template
 
 
