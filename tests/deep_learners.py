@@ -4,8 +4,12 @@ tested with it before the real methods land): IVLP-style independent text and vi
 and a persistent ``epochs_seen`` buffer (changed by ``on_epoch_end``) so that resuming must restore learner state
 that is not a parameter.
 
-``with registered(): ...`` registers it as ``test-deep`` and removes it afterwards; a child process calls
-:func:`register` (after putting this folder on ``sys.path``).
+A second one, ``test-coupled``, derives its vision tokens from text tokens through coupling layers (MaPLe's
+shape: one ``Linear(text width → vision width)`` per vision layer, on the input-layer context and the deeper text
+tokens), so that the artifact must hold module weights as well as token tensors.
+
+``with registered(): ...`` registers them (``test-deep`` is yielded) and removes them afterwards; a child process
+calls :func:`register` (after putting this folder on ``sys.path``).
 """
 
 from __future__ import annotations
@@ -14,11 +18,14 @@ import contextlib
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
+from vlprompt.backbones.deep_prompts import DeepPrompts
 from vlprompt.prompts import base as prompt_base
 from vlprompt.prompts.deep import IndependentDeepPrompts, IndependentPromptConfig
 
 METHOD = "test-deep"
+COUPLED = "test-coupled"
 
 
 @dataclass(frozen=True)
@@ -45,9 +52,43 @@ class TinyDeepPrompts(IndependentDeepPrompts):
         self.epochs_seen += 1
 
 
+class TinyCoupledPrompts(IndependentDeepPrompts):
+    """Vision tokens coupled to the text tokens: layer 0 ``couple[0](ctx)``, layer 1 ``couple[1](deep_text[0])``
+    (``[2, n, D_v]``); no independent vision parameters."""
+
+    method = COUPLED
+    config_class = TinyDeepConfig
+    display_name = "TestCoupled"
+
+    def __init__(self, backbone, classnames, config):
+        super().__init__(backbone, classnames, config)
+        self.deep_vision = None  # replaced by the coupling layers
+        self.couple = nn.ModuleList(nn.Linear(backbone.text_width, backbone.vision_width) for _ in range(2))
+
+    @property
+    def prompts_image(self) -> bool:  # type: ignore[override]  # noqa: D102
+        return True
+
+    def deep_prompts(self) -> DeepPrompts:  # noqa: D102
+        if "couple" not in self._modules:  # the base's check while building: its independent tokens' shapes
+            return super().deep_prompts()
+        vision = torch.stack([self.couple[0](self.ctx), self.couple[1](self.deep_text[0])])  # (2, n, D_v)
+        return DeepPrompts(text=self.deep_text, vision=vision)
+
+
+def vision_tokens(state: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The vision tokens ``[J_v, n, D_v]`` a saved ``test-deep`` or ``test-coupled`` state gives (written out here,
+    for reference computations)."""
+    if "deep_vision" in state:
+        return state["deep_vision"]
+    lin = [(state[f"couple.{i}.weight"], state[f"couple.{i}.bias"]) for i in range(2)]
+    return torch.stack([state["ctx"] @ lin[0][0].t() + lin[0][1], state["deep_text"][0] @ lin[1][0].t() + lin[1][1]])
+
+
 def register() -> None:
-    """Register ``test-deep`` (for a child process)."""
+    """Register ``test-deep`` and ``test-coupled`` (for a child process)."""
     prompt_base.register_prompt_learner(TinyDeepPrompts)
+    prompt_base.register_prompt_learner(TinyCoupledPrompts)
 
 
 @contextlib.contextmanager
@@ -58,3 +99,4 @@ def registered():
         yield METHOD
     finally:
         prompt_base._REGISTRY.pop(METHOD, None)
+        prompt_base._REGISTRY.pop(COUPLED, None)

@@ -40,9 +40,9 @@ def deep():
         yield method
 
 
-def _argv(folder, out, *extra, cache=""):
+def _argv(folder, out, *extra, cache="", method=deep_learners.METHOD):
     return ["train", "--dataset", f"folder:{folder}", "--shots", "4", "--epochs", str(EPOCHS), "--method",
-            deep_learners.METHOD, "--out", str(out), "--cache-dir", str(cache), *BASE, *extra]
+            method, "--out", str(out), "--cache-dir", str(cache), *BASE, *extra]
 
 
 def _test_images(folder: Path) -> list[Path]:
@@ -63,7 +63,7 @@ def _reference_logits(run: Path, paths: list[Path]) -> torch.Tensor:
         text = F.normalize(bb.encode_text_embeddings(emb, ids, truncate=False, deep_text=state["deep_text"]), dim=-1)
         tf = build_transform(bb.preprocess, train=False)
         x = torch.stack([tf(Image.open(p).convert("RGB")) for p in paths])  # (N, 3, 32, 32)
-        img = F.normalize(bb.encode_image(x, vision_prompts=state["deep_vision"]), dim=-1)  # (N, E)
+        img = F.normalize(bb.encode_image(x, vision_prompts=deep_learners.vision_tokens(state)), dim=-1)  # (N, E)
         frozen = F.normalize(bb.encode_image(x), dim=-1)
     assert not torch.allclose(img, frozen, atol=1e-3)  # the vision tokens change the features
     return bb.logit_scale * img @ text.t()
@@ -156,10 +156,16 @@ save_file({"logits": clf.logits(sys.argv[6:]).contiguous(), "text": clf.text_fea
 """
 
 
+@pytest.mark.parametrize("method, learned", [
+    (deep_learners.METHOD, {"ctx", "deep_text", "deep_vision", "epochs_seen"}),
+    (deep_learners.COUPLED, {"ctx", "deep_text", "couple.0.weight", "couple.0.bias", "couple.1.weight", "couple.1.bias"}),
+])
 def test_artifact_reloaded_in_another_process_gives_identical_logits(deep, textured_folder, tmp_path,
-                                                                     tiny_model_configs):
+                                                                     tiny_model_configs, method, learned):
+    """Every learned tensor (tokens of both towers, coupling layers, state buffers) is in the safetensors file."""
     run = tmp_path / "run"
-    assert main(_argv(textured_folder, run, "--augment", "online")) == 0
+    assert main(_argv(textured_folder, run, "--augment", "online", method=method)) == 0
+    assert set(load_file(str(run / "learner.safetensors"))) == learned
     paths = [str(p) for p in _test_images(textured_folder)]
     threads = 1 if torch.get_num_threads() > 1 else 2
     res = subprocess.run([sys.executable, "-c", CHILD, str(tiny_model_configs), str(threads), str(TESTS), str(run),
