@@ -75,6 +75,8 @@ def test_train_eval_predict_through_the_prompted_tower(deep, textured_folder, tm
     meta = json.loads((run / "learner.json").read_text())
     state = load_file(str(run / "learner.safetensors"))
     assert meta["prompts_image"] is True
+    # M counts the learned input-layer tokens (n_ctx = 2 of "a photo of a", the official deep rule), not the words
+    assert json.loads((run / "config.json").read_text())["label"] == "TestDeep M=2 end init 'a photo of a'"
     assert {k: tuple(v.shape) for k, v in state.items()} == {"ctx": (2, 64), "deep_text": (1, 2, 64),
                                                              "deep_vision": (2, 2, 64), "epochs_seen": ()}
     assert float(state["epochs_seen"]) == EPOCHS  # on_epoch_end ran once per epoch, its buffer saved

@@ -34,13 +34,20 @@ from vlprompt.runs import tracking as T
 def default_label(method: str, learner: dict) -> str:
     """Readable variant name used to group runs in reports, e.g. ``CoOp M=16 end`` or ``CoOp M=4 init CSC``.
 
+    ``M`` is the number of learned input-layer tokens: the init phrase's words for CoOp, ``n_ctx`` for the deep
+    methods (:class:`~vlprompt.prompts.deep.DeepPromptConfig`: the first ``n_ctx`` tokens of the phrase are learned).
+
     Options a method adds to CoOp's (e.g. KgCoOp's ``kg_weight``) are appended when they differ from the method's
     default; unregistered methods are named as they are.
     """
     if method not in list_prompt_learners():
         return method
+    from vlprompt.prompts.deep import DeepPromptConfig
+
     cls = get_prompt_learner_class(method)
     m = len(learner["ctx_init"].split()) if learner.get("ctx_init") else learner.get("n_ctx", 16)
+    if issubclass(cls.config_class, DeepPromptConfig):  # the official deep rule: n_ctx tokens of the phrase learned
+        m = learner.get("n_ctx", cls.config_class.n_ctx)
     parts = [f"{cls.display_name or method} M={m}", learner.get("class_token_position", "end")]
     if learner.get("ctx_init"):
         parts.append(f"init '{learner['ctx_init']}'")
