@@ -209,3 +209,55 @@ def test_a_run_interrupted_after_an_epoch_resumes_to_the_same_result(deep, textu
     assert ma["accuracy"] == mb["accuracy"] and ma["per_class_accuracy"] == mb["per_class_accuracy"]
     ha, hb = ([json.loads(x) for x in (d / "history.jsonl").read_text().splitlines()] for d in (ref, out))
     assert [(h["loss"], h["train_accuracy"]) for h in ha] == [(h["loss"], h["train_accuracy"]) for h in hb]
+
+
+KILLABLE = r"""
+import sys, time
+import open_clip, torch
+open_clip.add_model_config(sys.argv[1])
+torch.set_num_threads(int(sys.argv[2]))
+sys.path.insert(0, sys.argv[3])
+import deep_learners
+deep_learners.register()
+from vlprompt.runs import state as TS
+save = TS.save_train_state
+def slow_save(*a, **k):  # a pause after each saved epoch, so that the parent can kill the run between epochs
+    save(*a, **k)
+    time.sleep(1.0)
+TS.save_train_state = slow_save
+from vlprompt.cli.main import main
+sys.exit(main(sys.argv[4:]))
+"""
+
+
+@pytest.mark.slow
+def test_a_sigkilled_prompted_run_resumes_to_the_same_result(deep, textured_folder, tmp_path, tiny_model_configs):
+    import os
+    import signal
+    import time
+
+    ref, out = tmp_path / "ref", tmp_path / "killed"
+    assert main(_argv(textured_folder, ref, "--augment", "online")) == 0
+    cmd = [sys.executable, "-c", KILLABLE, str(tiny_model_configs), str(torch.get_num_threads()), str(TESTS),
+           *_argv(textured_folder, out, "--augment", "online")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    saved = 0
+    while saved < 1 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+        try:
+            saved = json.loads((out / TS.TRAIN_STATE_JSON).read_text())["epoch"]
+        except (OSError, ValueError):
+            saved = 0
+    assert proc.poll() is None, proc.stderr.read()[-2000:]
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    saved = json.loads((out / TS.TRAIN_STATE_JSON).read_text())["epoch"]
+    assert 1 <= saved < EPOCHS and not (out / "metrics.json").exists()
+    assert main(_argv(textured_folder, out, "--augment", "online")) == 0  # the same command continues
+    assert json.loads((out / "config.json").read_text())["resumes"][0]["after_epoch"] == saved
+    a, b = (load_file(str(d / "learner.safetensors")) for d in (ref, out))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert json.loads((ref / "metrics.json").read_text())["accuracy"] == json.loads(
+        (out / "metrics.json").read_text())["accuracy"]
+
