@@ -137,9 +137,9 @@ def _count_steps(monkeypatch) -> list[int]:
     sizes: list[int] = []
     real = PromptModel.training_loss
 
-    def counted(self, image_features, labels):
+    def counted(self, image_features, labels, images=None):  # images: the batch's images (since 5803346)
         sizes.append(int(labels.numel()))
-        return real(self, image_features, labels)
+        return real(self, image_features, labels, images)
 
     monkeypatch.setattr(PromptModel, "training_loss", counted)
     return sizes
