@@ -261,3 +261,29 @@ def test_a_sigkilled_prompted_run_resumes_to_the_same_result(deep, textured_fold
     assert json.loads((ref / "metrics.json").read_text())["accuracy"] == json.loads(
         (out / "metrics.json").read_text())["accuracy"]
 
+
+def test_prompted_features_are_batched_with_the_prompts_taken_once(deep, textured_folder, monkeypatch):
+    """eval_batch_size images per forward of the prompted tower, the learner's deep prompts taken once per
+    evaluation; the rows equal one image at a time through the backbone hook."""
+    from vlprompt.data.load import load_dataset
+    from vlprompt.engine.model import PromptModel
+    from vlprompt.engine.prompted import prompted_image_features
+    from vlprompt.prompts import create_prompt_learner
+
+    torch.manual_seed(0)
+    bb = create_backbone("vlp-tiny-vit", "random")
+    records = list(load_dataset(f"folder:{textured_folder}", None).test)  # 12 images
+    learner = create_prompt_learner(deep_learners.METHOD, bb, ["a", "b", "c"]).eval()
+    model = PromptModel(bb, learner)
+    batches, taken = [], []
+    encode, deep_prompts = model.encode_images, learner.deep_prompts
+    monkeypatch.setattr(model, "encode_images", lambda x, d: batches.append(x.shape[0]) or encode(x, d))
+    monkeypatch.setattr(learner, "deep_prompts", lambda: taken.append(1) or deep_prompts())
+    tf = build_transform(bb.preprocess, train=False)
+    feats = prompted_image_features(model, records, tf, batch_size=5)
+    assert batches == [5, 5, 2] and len(taken) == 1 and feats.shape == (12, 32)
+    with torch.no_grad():
+        one = torch.cat([F.normalize(bb.encode_image(tf(Image.open(r.path).convert("RGB"))[None],
+                                                     vision_prompts=learner.deep_vision), dim=-1) for r in records])
+    torch.testing.assert_close(feats, one, atol=1e-6, rtol=0)
+
