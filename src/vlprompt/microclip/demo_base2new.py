@@ -152,7 +152,9 @@ def base2new_lines(results: dict) -> list[str]:
              + " | mean H | published base | published new | published H |",
              "|---|---|" + "---:|" * (3 * len(tasks) + 4)]  # fmt: skip
     mean_h: dict[str, float] = {}
-    for method, d in table.items():
+    order = [m for m in PUBLISHED if m in table] + [m for m in table if m not in PUBLISHED]  # the peers' row order
+    for method in order:
+        d = table[method]
         info = about.get(method, {})
         cells = [_cell(d[t][k]) if t in d else "—" for t in tasks for k in ("base", "new", "H")]
         mean_h[method] = float(np.mean([d[t]["H"] for t in tasks if t in d]))
