@@ -4,7 +4,8 @@ tested with it before the real methods land): IVLP-style independent text and vi
 and a persistent ``epochs_seen`` buffer (changed by ``on_epoch_end``) so that resuming must restore learner state
 that is not a parameter.
 
-A second one, ``test-coupled``, derives its vision tokens from text tokens through coupling layers (MaPLe's
+``test-deep12`` has the official IVLP depths (12 and 12), which ``vlp-tiny-vit`` refuses without ``depth_*`` options.
+A further one, ``test-coupled``, derives its vision tokens from text tokens through coupling layers (MaPLe's
 shape: one ``Linear(text width → vision width)`` per vision layer, on the input-layer context and the deeper text
 tokens), so that the artifact must hold module weights as well as token tensors.
 
@@ -26,6 +27,7 @@ from vlprompt.prompts.deep import IndependentDeepPrompts, IndependentPromptConfi
 
 METHOD = "test-deep"
 COUPLED = "test-coupled"
+FULL_DEPTH = "test-deep12"
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,21 @@ class TinyCoupledPrompts(IndependentDeepPrompts):
         return DeepPrompts(text=self.deep_text, vision=vision)
 
 
+@dataclass(frozen=True)
+class FullDepthConfig(IndependentPromptConfig):
+    """The official IVLP depths (12 and 12: too deep for ``vlp-tiny-vit``, so it needs ``depth_*`` options), fp32."""
+
+    half_tokens: bool = False
+
+
+class FullDepthPrompts(IndependentDeepPrompts):
+    """IVLP-style deep prompts at the official depths by default."""
+
+    method = FULL_DEPTH
+    config_class = FullDepthConfig
+    display_name = "TestDeep12"
+
+
 def vision_tokens(state: dict[str, torch.Tensor]) -> torch.Tensor:
     """The vision tokens ``[J_v, n, D_v]`` a saved ``test-deep`` or ``test-coupled`` state gives (written out here,
     for reference computations)."""
@@ -86,9 +103,10 @@ def vision_tokens(state: dict[str, torch.Tensor]) -> torch.Tensor:
 
 
 def register() -> None:
-    """Register ``test-deep`` and ``test-coupled`` (for a child process)."""
+    """Register ``test-deep``, ``test-coupled`` and ``test-deep12`` (for a child process)."""
     prompt_base.register_prompt_learner(TinyDeepPrompts)
     prompt_base.register_prompt_learner(TinyCoupledPrompts)
+    prompt_base.register_prompt_learner(FullDepthPrompts)
 
 
 @contextlib.contextmanager
@@ -100,3 +118,4 @@ def registered():
     finally:
         prompt_base._REGISTRY.pop(METHOD, None)
         prompt_base._REGISTRY.pop(COUPLED, None)
+        prompt_base._REGISTRY.pop(FULL_DEPTH, None)

@@ -67,3 +67,21 @@ def test_four_protocols_plan_and_run_a_prompted_learner(deep, data, tmp_path, ca
     _run(capsys, "xd", data, runs, cache, "--datasets", "dtd")
     assert (src / "metrics.json").stat().st_mtime_ns == trained  # trained once, for dg; xd only evaluates
     assert read(src / "eval_dtd")["source_dataset"] == "imagenet" and (src / "eval_dtd" / "metrics.json").exists()
+
+
+def test_learner_opt_reaches_the_methods_that_have_it(deep, data, tmp_path, capsys):
+    """--learner-opt depth_*=2 makes a deep method at the official depths fit vlp-tiny-vit's 2 + 2 layers; CoOp in
+    the same grid, which has no such option, runs with its own config; an option no learner has is refused."""
+    runs = tmp_path / "runs"
+    full = deep_learners.FULL_DEPTH
+    code, _, err = benchmark(capsys, "--protocol", "fewshot", "--datasets", "dtd", "--shots", "1", "--seeds", "1",
+                             "--methods", f"coop,{full}", "--root", str(data), "--out", str(runs), "--cache-dir", "",
+                             "--learner-opt", "depth_text=2", "--learner-opt", "depth_vision=2", *FAST_VIT)
+    assert code == 0, err[-3000:]
+    deep_cfg = read(runs / "dtd" / full / "1shots" / "seed1", "learner.json")["config"]
+    assert (deep_cfg["depth_text"], deep_cfg["depth_vision"]) == (2, 2)
+    assert "depth_text" not in read(runs / "dtd" / "coop" / "1shots" / "seed1", "learner.json")["config"]
+    code, _, err = benchmark(capsys, "--protocol", "fewshot", "--datasets", "dtd", "--methods", "coop", "--root",
+                             str(data), "--out", str(tmp_path / "x"), "--learner-opt", "depthh=2", "--dry-run")
+    assert code == 2 and "--learner-opt depthh: not an option of any registered prompt learner" in err
+
