@@ -119,7 +119,7 @@ def _learner(args: argparse.Namespace) -> dict:
 def _learner_opts(items: list[str]) -> dict:
     """``--learner-opt KEY=VALUE`` items, each typed by the first registered prompt learner whose config has ``KEY``
     (the grid gives it only to the methods whose config has it: :func:`vlprompt.runs.jobs.run_job`)."""
-    from vlprompt.cli.common import _coerce
+    from vlprompt.cli.common import coerce_option
     from vlprompt.errors import ConfigError
     from vlprompt.prompts import get_prompt_learner_class, list_prompt_learners
 
@@ -135,7 +135,7 @@ def _learner_opts(items: list[str]) -> dict:
             valid = sorted({k for f in configs for k in f})
             raise ConfigError(f"--learner-opt {key}: not an option of any registered prompt learner; valid: "
                               f"{', '.join(valid)}.")
-        opts[key] = _coerce(key, value, owner[key].default)
+        opts[key] = coerce_option(key, value, owner[key].default)
     return opts
 
 
