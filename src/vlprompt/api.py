@@ -51,7 +51,10 @@ class PromptClassifier:
 
     Build it with :meth:`load`. The class text features are computed once (``text_features()``); ``predict`` only
     runs the image encoder. A conditional prompt (CoCoOp) cannot be baked: its text features depend on the image,
-    so ``predict`` also runs the text encoder, for every image and class (``conditional`` is then ``True``).
+    so ``predict`` also runs the text encoder, for every image and class (``conditional`` is then ``True``). A
+    prompt that puts tokens into the image tower (``prompts_image``: VPT-deep, IVLP, MaPLe, PromptSRC) runs the
+    *prompted* image encoder in ``predict``/``logits``; its text side (deep text tokens included) does not depend on
+    the image and is baked once as for CoOp.
     """
 
     def __init__(self, backbone: Backbone, model: PromptModel, meta: dict):
@@ -115,6 +118,12 @@ class PromptClassifier:
         return self._text is None
 
     @property
+    def prompts_image(self) -> bool:
+        """Whether the prompt puts learned tokens into the image tower: ``predict`` then runs the prompted image
+        encoder, and features of the frozen tower (the feature cache) cannot be used (:meth:`feature_logits`)."""
+        return bool(self.model is not None and self.model.learner.prompts_image)
+
+    @property
     def baked_text_features(self) -> torch.Tensor | None:
         """The baked class weights ``[C, E]``, or ``None`` for a conditional prompt."""
         return self._text
@@ -173,12 +182,25 @@ class PromptClassifier:
     def logits(self, images: ImageInput) -> torch.Tensor:
         """``[B, C]`` logits for images (paths, PIL images, or a preprocessed ``[B, 3, H, W]`` tensor): the model
         applied to :meth:`preprocess`'s batch."""
-        return self.feature_logits(self.backbone.encode_image(self.preprocess(images).to(self.backbone.device)))
+        batch = self.preprocess(images).to(self.backbone.device)  # (B, 3, S, S)
+        if self.prompts_image:  # the image tower with the learned vision tokens; the baked text side
+            return self.model.predict_logits(self.model.image_features(batch), self._text)
+        return self.feature_logits(self.backbone.encode_image(batch))
 
     @torch.no_grad()
     def feature_logits(self, image_features: torch.Tensor) -> torch.Tensor:
         """``[B, C]`` logits of unnormalised image features ``[B, E]`` (``backbone.encode_image``'s output, e.g. from
-        the feature cache): what :meth:`logits` computes after the image encoder."""
+        the feature cache): what :meth:`logits` computes after the image encoder.
+
+        Raises:
+            ConfigError: the prompt puts tokens into the image tower (:attr:`prompts_image`): features of the
+                frozen tower are not its features.
+        """
+        if self.prompts_image:
+            raise ConfigError(
+                f"the {self.method} prompt puts learned tokens into the image tower, so its image features come from "
+                "the prompted encoder, not from backbone.encode_image or the feature cache; use logits() or "
+                "predict() on the images instead.")
         feats = F.normalize(image_features.float(), dim=-1).to(self.backbone.device)  # (B, E)
         return self.model.predict_logits(feats, self._text)
 

@@ -120,7 +120,18 @@ def check_run(run_dir: str | os.PathLike) -> dict:
     from vlprompt.engine.checkpoint import read_learner_json
 
     _refuse_non_prompt_runs(Path(run_dir))
-    return read_learner_json(run_dir)
+    meta = read_learner_json(run_dir)
+    if meta.get("prompts_image"):
+        raise ConfigError(_prompted_tower_refusal(meta["method"]))
+    return meta
+
+
+def _prompted_tower_refusal(method: str) -> str:
+    """Why a prompt with learned tokens inside the image tower is not exported (issue 15)."""
+    return (f"the {method} prompt puts learned tokens inside the image tower (deep vision prompts), so the exported "
+            "graph would need the prompted image encoder, which export does not trace (it bakes the class weights "
+            "and traces the frozen image tower); serve this prompt with PromptClassifier.predict / `vlprompt "
+            "predict`, which run the prompted encoder, or export a CoOp or KgCoOp prompt.")
 
 
 def _preprocessing(cfg) -> dict:
@@ -221,6 +232,8 @@ def _refuse_unexportable(clf) -> None:
             "image (a meta-network turns the image feature into a context shift, and the text encoder then runs "
             "once per image and class), so there are no class weights to bake into the graph. Export a CoOp or "
             "KgCoOp prompt, or serve this one with PromptClassifier.predict / `vlprompt predict`.")
+    if clf.prompts_image:
+        raise ConfigError(_prompted_tower_refusal(clf.method))
     if clf.backbone.dtype != torch.float32 or clf.backbone.device.type != "cpu":
         # The graph is traced, and checked against onnxruntime's CPU kernels, on the CPU in fp32: a GPU trace would
         # be compared through TF32 convolutions, and fp16 weights would be baked into the graph.

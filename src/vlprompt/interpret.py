@@ -194,6 +194,12 @@ def _read_context(run_dir: str | Path) -> tuple[dict, Path, torch.Tensor]:
     from vlprompt.engine.checkpoint import LEARNER_WEIGHTS, read_learner_json
 
     meta = read_learner_json(run_dir)
+    if meta.get("prompts_image"):  # issue 15
+        raise ArtifactError(
+            f"'{run_dir}' holds a {meta['method']} prompt with learned tokens inside the image tower (deep vision "
+            "prompts): they live in the vision transformer's hidden space, where there are no words, so `vlprompt "
+            "interpret` does not explain them; interpret a prompt learned as input-layer context vectors only "
+            "(coop, cocoop, kgcoop).")
     path = Path(run_dir) / LEARNER_WEIGHTS
     try:
         state = load_file(str(path))

@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import make_image
+from conftest import TINY_CONFIGS, make_image
 from vlprompt.backbones import create_backbone
 from vlprompt.cli.main import main
 from vlprompt.engine.checkpoint import load_learner, read_learner_json, save_learner
@@ -58,6 +58,20 @@ BACKBONE = ["--backbone", "vlp-tiny-vit", "--pretrained", "random", "--device", 
 OFFICIAL = {"coop": {1: (50, 32), 2: (100, 32)}, "cocoop": {1: (10, 1), 2: (10, 1)},
             "kgcoop": {1: (100, 128), 2: (100, 128)}}
 CLASSES = {"blue_jay": (40, 60, 200), "green_frog": (40, 180, 60), "red_fox": (200, 40, 40)}  # sorted: label order
+#: ``vlp-tiny-vit``'s text and vision layers: a deep method's official depths (9, 12) exceed them, so its depth
+#: options are set to every layer (:func:`vlprompt.microclip.demo_base2new.fitting_options`, as the v2 demo does).
+TINY_LAYERS = (TINY_CONFIGS["vlp-tiny-vit"]["text_cfg"]["layers"], TINY_CONFIGS["vlp-tiny-vit"]["vision_cfg"]["layers"])
+
+
+def _options(method: str) -> dict:
+    """Learner options that make ``method`` fit ``vlp-tiny-vit`` (``{}`` for CoOp, CoCoOp, KgCoOp)."""
+    from vlprompt.microclip.demo_base2new import fitting_options
+
+    return fitting_options(method, *TINY_LAYERS)
+
+
+def _option_flags(method: str) -> list[str]:
+    return [x for k, v in _options(method).items() for x in ("--learner-opt", f"{k}={v}")]
 
 
 #: Every registered adapter, and the toys (registered for this module only by ``_toy_adapters``).
@@ -95,11 +109,16 @@ def backbone():
 
 
 @pytest.fixture(scope="module")
-def features(backbone):
-    """L2-normalised image features ``[6, E]`` of fixed random images and their labels ``[6]`` (two per class)."""
+def images(backbone):
+    """Fixed random preprocessed images ``[6, 3, S, S]`` (a method that prompts the image tower trains on these)."""
     gen = torch.Generator().manual_seed(0)
     size = backbone.preprocess.image_size
-    images = torch.randn(6, 3, size, size, generator=gen)
+    return torch.randn(6, 3, size, size, generator=gen)
+
+
+@pytest.fixture(scope="module")
+def features(backbone, images):
+    """L2-normalised image features ``[6, E]`` of :func:`images` and their labels ``[6]`` (two per class)."""
     with torch.no_grad():
         feats = torch.nn.functional.normalize(backbone.encode_image(images).float(), dim=-1)
     return feats, torch.tensor([0, 1, 2, 0, 1, 2])
@@ -110,7 +129,7 @@ def trained(method, folder, tmp_path_factory):
     """``vlprompt train --method M`` (1 epoch, no augmentation) on the image folder: the run folder."""
     out = tmp_path_factory.mktemp(f"train-{method}") / "run"
     assert main(["train", "--dataset", f"folder:{folder}", "--method", method, "--shots", "2", "--epochs", "1",
-                 "--augment", "none", "--out", str(out), "--cache-dir", "", *BACKBONE]) == 0
+                 "--augment", "none", "--out", str(out), "--cache-dir", "", *BACKBONE, *_option_flags(method)]) == 0
     return out
 
 
@@ -123,7 +142,7 @@ def grid(method, tmp_path_factory):
     runs = base / "runs"
     assert main(["benchmark", "--protocol", "fewshot", "--datasets", "dtd", "--methods", method, "--shots", "1",
                  "--seeds", "1", "--root", str(base / "data"), "--out", str(runs), "--augment", "none",
-                 "--cache-dir", "", "--no-report", *BACKBONE]) == 0
+                 "--cache-dir", "", "--no-report", *BACKBONE, *_option_flags(method)]) == 0
     return runs / "dtd" / method / "1shots" / "seed1"
 
 
@@ -144,7 +163,16 @@ def _learner(method, backbone):
     32-d embedding CoCoOp's meta-net has 2 hidden ReLU units, and about one initialisation in six leaves both dead
     for all six test features (then no gradient reaches ``meta_net.linear1``/``linear2.weight``); seed 0 does not."""
     torch.manual_seed(0)
-    return create_prompt_learner(method, backbone, list(CLASSES), template="a photo of a {}.")
+    return create_prompt_learner(method, backbone, list(CLASSES), _options(method), template="a photo of a {}.")
+
+
+def _logits(model: PromptModel, feats: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    """``[6, C]`` logits of the fixed images: through the prompted tower for a method that prompts it, else from
+    their frozen-tower features."""
+    with torch.no_grad():
+        if model.learner.prompts_image:
+            return model.predict_logits(model.image_features(images))
+        return model.predict_logits(feats)
 
 
 def test_the_registry_holds_the_official_methods():
@@ -164,7 +192,7 @@ def test_recipe_sets_only_recipe_fields(method):
 
 
 @per_method
-def test_one_step_moves_every_trainable_parameter_and_nothing_frozen(method, backbone, features):
+def test_one_step_moves_every_trainable_parameter_and_nothing_frozen(method, backbone, features, images):
     learner = _learner(method, backbone)
     model = PromptModel(backbone, learner)
     trainable = {n: p.detach().clone() for n, p in learner.named_parameters() if p.requires_grad}
@@ -178,8 +206,11 @@ def test_one_step_moves_every_trainable_parameter_and_nothing_frozen(method, bac
     steps = []
     # warmup_epochs=0: the step runs at the base lr 0.002, not the warm-up 1e-5 (a change float32 could lose)
     cfg = TrainConfig(epochs=1, batch_size=len(labels), warmup_epochs=0)
-    batches = FeatureBankBatches(feats[None], labels, len(labels), torch.Generator().manual_seed(0))  # 1 batch
-    history = fit(model, batches, cfg, 1, images_are_features=True, on_step=steps.append, scaler=None)
+    if learner.prompts_image:  # its image tower runs with the learned tokens: it trains on the images (1 batch)
+        batches, are_feats = [(images, labels)], False
+    else:
+        batches, are_feats = FeatureBankBatches(feats[None], labels, len(labels), torch.Generator().manual_seed(0)), True
+    history = fit(model, batches, cfg, 1, images_are_features=are_feats, on_step=steps.append, scaler=None)
     assert len(steps) == 1 and len(history) == 1 and history[0]["lr"] == pytest.approx(0.002)
 
     params = dict(learner.named_parameters())
@@ -194,7 +225,7 @@ def test_one_step_moves_every_trainable_parameter_and_nothing_frozen(method, bac
 
 
 @per_method
-def test_save_load_round_trip(method, backbone, features, tmp_path):
+def test_save_load_round_trip(method, backbone, features, images, tmp_path):
     learner = _learner(method, backbone)
     with torch.no_grad():  # move every learned tensor off its initial value, so that loading must restore it
         for p in learner.parameters():
@@ -215,9 +246,8 @@ def test_save_load_round_trip(method, backbone, features, tmp_path):
     assert rebuilt.config_dict() == learner.config_dict()
 
     feats, _ = features
-    with torch.no_grad():
-        want = PromptModel(backbone, learner.eval()).predict_logits(feats)
-        got = PromptModel(backbone, loaded).predict_logits(feats)
+    want = _logits(PromptModel(backbone, learner.eval()), feats, images)
+    got = _logits(PromptModel(backbone, loaded), feats, images)
     assert got.shape == (len(feats), len(CLASSES)) and torch.equal(got, want)
 
 

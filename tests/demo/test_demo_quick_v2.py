@@ -23,7 +23,7 @@ def test_demo_quick_v2_writes_every_protocol(tmp_path):
     assert set(results["domain_shift"]["CoOp M=16"]) == {"objects_sketch", "objects_cartoon", "objects_hard",
                                                           "objects_v2"}
     b2n = results["base2new"]["coop"]["aircraft"]
-    base_run = out / "runs" / "aircraft" / "base2new" / "split.json" / "coop" / "4shots" / "seed1"
+    base_run = out / "runs" / "aircraft" / "base2new" / "aircraft" / "coop" / "4shots" / "seed1"  # bb418ae
     assert json.loads((base_run / "metrics.json").read_text())["accuracy"] == b2n["base"]
     assert json.loads((base_run / "eval_new" / "metrics.json").read_text())["accuracy"] == b2n["new"]
     assert b2n["H"] == pytest.approx(2 * b2n["base"] * b2n["new"] / (b2n["base"] + b2n["new"]))

@@ -96,6 +96,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     lg.add_argument("--ctx-init", default=None, help="initialise the context from these words (sets M)")
     lg.add_argument("--class-token-position", choices=CLASS_TOKEN_POSITIONS, default=None,
                     help="where the class name goes in the prompt (default end; coop and kgcoop)")
+    lg.add_argument("--learner-opt", action="append", default=[], metavar="KEY=VALUE",
+                    help="any other option of a method's config, repeatable, given to every method of the grid whose "
+                         "config has it, e.g. depth_vision=4 for deep prompts on a backbone with 4 layers")
     add_train_args(p)
     p.set_defaults(func=run)
 
@@ -109,6 +112,30 @@ def _learner(args: argparse.Namespace) -> dict:
         opts["ctx_init"] = args.ctx_init
     if args.class_token_position is not None:
         opts["class_token_position"] = args.class_token_position
+    opts.update(_learner_opts(getattr(args, "learner_opt", None) or []))
+    return opts
+
+
+def _learner_opts(items: list[str]) -> dict:
+    """``--learner-opt KEY=VALUE`` items, each typed by the first registered prompt learner whose config has ``KEY``
+    (the grid gives it only to the methods whose config has it: :func:`vlprompt.runs.jobs.run_job`)."""
+    from vlprompt.cli.common import coerce_option
+    from vlprompt.errors import ConfigError
+    from vlprompt.prompts import get_prompt_learner_class, list_prompt_learners
+
+    configs = [get_prompt_learner_class(m).config_class.__dataclass_fields__ for m in list_prompt_learners()]
+    opts: dict = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key:
+            raise ConfigError(f"--learner-opt '{item}' is not KEY=VALUE, e.g. --learner-opt depth_vision=4.")
+        owner = next((f for f in configs if key in f), None)
+        if owner is None:
+            valid = sorted({k for f in configs for k in f})
+            raise ConfigError(f"--learner-opt {key}: not an option of any registered prompt learner; valid: "
+                              f"{', '.join(valid)}.")
+        opts[key] = coerce_option(key, value, owner[key].default)
     return opts
 
 

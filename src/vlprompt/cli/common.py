@@ -116,7 +116,7 @@ def add_learner_args(p: argparse.ArgumentParser) -> None:
                         "8), template='a photo of a {}.' (kgcoop; default: the dataset's), meta_reduction=16 (cocoop)")
 
 
-def _coerce(key: str, value: str, default: object) -> object:
+def coerce_option(key: str, value: str, default: object) -> object:
     """``value`` as the type of the config field's ``default`` (``none`` → ``None``)."""
     if value.lower() in ("none", "null"):
         return None
@@ -163,7 +163,7 @@ def learner_options(args: argparse.Namespace) -> dict:
         if key not in fields:
             raise ConfigError(f"--learner-opt {key}: not an option of method '{args.method}'; valid: "
                               f"{', '.join(sorted(fields))}.")
-        opts[key] = _coerce(key, value, fields[key].default)
+        opts[key] = coerce_option(key, value, fields[key].default)
     return opts
 
 

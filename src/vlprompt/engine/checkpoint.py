@@ -53,7 +53,12 @@ def _binding(method: str, classnames: list[str], ident: dict) -> dict[str, str]:
 
 
 def save_learner(run_dir: str | Path, learner: PromptLearner, backbone: Backbone) -> None:
-    """Write ``learner.safetensors`` then ``learner.json`` (atomically) into ``run_dir``."""
+    """Write ``learner.safetensors`` then ``learner.json`` (atomically) into ``run_dir``.
+
+    The weights are the learner's whole persistent state (:meth:`~vlprompt.prompts.base.PromptLearner.
+    trainable_state_dict`): the input-layer context and, for the deep methods, the deeper text and vision tokens and
+    coupling layers. ``learner.json`` records ``"prompts_image": true`` for a learner that puts tokens into the image
+    tower (absent otherwise)."""
     run_dir = Path(run_dir)
     ident = backbone.identity()
     state = learner.trainable_state_dict()
@@ -70,6 +75,8 @@ def save_learner(run_dir: str | Path, learner: PromptLearner, backbone: Backbone
             # learner's dtype and refuses a file whose tensors are not in these dtypes.
             "dtypes": {k: str(v.dtype).removeprefix("torch.") for k, v in sorted(state.items())},
             "backbone": ident,
+            # issue 15: recorded (only when true) so that export/interpret refuse such a run before loading it
+            **({"prompts_image": True} if learner.prompts_image else {}),
         },
     )
 

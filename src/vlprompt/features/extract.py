@@ -33,17 +33,24 @@ def encode_dataset(
     precision: str = "fp32",
     progress: bool = False,
     desc: str = "features",
+    encode: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """Encode every ``(image, label)`` item of ``dataset`` in order: unnormalised fp32 features ``[len, E]`` (CPU)."""
+    """Encode every ``(image, label)`` item of ``dataset`` in order: fp32 rows ``[len, E]`` (CPU).
+
+    ``encode`` maps a batch of preprocessed images ``[B, 3, H, W]`` (on the backbone's device) to its rows ``[B, E]``;
+    ``None`` is the frozen ``backbone.encode_image`` (unnormalised features). A prompted image tower passes its own
+    (:mod:`vlprompt.engine.prompted`).
+    """
     from torch.utils.data import DataLoader
 
+    encode = backbone.encode_image if encode is None else encode
     if not len(dataset):
         return torch.empty(0, backbone.embed_dim)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
     out = []
     for images, _ in tqdm(loader, desc=desc, disable=not progress, leave=False, unit="batch"):
         with autocast_context(backbone.device, precision):
-            out.append(backbone.encode_image(images.to(backbone.device)).float().cpu())  # (B, E)
+            out.append(encode(images.to(backbone.device)).float().cpu())  # (B, E)
     return torch.cat(out)
 
 

@@ -11,5 +11,5 @@ Submodules (import them directly; this package import stays light so world-rende
 - ``tasks``: micro benchmark tasks written as image folders + split files.
 - ``world2`` / ``render2`` / ``tasks2`` / ``acceptance2``: world v2, its 11-task suite mirroring CoOp's datasets
   and micro-CLIP v2's zero-shot table (issue 14; ``MODEL_CARD_V2.md``).
-- ``demo`` / ``demo_suite`` / ``demo_report`` / ``demo_claims``: ``vlprompt demo`` (``--suite v1|v2``).
+- ``demo`` / ``demo_suite`` / ``demo_report`` / ``demo_claims`` / ``demo_base2new``: ``vlprompt demo`` (``--suite v1|v2``).
 """

@@ -66,8 +66,10 @@ class DemoConfig:
         domain_shift: evaluate the domain-shift pair.
         suite: ``v1`` or ``v2`` (:mod:`vlprompt.microclip.demo_suite`).
         weights: the micro-CLIP weights (``None``: the shipped checkpoint; a compact ``.safetensors`` path).
-        base2new: tasks of the base-to-new protocol (every registered prompt learner and zero-shot CLIP; 16 shots);
-            ``None``: the suite's own (none in v1).
+        base2new: tasks of the base-to-new protocol (16 shots; 4 with one seed and fewer than 16 shots, as
+            ``quick``); ``None``: the suite's own (none in v1). See :mod:`vlprompt.microclip.demo_base2new`.
+        base2new_methods: its methods; ``None``: every registered prompt learner that runs base-to-new (the deep
+            ones with depths that fit micro-CLIP v2) and zero-shot CLIP.
         adapters: feature-space adapters to run (first seed only); ``None``: every registered one.
     """
 
@@ -82,18 +84,20 @@ class DemoConfig:
     suite: str = "v1"
     weights: str | None = None
     base2new: tuple[str, ...] | None = None
+    base2new_methods: tuple[str, ...] | None = None
     adapters: tuple[str, ...] | None = None
 
     @classmethod
     def quick(cls, out: str = "demo", suite: str = "v1", weights: str | None = None) -> DemoConfig:
         """One seed, two shot counts, two tasks (one that should gain, one that should tie) + domain shift; in v2
-        also base-to-new on one task at 4 shots, and 10 epochs instead of the official 50–100 (the v2 domain-shift
+        also base-to-new (CoOp and zero-shot) on one task at 4 shots, and 10 epochs instead of the official 50–100 (the v2 domain-shift
         source has 64 classes: a smoke test, not the paper's recipe)."""
         from vlprompt.microclip.demo_suite import get_suite
 
         s = get_suite(suite)
         return cls(out=out, tasks=s.quick_tasks, shots=(1, 4), seeds=(1,), suite=suite, weights=weights,
-                   base2new=s.quick_base2new, epochs=10 if suite == "v2" else None, adapters=("tip-adapter",))
+                   base2new=s.quick_base2new, base2new_methods=("coop", "zeroshot"),
+                   epochs=10 if suite == "v2" else None, adapters=("tip-adapter",))
 
 
 # --- jobs: grid jobs (vlprompt.runs.grid.Job) run by the grid runner (vlprompt.runs.grid_run.run_jobs) -------------
@@ -203,7 +207,11 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
     split_files = {name: suite.write_task(name, cfg.task_dir) for name in sorted(needed)}
     jobs = _jobs(cfg, split_files, runs)
     _execute(jobs, cfg, progress)
-    b2n_jobs = _base2new_jobs(cfg, b2n, split_files, runs)
+    from vlprompt.microclip.demo_base2new import base2new_jobs, base2new_table
+
+    quick = len(cfg.seeds) == 1 and max(cfg.shots) < 16  # base-to-new at 4 shots instead of 16
+    b2n_jobs, b2n_methods = base2new_jobs(b2n, split_files, runs, seeds=cfg.seeds, shots=4 if quick else 16,
+                                          methods=cfg.base2new_methods, weights=cfg.weights)
     _execute(b2n_jobs, cfg, progress)
 
     rows = aggregate(r for r in collect_runs(runs) if r.dataset in cfg.tasks)
@@ -220,7 +228,8 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
                    "characters": {t: suite.tasks[t].character for t in cfg.tasks}},
         "summary": summary,
         "domain_shift": shift,
-        "base2new": _base2new_table(b2n_jobs),
+        "base2new": base2new_table(b2n_jobs),
+        "base2new_methods": b2n_methods,
         "adapters": _adapter_table(rows, cfg),
         "rows": [r.__dict__ for r in rows],
         "seconds": elapsed,
@@ -231,40 +240,6 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
 
     atomic_write_text(out / "report.md", render_report(results, rows))
     return results
-
-
-def _base2new_jobs(cfg: DemoConfig, tasks: tuple[str, ...], split_files: dict[str, Path], runs: Path) -> list[Job]:
-    """The base-to-new grid (CoCoOp protocol) on ``tasks``, planned by the grid runner: every registered prompt
-    learner and zero-shot CLIP, trained on the base half of the classes, evaluated on the new half; 16 shots (4 in
-    ``--quick``, which runs CoOp only)."""
-    from vlprompt.runs.grid import BenchmarkConfig, default_methods, plan
-
-    if not tasks:
-        return []
-    quick = len(cfg.seeds) == 1 and max(cfg.shots) < 16
-    methods = ("coop", "zeroshot") if quick else default_methods("base2new")
-    # one grid per task, each under runs/<task>/: the grid names a split: dataset's folder after the file's own name
-    # (split.json), which every task shares
-    return [job for t in tasks for job in plan(BenchmarkConfig(
-        datasets=(f"split:{split_files[t]}",), shots=(4,) if quick else (16,), seeds=tuple(cfg.seeds),
-        methods=methods, out=str(runs / t), protocol="base2new"))]  # fmt: skip
-
-
-def _base2new_table(jobs: list[Job]) -> dict:
-    """``{method: {task: {"base", "new", "H", "n"}}}``: means over seeds; H = 2·base·new / (base + new)."""
-    cells: dict[str, dict[str, list[tuple[float, float]]]] = {}
-    for job in jobs:
-        base = json.loads((job.out / "metrics.json").read_text(encoding="utf-8"))["accuracy"]
-        new = json.loads((job.evaluations[0].out / "metrics.json").read_text(encoding="utf-8"))["accuracy"]
-        cells.setdefault(job.method, {}).setdefault(Path(job.dataset.removeprefix("split:")).parent.name, []).append(
-            (base, new))
-    table: dict[str, dict] = {}
-    for method, per_task in cells.items():
-        for task, pairs in per_task.items():
-            b, n = float(np.mean([p[0] for p in pairs])), float(np.mean([p[1] for p in pairs]))
-            table.setdefault(method, {})[task] = {"base": b, "new": n, "H": 2 * b * n / (b + n) if b + n else 0.0,
-                                                  "n": len(pairs)}  # fmt: skip
-    return table
 
 
 def _shift_table(jobs: list[Job]) -> dict:

@@ -1,5 +1,5 @@
-"""The demo report's claim-by-claim verdict (issue 14's targets, from the CoOp paper) and base-to-new table,
-generated from the measured numbers in ``results.json`` (never hand-written)."""
+"""The demo report's claim-by-claim verdict (issue 14's targets, from the CoOp paper), generated from the measured
+numbers in ``results.json`` (never hand-written); the base-to-new section is :mod:`vlprompt.microclip.demo_base2new`'s."""
 
 from __future__ import annotations
 
@@ -54,21 +54,4 @@ def claim_lines(results: dict) -> list[str]:
     lines = ["## Claims of the paper on this suite", "", "| claim (issue 14 target) | measured | verdict |",
              "|---|---|---|"]  # fmt: skip
     lines += [f"| {c} | {m} | {_verdict(ok)} |" for c, m, ok in rows]
-    return [*lines, ""]
-
-
-def base2new_lines(results: dict) -> list[str]:
-    """The ``## Base-to-new`` section: base, new and H per method and task (means over seeds)."""
-    table = results.get("base2new") or {}
-    if not table:
-        return []
-    tasks = sorted({t for d in table.values() for t in d})
-    lines = ["## Base-to-new generalization", "",
-             "Trained on the first half of the classes (base), evaluated on the other half (new); H is their harmonic "
-             "mean (CoCoOp protocol, run by the grid runner).", "",
-             "| method | " + " | ".join(f"{t} base | {t} new | {t} H" for t in tasks) + " |",
-             "|---|" + "---:|" * (3 * len(tasks))]  # fmt: skip
-    for method, d in table.items():
-        cells = [f"{d[t][k]:.1f}" if t in d else "—" for t in tasks for k in ("base", "new", "H")]
-        lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return [*lines, ""]

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from vlprompt.microclip.demo_claims import base2new_lines, claim_lines
+from vlprompt.microclip.demo_base2new import base2new_lines
+from vlprompt.microclip.demo_claims import claim_lines
 from vlprompt.reports.render import render_markdown
 
 ZERO_SHOT = "Zero-shot CLIP"

@@ -19,6 +19,7 @@ from vlprompt.runs import state as TS
 from vlprompt.runs import tracking as T
 from vlprompt.runs.folder import (
     base_config,
+    evaluate_split,
     load_inputs,
     log_eval_only,
     prepare_out,
@@ -85,7 +86,11 @@ def _eval(run_dir: str, spec: RunSpec, progress: bool, ex: Execution, backbone=N
               "evaluated_from": str(Path(run_dir).resolve()), "source_dataset": src.get("dataset", {}).get("name")}
     ex.on_main(atomic_write_json, out / "config.json", config)
     t1 = time.perf_counter()
-    logits = clf.feature_logits(test_features(spec, clf.backbone, data, "test", data.splits.test, progress, ex))
+    if clf.prompts_image:  # its image features depend on the learned vision tokens: the prompted tower, no cache
+        _, logits = evaluate_split(spec, clf.model, data, "test", data.splits.test, progress, ex,
+                                   clf.baked_text_features)
+    else:
+        logits = clf.feature_logits(test_features(spec, clf.backbone, data, "test", data.splits.test, progress, ex))
     metrics = classification_metrics(logits.argmax(-1).cpu(), P.labels_of(data.splits.test), logits.shape[1])
     metrics.update(train_seconds=0.0, eval_seconds=time.perf_counter() - t1, peak_memory_mb=P.peak_memory_mb(device))
     ex.on_main(atomic_write_json, out / "metrics.json", metrics)

@@ -34,13 +34,20 @@ from vlprompt.runs import tracking as T
 def default_label(method: str, learner: dict) -> str:
     """Readable variant name used to group runs in reports, e.g. ``CoOp M=16 end`` or ``CoOp M=4 init CSC``.
 
+    ``M`` is the number of learned input-layer tokens: the init phrase's words for CoOp, ``n_ctx`` for the deep
+    methods (:class:`~vlprompt.prompts.deep.DeepPromptConfig`: the first ``n_ctx`` tokens of the phrase are learned).
+
     Options a method adds to CoOp's (e.g. KgCoOp's ``kg_weight``) are appended when they differ from the method's
     default; unregistered methods are named as they are.
     """
     if method not in list_prompt_learners():
         return method
+    from vlprompt.prompts.deep import DeepPromptConfig
+
     cls = get_prompt_learner_class(method)
     m = len(learner["ctx_init"].split()) if learner.get("ctx_init") else learner.get("n_ctx", 16)
+    if issubclass(cls.config_class, DeepPromptConfig):  # the official deep rule: n_ctx tokens of the phrase learned
+        m = learner.get("n_ctx", cls.config_class.n_ctx)
     parts = [f"{cls.display_name or method} M={m}", learner.get("class_token_position", "end")]
     if learner.get("ctx_init"):
         parts.append(f"init '{learner['ctx_init']}'")
@@ -178,6 +185,26 @@ def test_features(spec: RunSpec, backbone, data: P.FewShotData, split: str, reco
     )
 
 
+def evaluate_split(spec: RunSpec, model, data: P.FewShotData, split: str, records, progress: bool,
+                   execution: Execution | None = None, text_features: torch.Tensor | None = None
+                   ) -> tuple[dict, torch.Tensor]:  # fmt: skip
+    """``(metrics, logits [N, C])`` of the prompt ``model`` (a :class:`~vlprompt.engine.model.PromptModel`) on
+    ``records``, the images of ``split``: the test-transform features from the feature cache (:func:`test_features`),
+    or, for a learner that ``prompts_image``, the images through the prompted tower, never cached
+    (:func:`vlprompt.engine.prompted.prompted_metrics`). ``text_features``: the model's ``[C, E]`` class text
+    features when already computed (``None``: computed once here, or per image for a conditional learner)."""
+    if not model.learner.prompts_image:
+        feats = test_features(spec, model.backbone, data, split, records, progress, execution)
+        return P.evaluate_model(model, feats, P.labels_of(records), text_features)
+    from vlprompt.data.transforms import build_transform
+    from vlprompt.engine.prompted import prompted_metrics
+
+    return prompted_metrics(model, records, build_transform(model.backbone.preprocess, train=False), text_features,
+                            batch_size=spec.train.eval_batch_size, num_workers=spec.train.num_workers,
+                            precision=spec.train.precision, progress=progress, desc=f"{split} (prompted tower)",
+                            execution=execution)
+
+
 def log_eval_only(spec: RunSpec, out: Path, metrics: dict, config: dict) -> None:
     """With ``spec.tensorboard``: the ``eval/*`` scalars (step 0) and hparams of a run that trains no prompt
     (zero-shot, linear probe) into a fresh ``out/tensorboard/``."""
@@ -190,4 +217,4 @@ def log_eval_only(spec: RunSpec, out: Path, metrics: dict, config: dict) -> None
         tracker.close()
 
 
-__all__ = ["RunInputs", "base_config", "data_options", "default_label", "load_inputs", "log_eval_only", "prepare_out", "refuse_finished", "test_features", "versions"]
+__all__ = ["RunInputs", "base_config", "data_options", "default_label", "evaluate_split", "load_inputs", "log_eval_only", "prepare_out", "refuse_finished", "test_features", "versions"]

@@ -188,9 +188,9 @@ class BenchmarkConfig:
         out: ``RUNS_DIR``.
         root: the ``$DATA`` folder of the benchmarks.
         backbone, pretrained, device: the backbone of every run.
-        learner: prompt-learner options the user chose, given to every learned method (``n_ctx``, ``ctx_init``,
-            ``class_token_position``); what is not set takes each method's own default (CoOp M=16 random, CoCoOp and
-            KgCoOp M=4 from "a photo of a").
+        learner: prompt-learner options the user chose, given to every learned method whose config has them
+            (``n_ctx``, ``ctx_init``, ``class_token_position``; ``--learner-opt``: e.g. ``depth_vision``); what is
+            not set takes each method's own default (CoOp M=16 random, CoCoOp and KgCoOp M=4 from "a photo of a").
         train: optimisation settings (``epochs``/``batch_size`` ``None``: each method's official recipe).
         cache_dir: feature cache folder (``None``: the default; ``""``: off, which defeats the reuse).
         fail_fast: stop at the first failed run instead of continuing with the rest of the grid.

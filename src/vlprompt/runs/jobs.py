@@ -131,8 +131,17 @@ def _train(job: Job, cfg: BenchmarkConfig, backbone) -> dict:
     # batch size the user left unset are filled from the method's own recipe by train_run (resolve_train_config)
     method, opts = learner_of(job.method)
     spec = _spec(cfg, job.dataset, job.out, job.shots, job.seed, job.subsample, method=method,
-                 learner={**opts, **cfg.learner, **job.learner}, **_labelled(job))
+                 learner={**opts, **_options_of(method, cfg.learner), **job.learner}, **_labelled(job))
     return train_run(spec, backbone=backbone)
+
+
+def _options_of(method: str, learner: dict) -> dict:
+    """The grid's learner options that ``method``'s config has (``--learner-opt depth_vision=4`` reaches the deep
+    methods, not CoOp); every option of CoOp's (``n_ctx``, ``ctx_init``, …) reaches every method that has it."""
+    from vlprompt.prompts import get_prompt_learner_class
+
+    fields = get_prompt_learner_class(method).config_class.__dataclass_fields__
+    return {k: v for k, v in learner.items() if k in fields}
 
 
 class Backbones:

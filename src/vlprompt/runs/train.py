@@ -39,6 +39,7 @@ from vlprompt.runs.folder import (
     RunInputs,
     base_config,
     default_label,
+    evaluate_split,
     load_inputs,
     prepare_out,
     refuse_finished,
@@ -49,7 +50,8 @@ _logger = logging.getLogger(__name__)
 
 
 def _train_batches(spec: RunSpec, model: PromptModel, data: P.FewShotData, progress: bool):
-    """The per-epoch batch source for the chosen --augment mode and whether it yields features."""
+    """The per-epoch batch source for the chosen --augment mode and whether it yields features. A learner that
+    ``prompts_image`` gets image batches in every mode: ``online`` augmented, ``none`` through the test transform."""
     from torch.utils.data import DataLoader
 
     from vlprompt.data.dataset import ImageDataset
@@ -59,7 +61,8 @@ def _train_batches(spec: RunSpec, model: PromptModel, data: P.FewShotData, progr
     mode, k = parse_augment(cfg.augment)
     gen = torch.Generator().manual_seed(spec.seed)
     labels = P.labels_of(data.train)
-    if mode == "none":
+    prompted = model.learner.prompts_image  # trains on images, never features (cached:K refused before)
+    if mode == "none" and not prompted:
         feats = test_features(spec, backbone, data, "train-fewshot", data.train, progress, model.execution)
         bank = torch.nn.functional.normalize(feats, dim=-1).unsqueeze(0)  # (1, N, E)
         return FeatureBankBatches(bank.to(backbone.device), labels, cfg.batch_size, gen), True
@@ -71,7 +74,9 @@ def _train_batches(spec: RunSpec, model: PromptModel, data: P.FewShotData, progr
                                progress=progress, execution=model.execution)  # (K, N, E)
         bank = torch.nn.functional.normalize(feats, dim=-1)
         return FeatureBankBatches(bank.to(backbone.device), labels, cfg.batch_size, gen), True
-    tf = build_transform(backbone.preprocess, train=True, flip=cfg.flip, crop_scale=(cfg.crop_scale_min, 1.0))
+    # online: the train transform; none (a prompted tower): the test transform, unaugmented images
+    tf = (build_transform(backbone.preprocess, train=True, flip=cfg.flip, crop_scale=(cfg.crop_scale_min, 1.0))
+          if mode == "online" else build_transform(backbone.preprocess, train=False))
     loader = DataLoader(ImageDataset(data.train, tf), batch_size=cfg.batch_size, shuffle=True, generator=gen,
                         drop_last=train_drop_last(len(data.train), cfg.batch_size), num_workers=cfg.num_workers)
     return loader, False
@@ -141,6 +146,7 @@ def _train_locked(spec: RunSpec, out: Path, progress: bool, stack: contextlib.Ex
     """Train into the locked ``out``: resolve the spec, open (or resume) the folder, fit, save, evaluate, finish."""
     device, data, backbone = inputs.device, inputs.data, inputs.backbone
     spec, learner = _resolve(spec, inputs)
+    _refuse_cached_views(spec, learner)
     epochs = spec.train.epochs
     config = base_config(spec, data, backbone, epochs, spec.label or default_label(spec.method, spec.learner))
     kept, start, prior, config = ex.on_main(_open_folder, spec, out, config, epochs)
@@ -192,6 +198,17 @@ def _resolve(spec: RunSpec, inputs: RunInputs) -> tuple[RunSpec, torch.nn.Module
     return spec, learner
 
 
+def _refuse_cached_views(spec: RunSpec, learner: torch.nn.Module) -> None:
+    """Refuse ``--augment cached:K`` for a learner that ``prompts_image`` (before the folder is written): cached views
+    are frozen-tower features, and its image tower runs with learned vision tokens on every batch."""
+    if learner.prompts_image and parse_augment(spec.train.augment)[0] == "cached":
+        raise ConfigError(
+            f"--augment {spec.train.augment}: method '{spec.method}' prompts the image tower (learned vision tokens "
+            "inside it), so it trains on images, and cached views are features of the unprompted tower that cannot "
+            "feed it. Use --augment online (random crops and flips, the official recipe) or --augment none "
+            "(unaugmented images).")
+
+
 def _epoch_hooks(spec: RunSpec, out: Path, tracker: T.Tracker, state: dict, digest: str):
     """The loop's rank-0 callbacks ``(on_epoch, on_step)``: ``on_epoch`` appends the epoch to ``history.jsonl``, logs
     it, and saves the resumable ``state`` (learner, optimizer, generator, scaler) once ``spec.state_every_seconds``
@@ -217,16 +234,11 @@ def _epoch_hooks(spec: RunSpec, out: Path, tracker: T.Tracker, state: dict, dige
 def _evaluate_trained(spec: RunSpec, model: PromptModel, data: P.FewShotData, progress: bool) -> dict:
     """Test metrics of the trained ``model``, with ``val_accuracy`` on the few-shot val set where it is not the
     test set (ImageNet's val is its test)."""
-    backbone = model.backbone
     with torch.no_grad():
         text = model.class_text_features()  # once per evaluation, not per batch (None: per-image prompts)
-        metrics, _ = P.evaluate_model(
-            model, test_features(spec, backbone, data, "test", data.splits.test, progress, model.execution),
-            P.labels_of(data.splits.test), text)
+        metrics, _ = evaluate_split(spec, model, data, "test", data.splits.test, progress, model.execution, text)
         if data.val and not data.splits.val_is_test:
-            val_metrics, _ = P.evaluate_model(
-                model, test_features(spec, backbone, data, "val-fewshot", data.val, progress, model.execution),
-                P.labels_of(data.val), text)
+            val_metrics, _ = evaluate_split(spec, model, data, "val-fewshot", data.val, progress, model.execution, text)
             metrics["val_accuracy"] = val_metrics["accuracy"]
     return metrics
 
