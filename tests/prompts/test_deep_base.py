@@ -66,5 +66,8 @@ def test_one_step_reaches_every_token_and_matches_the_plain_path(vit):
 
 
 def test_too_deep_prompts_are_refused_when_built(vit):
-    with pytest.raises(BackboneError, match="at most 1 fit"):
+    with pytest.raises(ConfigError, match="depth_text=9: .* has 2 text blocks; set --learner-opt depth_text=2"):
         IndependentDeepPrompts(vit, ["dog"], IndependentPromptConfig(depth_text=9, depth_vision=2))
+    rn = create_backbone("vlp-tiny-rn", "random")
+    with pytest.raises(BackboneError, match="cannot take vision prompts .*not a ViT.*depth_vision=0"):
+        IndependentDeepPrompts(rn, ["dog"], IndependentPromptConfig(depth_text=2, depth_vision=1))

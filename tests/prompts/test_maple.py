@@ -43,7 +43,7 @@ def test_registration_defaults_and_official_recipe():
     assert cls is MaPLe and cls.display_name == "MaPLe" and cls.prompts_image
     cfg = MaPLeConfig()
     assert (cfg.n_ctx, cfg.ctx_init, cfg.depth, cfg.half_tokens) == (2, "a photo of a", 9, True)
-    assert cls.recipe == {"epochs": 5, "batch_size": 4}
+    assert cls.recipe == {"epochs": 5, "batch_size": 4, "lr": 0.0035}
 
 
 def test_vision_tokens_are_the_projections_of_the_same_layers_text_tokens(bb):

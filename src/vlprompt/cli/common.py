@@ -198,7 +198,7 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
                         "shots (50 for ImageNet), cocoop 10, kgcoop 100")
     g.add_argument("--batch-size", type=int, default=None,
                    help="train batch size; default: the method's official recipe: coop 32, cocoop 1, kgcoop 128")
-    g.add_argument("--lr", type=float, default=None, help="SGD learning rate (default 0.002)")
+    g.add_argument("--lr", type=float, default=None, help="SGD learning rate (default: the method's official one: 0.002 for CoOp/CoCoOp/KgCoOp, 0.0035 IVLP/MaPLe, 0.0025 VPT-deep/PromptSRC)")
     g.add_argument("--momentum", type=float, default=None, help="SGD momentum (default 0.9)")
     g.add_argument("--weight-decay", type=float, default=None, help="SGD weight decay (default 5e-4)")
     g.add_argument("--warmup-epochs", type=int, default=None, help="epochs at constant warm-up lr (default 1)")

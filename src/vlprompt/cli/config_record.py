@@ -34,7 +34,7 @@ def drop_resolved(record: dict, given: set[str], values: dict, learner: dict, me
     and batch size, the default label, the dataset's template (KgCoOp's ``template``). Re-run as recorded, they are
     all kept (exact replay). When the command line changes what they were resolved from, those equal to the
     recorded resolution are dropped, so they resolve again: ``--method`` → the learner options equal to the
-    recorded method's defaults and the recipe's epochs and batch size (options the new method ``method_now`` does
+    recorded method's defaults and the recipe's epochs, batch size and lr (options the new method ``method_now`` does
     not have are dropped with a warning); ``--shots``/``--dataset`` → the recipe's epochs; ``--dataset``/``--method``
     → the template; any learner flag or ``--method`` → the default label.
     """
@@ -75,6 +75,8 @@ def drop_resolved(record: dict, given: set[str], values: dict, learner: dict, me
         values.pop("epochs", None)
     if "method" in given and train.get("batch_size") == recipe.get("batch_size"):
         values.pop("batch_size", None)
+    if "method" in given and train.get("lr") == recipe.get("lr"):
+        values.pop("lr", None)  # the recorded method's own lr (IVLP 0.0035, CoOp 0.002): the new method's resolves
     if given & {"method", *LEARNER_FLAGS, "learner_opt"} and record.get("label") == default_label(method, rec_learner):
         values.pop("label", None)
 
