@@ -117,8 +117,11 @@ def stand_in_class(method: str):
     return PromptSRCShape if METHODS[method]["src_terms"] else IndependentDeepPrompts
 
 
-def learner_class(method: str):
-    """``(class, registered?)``: the registered learner named ``method`` if any, else the stand-in."""
+def learner_class(method: str, stand_in: bool = False):
+    """``(class, registered?)``: the registered learner named ``method`` if any (and not ``stand_in``), else the
+    stand-in of its shape."""
+    if stand_in:
+        return stand_in_class(method), False
     from vlprompt.errors import ConfigError
     from vlprompt.prompts import get_prompt_learner_class
 
@@ -135,7 +138,7 @@ def build(bb, method: str, classes: int, side: str, a: argparse.Namespace):
     from vlprompt.engine.model import PromptModel
     from vlprompt.speed.common import classnames
 
-    cls, _ = learner_class(method)
+    cls, _ = learner_class(method, a.stand_in)
     spec, depth = METHODS[method], a.depth or METHODS[method]["depth"]
     wanted = {"n_ctx": spec["n_ctx"], "ctx_init": "a photo of a", "n_ctx_vision": spec["n_ctx_vision"],
               "depth_text": depth, "depth_vision": depth, "depth": depth, "prompt_depth": depth,
@@ -215,7 +218,7 @@ def exactness(a: argparse.Namespace) -> dict:
         runs[side] = {"logits": logits, "grads": grads, "after": after, "counts": counts,
                       "text_path": model.text_path(), "text_chunk": model.text_chunk}
     ref = runs["official"]
-    report = {"classes": a.classes, "method": a.method, "learner": _learner_name(a.method),
+    report = {"classes": a.classes, "method": a.method, "learner": _learner_name(a.method, a.stand_in),
               "official_text_path": ref["text_path"], "official_counts": ref["counts"], "sides": {}}
     for side in ("vlprompt", "vlprompt-chunk"):
         r = runs[side]
@@ -232,8 +235,8 @@ def exactness(a: argparse.Namespace) -> dict:
     return report
 
 
-def _learner_name(method: str) -> str:
-    cls, registered = learner_class(method)
+def _learner_name(method: str, stand_in: bool = False) -> str:
+    cls, registered = learner_class(method, stand_in)
     if registered:
         return f"{cls.__module__}.{cls.__qualname__}"
     return f"{cls.__module__}.{cls.__qualname__}" if cls is IndependentDeepPrompts else (
@@ -272,7 +275,7 @@ def timing(a: argparse.Namespace) -> dict:
         walls.append(time.perf_counter() - t0)
         cpus.append(time.process_time() - c0)
     loads.append(os.getloadavg()[0])
-    return {"method": a.method, "side": a.side, "classes": a.classes, "learner": _learner_name(a.method),
+    return {"method": a.method, "side": a.side, "classes": a.classes, "learner": _learner_name(a.method, a.stand_in),
             "text_path": model.text_path(), "text_chunk": model.text_chunk, "counts": counts,
             "wall_s": walls, "cpu_s": cpus, "wall_s_min": min(walls), "wall_s_median": sorted(walls)[len(walls) // 2],
             "cpu_s_min": min(cpus), "load_avg_1min": loads, "rss_built_mb": rss_built / 2**20,
@@ -298,6 +301,7 @@ def run_child(a: argparse.Namespace, job: str, **over) -> dict:
            "--text-chunk", str(a.text_chunk), "--chunk-from", str(a.chunk_from), "--mem-cap-gb", str(a.mem_cap_gb),
            "--method", args["method"], "--classes", str(args["classes"]), "--side", args["side"]]
     cmd += ["--half-tokens"] if a.half_tokens else []
+    cmd += ["--stand-in"] if a.stand_in else []
     env = {**os.environ, "OMP_NUM_THREADS": str(a.threads), "OMP_WAIT_POLICY": "PASSIVE"}
     try:
         p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=a.timeout)
@@ -438,6 +442,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=1800.0)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--skip-exact", action="store_true")
+    p.add_argument("--stand-in", action="store_true", help="the stand-in learners even where the method is "
+                   "registered")
     p.add_argument("--child", choices=["time", "exact"], help=argparse.SUPPRESS)
     p.add_argument("--method", default="maple", help=argparse.SUPPRESS)
     p.add_argument("--classes", type=int, default=100, help=argparse.SUPPRESS)
@@ -451,7 +457,7 @@ def main(argv: list[str] | None = None) -> int:
               "uptime_start": _uptime(), "options": {k: v for k, v in vars(a).items() if k not in
                                                       ("child", "method", "classes", "side")}, "methods": {}}
     for method in a.methods.split(","):
-        entry = result["methods"][method] = {"learner": _learner_name(method)}
+        entry = result["methods"][method] = {"learner": _learner_name(method, a.stand_in)}
         if not a.skip_exact:
             entry["exact"] = run_child(a, "exact", method=method, classes=a.exact_classes)
             print(json.dumps(entry["exact"])[:400], flush=True)
