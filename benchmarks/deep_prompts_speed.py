@@ -398,6 +398,17 @@ def render(result: dict) -> str:
              f"(OMP_WAIT_POLICY=PASSIVE), one warm-up step then {o['steps']} timed steps (min reported), each "
              f"configuration in its own process (peak RSS = ru_maxrss), memory cap {o['mem_cap_gb']} GB; "
              f"torch {result['torch']}; {result['machine']}.", "",
+             "**official** = every class's full 77-token prompt through the text tower at once, deep tokens replaced "
+             "per layer, with autograd, nothing cached (the official `CustomCLIP`; here `PromptModel(shared_prefix="
+             "False, length_buckets=False, text_chunk=None)`, learner `truncate=False`); the image tower with the "
+             "vision tokens on the batch. **vlprompt** = the default path: EOS truncation, length buckets, the shared "
+             "prefix with the deep text tokens inside it, and `text_chunk` + checkpointing at 1000 classes. "
+             "PromptSRC's frozen image tower (no_grad, every step) and its L1/KL terms count on both sides. Official "
+             "rows that would pass the memory cap are not run; the official 1000-class row is a **projection**: the "
+             "least-squares line through the measured official rows (time and peak RSS are linear in the class "
+             "count: the text tower's work and activations are per class), not a measurement. *step MB* = peak RSS "
+             "minus RSS after building the model (the step's activations and gradients). Wall time on a shared "
+             "machine includes waiting for a core (see the load column); CPU time counts both threads' work.", "",
              "| configuration | classes | s/step (wall) | CPU s/step | peak RSS MB | step MB (peak − built) | "
              "text positions / step (fwd) | load 1 min | speed-up vs official @1000 | memory vs official @1000 |",
              "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|"]
@@ -448,7 +459,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--method", default="maple", help=argparse.SUPPRESS)
     p.add_argument("--classes", type=int, default=100, help=argparse.SUPPRESS)
     p.add_argument("--side", default="vlprompt", help=argparse.SUPPRESS)
+    p.add_argument("--render", metavar="JSON", help="only rewrite README.md next to this results.json")
     a = p.parse_args(argv)
+    if a.render:
+        path = Path(a.render)
+        path.with_name("README.md").write_text(render(json.loads(path.read_text())))
+        return 0
     if a.child:
         child_main(a)
         return 0
