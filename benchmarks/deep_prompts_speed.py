@@ -68,6 +68,7 @@ TINY = "vlpbench-deep-tiny"  # a 3 + 3 block ViT CLIP for the quick test
 TINY_CONFIG = {"embed_dim": 32, "vision_cfg": {"image_size": 32, "layers": 3, "width": 64, "patch_size": 16},
                "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 3}}
 GB = 2**30
+NOTES = "<!-- notes: kept by --render -->"
 
 
 def backbone_of(name: str):
@@ -459,11 +460,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--method", default="maple", help=argparse.SUPPRESS)
     p.add_argument("--classes", type=int, default=100, help=argparse.SUPPRESS)
     p.add_argument("--side", default="vlprompt", help=argparse.SUPPRESS)
-    p.add_argument("--render", metavar="JSON", help="only rewrite README.md next to this results.json")
+    p.add_argument("--render", metavar="JSON", help="only rewrite README.md next to this results.json (what "
+                   "follows the notes marker in it is kept)")
     a = p.parse_args(argv)
     if a.render:
         path = Path(a.render)
-        path.with_name("README.md").write_text(render(json.loads(path.read_text())))
+        readme = path.with_name("README.md")
+        old = readme.read_text() if readme.exists() else ""
+        notes = old[old.index(NOTES):] if NOTES in old else ""  # hand-written notes below the marker are kept
+        readme.write_text(render(json.loads(path.read_text())) + ("\n" + notes if notes else ""))
         return 0
     if a.child:
         child_main(a)
