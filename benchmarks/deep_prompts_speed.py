@@ -203,6 +203,24 @@ def step(model, opt, images, labels, grads: bool = False, counter: TokenCounter 
     return logits.detach(), (named if grads else None), counts
 
 
+@torch.no_grad()
+def logits_check(a: argparse.Namespace) -> dict:
+    """Logits at init of the official computation and of vlprompt at ``a.classes`` (1000: where the official step
+    cannot run), without autograd; the official side encodes its full-length prompts 100 classes at a time, which
+    is the same computation row by row (the text tower treats each class's sequence independently)."""
+    bb = backbone_of(a.backbone)
+    images, _ = batch(bb, a.classes, a.batch)
+    out = {}
+    for side in ("official", "vlprompt"):
+        model, _, _ = build(bb, a.method, a.classes, side, a)
+        if side == "official":
+            model.text_chunk = 100
+        out[side] = model.logits(model.encode_images(images))  # (B, C)
+    return {"classes": a.classes, "method": a.method, "learner": _learner_name(a.method, a.stand_in),
+            "logits_max_abs": out["official"].abs().max().item(),
+            "logits_init_max_abs_diff": (out["vlprompt"] - out["official"]).abs().max().item()}
+
+
 def exactness(a: argparse.Namespace) -> dict:
     """One step of the official computation and of vlprompt (with and without ``text_chunk``) from identical
     parameters: max |Δ| of the logits at init, of every gradient, and of the logits after the step."""
@@ -290,7 +308,7 @@ def child_main(a: argparse.Namespace) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (cap + 3 * GB, cap + 3 * GB))  # backstop: address space > RSS
     _watchdog(cap)
     torch.set_num_threads(a.threads)
-    result = timing(a) if a.child == "time" else exactness(a)
+    result = {"time": timing, "exact": exactness, "logits": logits_check}[a.child](a)
     print("RESULT " + json.dumps(result), flush=True)
 
 
@@ -427,6 +445,11 @@ def render(result: dict) -> str:
     for method, m in result["methods"].items():
         if "exact" in m:
             lines += _exact_lines(method, m["exact"])
+        g = m.get("logits")
+        if g is not None:
+            lines.append(f"- {method}, logits at init at {g['classes']} classes (no autograd; official prompts "
+                         f"encoded 100 classes at a time): " + (f"failed: {g['error']}" if "error" in g else
+                         f"max |Δ| {g['logits_init_max_abs_diff']:.2e} (logits up to {g['logits_max_abs']:.1f})"))
     lines += ["", f"Command: `{result['command']}`", "", f"`uptime` before: {result['uptime_start']}",
               f"`uptime` after: {result['uptime_end']}", ""]
     return "\n".join(lines)
@@ -443,6 +466,8 @@ def main(argv: list[str] | None = None) -> int:
                    "if the fit of the earlier ones predicts it fits the cap)")
     p.add_argument("--project-to", type=int, default=1000)
     p.add_argument("--exact-classes", type=int, default=100)
+    p.add_argument("--logits-classes", type=int, default=1000, help="also compare the logits at init (no autograd) "
+                   "at this many classes (0: no)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--steps", type=int, default=2, help="timed steps after one warm-up step")
@@ -456,7 +481,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--skip-exact", action="store_true")
     p.add_argument("--stand-in", action="store_true", help="the stand-in learners even where the method is "
                    "registered")
-    p.add_argument("--child", choices=["time", "exact"], help=argparse.SUPPRESS)
+    p.add_argument("--child", choices=["time", "exact", "logits"], help=argparse.SUPPRESS)
     p.add_argument("--method", default="maple", help=argparse.SUPPRESS)
     p.add_argument("--classes", type=int, default=100, help=argparse.SUPPRESS)
     p.add_argument("--side", default="vlprompt", help=argparse.SUPPRESS)
@@ -484,6 +509,8 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(entry["exact"])[:400], flush=True)
         entry["official"] = official_rows(a, method)
         entry["official_projection"] = projection(entry["official"], a.project_to)
+        if a.logits_classes:
+            entry["logits"] = run_child(a, "logits", method=method, classes=a.logits_classes)
         entry["vlprompt"] = [run_child(a, "time", method=method, classes=int(c), side="vlprompt")
                              for c in a.classes_list.split(",")]
         print(json.dumps(entry["vlprompt"])[:400], flush=True)

@@ -119,3 +119,10 @@ def test_the_table_labels_the_projection_and_compares_with_it():
     assert "| vlprompt (text_chunk 128) | 1000 | 20.00 | 32.00 | 2000 | 1000 | 7700 | 2.0→2.5 | 5.0× (5.0× CPU) | " \
            "0.10 (0.05 step) |" in text
     assert "| official (measured) | 200 | s |" in text
+
+
+def test_the_no_grad_logits_check_compares_full_length_with_vlprompt():
+    bench = _bench()
+    report = bench.logits_check(_args(bench, "promptsrc", classes=150))  # the official side in 2 chunks of 100
+    assert report["classes"] == 150 and report["logits_max_abs"] > 0.1
+    assert report["logits_init_max_abs_diff"] <= 1e-5 * max(1.0, report["logits_max_abs"])
