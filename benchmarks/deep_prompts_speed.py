@@ -34,7 +34,9 @@ activations; what cannot fit under the cap is not run: the official side is meas
 (each only if the linear fit of the earlier ones predicts it fits) and its 1000-class time and memory are *projected*
 linearly (least squares over the measured class counts), labelled so. The exactness check (one step from identical
 parameters: logits at init, every gradient, logits after the step, max |Δ|) runs in its own child at
-``--exact-classes``, for the vlprompt path with and without ``text_chunk``.
+``--exact-classes``, for the vlprompt path with and without ``text_chunk``; at ``--logits-classes`` (1000), where
+the official step cannot run, the logits at init are compared without autograd (the official full-length prompts
+encoded 100 classes at a time: the same computation row by row).
 
     OMP_WAIT_POLICY=PASSIVE python benchmarks/deep_prompts_speed.py --out benchmarks/results/deep-prompts-speed
 """
