@@ -71,3 +71,18 @@ def test_too_deep_prompts_are_refused_when_built(vit):
     rn = create_backbone("vlp-tiny-rn", "random")
     with pytest.raises(BackboneError, match="cannot take vision prompts .*not a ViT.*depth_vision=0"):
         IndependentDeepPrompts(rn, ["dog"], IndependentPromptConfig(depth_text=2, depth_vision=1))
+
+
+def test_the_kept_words_are_in_the_shared_prefix_and_the_features_are_unchanged(vit):
+    """MaPLe's "of a" (kept after the 2 learned tokens) is shared by every prompt: encoded once, with the context."""
+    torch.manual_seed(2)
+    names = ["dog", "cat", "hot air balloon"]
+    learner = IndependentDeepPrompts(vit, names, IndependentPromptConfig(n_ctx=2, depth_text=2, depth_vision=0,
+                                                                         half_tokens=False))
+    prefix, suffix, ids = learner.shared_prefix()
+    assert learner.n_kept == 2 and prefix.shape[0] == 1 + 2 + 2  # SOS, "a photo" (learned), "of a" (kept)
+    embeds, _ = learner()
+    assert torch.equal(torch.cat([prefix.expand(3, -1, -1), suffix], 1), embeds)
+    fast = PromptModel(vit, learner)
+    plain = PromptModel(vit, learner, shared_prefix=False, length_buckets=False)
+    torch.testing.assert_close(fast.text_features(), plain.text_features(), atol=1e-5, rtol=0)

@@ -72,6 +72,8 @@ class DeepPromptLearner(CoOp):
     """
 
     config_class = DeepPromptConfig
+    #: BPE tokens of ``kept_words`` (right after the learned tokens in every prompt).
+    n_kept: int = 0
 
     def __init__(self, backbone: Backbone, classnames: list[str], config: DeepPromptConfig):
         PromptLearner.__init__(self, config)
@@ -91,6 +93,7 @@ class DeepPromptLearner(CoOp):
                 ids = backbone.tokenize([phrase]).to(backbone.device)
                 init = backbone.embed_tokens(ids)[0, 1 : 1 + cfg.n_ctx].to(dtype)  # (n_ctx, D)
             self.kept_words = _decode_tail(backbone, phrase, cfg.n_ctx)
+            self.n_kept = len(backbone.bpe_tokens(self.kept_words)) if self.kept_words else 0
             self.init_text = phrase
         else:
             init = self.normal_tokens(backbone, (cfg.n_ctx, backbone.token_dim), dtype=dtype)
@@ -100,6 +103,17 @@ class DeepPromptLearner(CoOp):
 
     def config_dict(self) -> dict:  # noqa: D102
         return PromptLearner.config_dict(self)
+
+    def shared_prefix(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """CoOp's shared part (SOS + the learned tokens) extended by the kept init words (MaPLe's "of a"): they
+        are the same tokens right after the context in every prompt, so under the causal mask their states are
+        shared too and are encoded once per call instead of once per class (exact; 2 of MaPLe's ~6 per-class
+        positions at 1000 ImageNet classes). Shapes as :meth:`CoOp.shared_prefix`."""
+        parts = super().shared_prefix()
+        if parts is None or not self.n_kept:
+            return parts
+        prefix, suffix, ids = parts  # (1 + M, D), (C, L - 1 - M, D), (C, L)
+        return torch.cat([prefix, suffix[0, : self.n_kept]]), suffix[:, self.n_kept :], ids
 
     def normal_tokens(self, backbone: Backbone, shape: tuple[int, ...], dtype: torch.dtype | None = None) -> torch.Tensor:
         """A fresh ``N(0, init_std²)`` tensor of ``shape`` on the backbone's device (the official
