@@ -41,6 +41,7 @@ from vlprompt.backbones.microclip import (
 )
 from vlprompt.errors import ArtifactError, ConfigError
 from vlprompt.microclip import world, world2
+from vlprompt.microclip.batches2 import iter_grouped_batches
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +67,8 @@ class PretrainConfig:
         text_buckets: captions are encoded in this many length buckets (speed only; exact).
         version: 1 = the ResNet micro-CLIP on world v1; 2 = micro-CLIP v2 (ViT, ``MICROCLIP_V2_CONFIG``) on world v2
             (:mod:`vlprompt.microclip.world2`).
+        group_size: 0 = i.i.d. world batches; ``g`` ≥ 2 (version 2, dividing ``batch_size``): batches of groups of
+            ``g`` images sharing shade, style and background (:mod:`vlprompt.microclip.batches2`).
     """
 
     steps: int = 2100
@@ -83,12 +86,16 @@ class PretrainConfig:
     log_every: int = 25
     text_buckets: int = 4
     version: int = 1
+    group_size: int = 0
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 2 or self.threads < 1 or self.workers < 1:
             raise ConfigError(f"invalid PretrainConfig {self}: steps ≥ 1, batch_size ≥ 2, threads/workers ≥ 1")
         if self.version not in (1, 2):
             raise ConfigError(f"PretrainConfig.version={self.version!r}: expected 1 (v1 world/model) or 2 (v2)")
+        if self.group_size and (self.version != 2 or self.group_size < 2 or self.batch_size % self.group_size):
+            raise ConfigError(f"PretrainConfig.group_size={self.group_size!r} (version {self.version}, batch_size "
+                              f"{self.batch_size}): expected 0, or with version 2 a group size ≥ 2 dividing the batch")
 
     @property
     def world(self):
@@ -131,7 +138,7 @@ def _check_checkpoint(out: Path, cfg: PretrainConfig) -> dict:
     if not meta_path.is_file():
         return {}
     info = json.loads(meta_path.read_text())
-    saved = {"version": 1, **{k: tuple(v) if isinstance(v, list) else v for k, v in info["config"].items()}}
+    saved = {"version": 1, "group_size": 0, **{k: tuple(v) if isinstance(v, list) else v for k, v in info["config"].items()}}
     speed_only = ("threads", "workers", "checkpoint_every", "log_every", "text_buckets")
     diff = {
         k: (saved.get(k), v) for k, v in dataclasses.asdict(cfg).items() if k not in speed_only and saved.get(k) != v
@@ -232,23 +239,33 @@ class _Trainer:
         return True
 
 
-def model_from_checkpoint(out: str | Path) -> torch.nn.Module:
-    """The stock micro-CLIP (eval mode) held by the latest training checkpoint in ``out`` (to inspect a run)."""
+def _run_config(out: str | Path) -> tuple[dict, PretrainConfig]:
     info = json.loads((Path(out) / "checkpoint.json").read_text())
-    cfg = PretrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in info["config"].items()})
+    return info, PretrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in info["config"].items()})
+
+
+def model_from_checkpoint(out: str | Path, model_file: str | Path | None = None) -> torch.nn.Module:
+    """The stock micro-CLIP (eval mode) held by the latest training checkpoint in ``out`` (to inspect a run), or by
+    ``model_file``: a kept copy of one of the run's ``ckpt/model-<step>.safetensors`` (the training form)."""
+    from safetensors.torch import load_file
+
+    _, cfg = _run_config(out)
     trainer = _Trainer(cfg)
-    trainer.load(Path(out))
+    if model_file is None:
+        trainer.load(Path(out))
+    else:
+        trainer.model.load_state_dict(load_file(str(model_file)))
     return trainer.full_model()
 
 
-def export_checkpoint(out: str | Path, path: str | Path) -> Path:
-    """Write the latest training checkpoint in ``out`` as a compact micro-CLIP file ``path`` (to try an unfinished
-    run with the acceptance table or the demo); returns ``path``."""
-    info = json.loads((Path(out) / "checkpoint.json").read_text())
-    cfg = PretrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in info["config"].items()})
-    model = model_from_checkpoint(out)
-    save_compact(path, model, vocabulary_token_ids(cfg.world), cfg.seed, config=cfg.model_config,
-                 extra_metadata={"pretrain_config": json.dumps(info["config"]), "step": str(info["step"])})  # fmt: skip
+def export_checkpoint(out: str | Path, path: str | Path, model_file: str | Path | None = None) -> Path:
+    """Write the latest training checkpoint in ``out`` (or ``model_file``, as in :func:`model_from_checkpoint`) as a
+    compact micro-CLIP file ``path`` (to try an unfinished run with the acceptance table or the demo)."""
+    info, cfg = _run_config(out)
+    step = str(info["step"]) if model_file is None else Path(model_file).stem.rpartition("-")[2]
+    save_compact(path, model_from_checkpoint(out, model_file), vocabulary_token_ids(cfg.world), cfg.seed,
+                 config=cfg.model_config, extra_metadata={"pretrain_config": json.dumps(info["config"]), "step": step,
+                                                          "world_fingerprint": cfg.world.world_fingerprint()})  # fmt: skip
     return Path(path)
 
 
@@ -276,8 +293,11 @@ def pretrain(cfg: PretrainConfig, out: str | Path, progress: bool = True, stop_a
         logger.info("resumed from %s at step %d", out / "checkpoint.json", trainer.step)
     start, t0 = trainer.step, time.perf_counter()
     end = cfg.steps if stop_after is None else min(cfg.steps, start + stop_after)
-    batches = cfg.world.iter_batches(cfg.world_seed, cfg.batch_size, start_batch=start, num_batches=end - start,
-                                 processes=cfg.workers)  # fmt: skip
+    if cfg.group_size:
+        batches = iter_grouped_batches(cfg.world_seed, cfg.batch_size, cfg.group_size, start, end - start, cfg.workers)
+    else:
+        batches = cfg.world.iter_batches(cfg.world_seed, cfg.batch_size, start_batch=start,
+                                         num_batches=end - start, processes=cfg.workers)  # fmt: skip
     bar = tqdm(total=cfg.steps, initial=start, disable=not progress, desc="pretrain micro-CLIP", dynamic_ncols=True)
     for batch in batches:
         stats = trainer.train_step(batch, tokenize)
@@ -338,13 +358,15 @@ def main(argv: list[str] | None = None) -> int:
     for flag, kind, what in (("--steps", int, ""), ("--batch-size", int, ""), ("--lr", float, ""),
                              ("--warmup", int, ""), ("--seed", int, "model init seed"), ("--world-seed", int, ""),
                              ("--threads", int, "torch threads; 1 = deterministic mode"),
-                             ("--workers", int, "image-rendering processes"), ("--checkpoint-every", int, "")):
+                             ("--workers", int, "image-rendering processes"), ("--checkpoint-every", int, ""),
+                             ("--group-size", int, "v2: images per batch group sharing shade/style/background")):
         p.add_argument(flag, type=kind, default=None, help=what or None)  # fmt: skip
     p.add_argument("--stop-after", type=int, default=None, help="stop (checkpointed) after this many steps")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    names = ("steps", "batch_size", "lr", "warmup", "seed", "world_seed", "threads", "workers", "checkpoint_every")
+    names = ("steps", "batch_size", "lr", "warmup", "seed", "world_seed", "threads", "workers", "checkpoint_every",
+             "group_size")
     given = {k: getattr(a, k) for k in names if getattr(a, k) is not None}
     cfg = PretrainConfig(**{**(V2_RECIPE if a.version == 2 else {}), **given})
     summary = pretrain(cfg, a.out, progress=not a.no_progress, stop_after=a.stop_after)
