@@ -41,7 +41,7 @@ from vlprompt.backbones.microclip import (
 )
 from vlprompt.errors import ArtifactError, ConfigError
 from vlprompt.microclip import world, world2
-from vlprompt.microclip.batches2 import iter_grouped_batches
+from vlprompt.microclip.batches2 import check_sizes, iter_grouped_batches
 
 logger = logging.getLogger(__name__)
 
@@ -67,8 +67,9 @@ class PretrainConfig:
         text_buckets: captions are encoded in this many length buckets (speed only; exact).
         version: 1 = the ResNet micro-CLIP on world v1; 2 = micro-CLIP v2 (ViT, ``MICROCLIP_V2_CONFIG``) on world v2
             (:mod:`vlprompt.microclip.world2`).
-        group_size: 0 = i.i.d. world batches; ``g`` ≥ 2 (version 2, dividing ``batch_size``): batches of groups of
-            ``g`` images sharing shade, style and background (:mod:`vlprompt.microclip.batches2`).
+        groups: ``()`` = i.i.d. world batches; version 2 only: group sizes, e.g. ``(32, 4)`` = groups of 32 images
+            sharing shade, style and background, sub-groups of 4 also sharing the shape
+            (:func:`vlprompt.microclip.batches2.generate_grouped`).
     """
 
     steps: int = 2100
@@ -86,16 +87,17 @@ class PretrainConfig:
     log_every: int = 25
     text_buckets: int = 4
     version: int = 1
-    group_size: int = 0
+    groups: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 2 or self.threads < 1 or self.workers < 1:
             raise ConfigError(f"invalid PretrainConfig {self}: steps ≥ 1, batch_size ≥ 2, threads/workers ≥ 1")
         if self.version not in (1, 2):
             raise ConfigError(f"PretrainConfig.version={self.version!r}: expected 1 (v1 world/model) or 2 (v2)")
-        if self.group_size and (self.version != 2 or self.group_size < 2 or self.batch_size % self.group_size):
-            raise ConfigError(f"PretrainConfig.group_size={self.group_size!r} (version {self.version}, batch_size "
-                              f"{self.batch_size}): expected 0, or with version 2 a group size ≥ 2 dividing the batch")
+        if self.groups and self.version != 2:
+            raise ConfigError(f"PretrainConfig.groups={self.groups!r}: grouped batches are for version 2, not 1")
+        if self.groups:
+            check_sizes(self.groups, self.batch_size)
 
     @property
     def world(self):
@@ -138,7 +140,8 @@ def _check_checkpoint(out: Path, cfg: PretrainConfig) -> dict:
     if not meta_path.is_file():
         return {}
     info = json.loads(meta_path.read_text())
-    saved = {"version": 1, "group_size": 0, **{k: tuple(v) if isinstance(v, list) else v for k, v in info["config"].items()}}
+    saved = {k: tuple(v) if isinstance(v, list) else v for k, v in info["config"].items()}
+    saved = {"version": 1, "groups": (), **saved}  # fields added later: what older checkpoints were made with
     speed_only = ("threads", "workers", "checkpoint_every", "log_every", "text_buckets")
     diff = {
         k: (saved.get(k), v) for k, v in dataclasses.asdict(cfg).items() if k not in speed_only and saved.get(k) != v
@@ -293,8 +296,8 @@ def pretrain(cfg: PretrainConfig, out: str | Path, progress: bool = True, stop_a
         logger.info("resumed from %s at step %d", out / "checkpoint.json", trainer.step)
     start, t0 = trainer.step, time.perf_counter()
     end = cfg.steps if stop_after is None else min(cfg.steps, start + stop_after)
-    if cfg.group_size:
-        batches = iter_grouped_batches(cfg.world_seed, cfg.batch_size, cfg.group_size, start, end - start, cfg.workers)
+    if cfg.groups:
+        batches = iter_grouped_batches(cfg.world_seed, cfg.batch_size, cfg.groups, start, end - start, cfg.workers)
     else:
         batches = cfg.world.iter_batches(cfg.world_seed, cfg.batch_size, start_batch=start,
                                          num_batches=end - start, processes=cfg.workers)  # fmt: skip
@@ -358,16 +361,17 @@ def main(argv: list[str] | None = None) -> int:
     for flag, kind, what in (("--steps", int, ""), ("--batch-size", int, ""), ("--lr", float, ""),
                              ("--warmup", int, ""), ("--seed", int, "model init seed"), ("--world-seed", int, ""),
                              ("--threads", int, "torch threads; 1 = deterministic mode"),
-                             ("--workers", int, "image-rendering processes"), ("--checkpoint-every", int, ""),
-                             ("--group-size", int, "v2: images per batch group sharing shade/style/background")):
+                             ("--workers", int, "image-rendering processes"), ("--checkpoint-every", int, "")):
         p.add_argument(flag, type=kind, default=None, help=what or None)  # fmt: skip
+    p.add_argument("--groups", default=None, help="v2 grouped batches, e.g. 32,4 (see PretrainConfig.groups)")
     p.add_argument("--stop-after", type=int, default=None, help="stop (checkpointed) after this many steps")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    names = ("steps", "batch_size", "lr", "warmup", "seed", "world_seed", "threads", "workers", "checkpoint_every",
-             "group_size")
+    names = ("steps", "batch_size", "lr", "warmup", "seed", "world_seed", "threads", "workers", "checkpoint_every")
     given = {k: getattr(a, k) for k in names if getattr(a, k) is not None}
+    if a.groups is not None:
+        given["groups"] = tuple(int(g) for g in a.groups.split(",") if g.strip())
     cfg = PretrainConfig(**{**(V2_RECIPE if a.version == 2 else {}), **given})
     summary = pretrain(cfg, a.out, progress=not a.no_progress, stop_after=a.stop_after)
     print(json.dumps({k: summary[k] for k in ("finished", "step", "steps_this_run", "seconds_this_run")}))
