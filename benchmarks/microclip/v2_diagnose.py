@@ -8,6 +8,8 @@ Usage (``PYTHONPATH=src``):
   ``--model-file F`` probes a kept snapshot ``F`` of the run's ``ckpt/model-<step>.safetensors`` instead.
 - ``python benchmarks/microclip/v2_diagnose.py export --run DIR [--model-file F] --to OUT`` — a compact file of that
   checkpoint, for ``python -m vlprompt.microclip.acceptance2 --weights OUT``.
+- ``python benchmarks/microclip/v2_diagnose.py difficulty --weights OUT`` — i2t accuracy and loss of a model on
+  i.i.d. vs grouped batches (``pretrain --groups``).
 - ``python benchmarks/microclip/v2_diagnose.py supervised --arch vit8 --lr 1e-3 --steps 300`` — the image tower
   alone trained to classify shape (one-object images), to tell the architecture/optimiser apart from the
   contrastive objective.
@@ -105,6 +107,30 @@ def probe(run: str | None, n_train: int, n_test: int, model_file: str | None = N
     return out
 
 
+@torch.no_grad()
+def batch_difficulty(weights: str, groups: tuple[tuple[int, ...], ...] = ((), (16,), (8,), (32, 4)),
+                     n_batches: int = 4) -> dict:  # fmt: skip
+    """Image-to-text accuracy and InfoNCE loss of a compact model on batches of 128 of world seed 9: i.i.d. (``()``)
+    and grouped (``vlprompt.microclip.batches2``) — how much harder grouped batches are for a given model."""
+    from open_clip import tokenize
+
+    from vlprompt.backbones.microclip import build_microclip
+    from vlprompt.microclip.batches2 import generate_grouped
+
+    m, out = build_microclip(weights).eval(), {}
+    for sizes in groups:
+        accs, losses = [], []
+        for s in range(0, 128 * n_batches, 128):
+            b = generate_grouped(9, s, 128, sizes=sizes) if sizes else world2.generate(9, s, 128)
+            img = m.encode_image(images_to_tensor(b.images), normalize=True)  # [128, E]
+            logits = m.logit_scale.exp() * img @ m.encode_text(tokenize(b.captions), normalize=True).t()  # [128, 128]
+            t = torch.arange(128)
+            accs.append(float((logits.argmax(1) == t).float().mean()))
+            losses.append(float(0.5 * (F.cross_entropy(logits, t) + F.cross_entropy(logits.t(), t))))
+        out[",".join(map(str, sizes)) or "iid"] = {"i2t_acc": round(np.mean(accs), 3), "loss": round(np.mean(losses), 3)}
+    return out
+
+
 def _tower(arch: str, pool: str) -> torch.nn.Module:
     if arch == "resnet":
         return create_microclip_model(MICROCLIP_CONFIG).visual
@@ -181,10 +207,11 @@ def overfit(arch: str, lr: float, steps: int = 60) -> list[dict]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("what", choices=("captions", "probe", "export", "supervised", "overfit"))
+    p.add_argument("what", choices=("captions", "probe", "export", "difficulty", "supervised", "overfit"))
     p.add_argument("--run", default=None, help="a pretraining --out folder (probe)")
     p.add_argument("--model-file", default=None, help="probe/export: a kept model-<step>.safetensors of --run")
     p.add_argument("--no-baselines", action="store_true", help="probe: only the checkpoint's features")
+    p.add_argument("--weights", default=None, help="difficulty: a compact micro-CLIP v2 file")
     p.add_argument("--to", default=None, help="export: the compact .safetensors file to write")
     p.add_argument("--n-train", type=int, default=3000)
     p.add_argument("--n-test", type=int, default=1000)
@@ -208,6 +235,8 @@ def main() -> None:
         from vlprompt.microclip.pretrain import export_checkpoint
 
         res = {"exported": str(export_checkpoint(a.run, a.to, a.model_file))}
+    elif a.what == "difficulty":
+        res = batch_difficulty(a.weights)
     elif a.what == "overfit":
         res = overfit(a.arch, a.lr)
     else:
