@@ -101,3 +101,9 @@ def test_checkpoints_from_before_grouping_resume_as_iid(tmp_path):
     del info["config"]["groups"]  # as written by the code of the 3,000-step run started before this option
     meta.write_text(json.dumps(info))
     assert pretrain(cfg, tmp_path / "r", progress=False)["finished"]
+
+
+def test_groups_flag_names_the_bad_value(capsys, tmp_path):
+    with pytest.raises(SystemExit):
+        main(["--version", "2", "--out", str(tmp_path), "--groups", "32;4"])
+    assert "'32;4': expected comma-separated group sizes" in capsys.readouterr().err

@@ -353,6 +353,13 @@ def _versions() -> dict[str, str]:
             "pillow": PIL.__version__}  # fmt: skip
 
 
+def _group_sizes(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(g) for g in text.split(",") if g.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated group sizes, e.g. 32,4") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point (``--version 2``: the v2 recipe, :data:`V2_RECIPE`, for any flag not given)."""
     p = argparse.ArgumentParser(prog="python -m vlprompt.microclip.pretrain", description=__doc__.split("\n")[0])
@@ -363,7 +370,8 @@ def main(argv: list[str] | None = None) -> int:
                              ("--threads", int, "torch threads; 1 = deterministic mode"),
                              ("--workers", int, "image-rendering processes"), ("--checkpoint-every", int, "")):
         p.add_argument(flag, type=kind, default=None, help=what or None)  # fmt: skip
-    p.add_argument("--groups", default=None, help="v2 grouped batches, e.g. 32,4 (see PretrainConfig.groups)")
+    p.add_argument("--groups", type=_group_sizes, default=None,
+                   help="v2 grouped batches, e.g. 32,4 (see PretrainConfig.groups)")
     p.add_argument("--stop-after", type=int, default=None, help="stop (checkpointed) after this many steps")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     a = p.parse_args(argv)
@@ -371,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
     names = ("steps", "batch_size", "lr", "warmup", "seed", "world_seed", "threads", "workers", "checkpoint_every")
     given = {k: getattr(a, k) for k in names if getattr(a, k) is not None}
     if a.groups is not None:
-        given["groups"] = tuple(int(g) for g in a.groups.split(",") if g.strip())
+        given["groups"] = a.groups
     cfg = PretrainConfig(**{**(V2_RECIPE if a.version == 2 else {}), **given})
     summary = pretrain(cfg, a.out, progress=not a.no_progress, stop_after=a.stop_after)
     print(json.dumps({k: summary[k] for k in ("finished", "step", "steps_this_run", "seconds_this_run")}))
