@@ -5,6 +5,11 @@ Usage (``PYTHONPATH=src``):
 - ``python benchmarks/microclip/v2_diagnose.py captions`` — how often a caption names the shape.
 - ``python benchmarks/microclip/v2_diagnose.py probe [--run DIR]`` — linear probes (shape, position, texture,
   colour) on raw pixels, on a random-init v2 image tower and on a pretraining checkpoint's image features.
+  ``--model-file F`` probes a kept snapshot ``F`` of the run's ``ckpt/model-<step>.safetensors`` instead.
+- ``python benchmarks/microclip/v2_diagnose.py export --run DIR [--model-file F] --to OUT`` — a compact file of that
+  checkpoint, for ``python -m vlprompt.microclip.acceptance2 --weights OUT``.
+- ``python benchmarks/microclip/v2_diagnose.py difficulty --weights OUT`` — i2t accuracy and loss of a model on
+  i.i.d. vs grouped batches (``pretrain --groups``).
 - ``python benchmarks/microclip/v2_diagnose.py supervised --arch vit8 --lr 1e-3 --steps 300`` — the image tower
   alone trained to classify shape (one-object images), to tell the architecture/optimiser apart from the
   contrastive objective.
@@ -68,18 +73,23 @@ def _features(model: torch.nn.Module, images: np.ndarray) -> torch.Tensor:
     return torch.cat([model.encode_image(images_to_tensor(images[i : i + 500])) for i in range(0, len(images), 500)])
 
 
-def probe(run: str | None, n_train: int, n_test: int) -> dict:
-    """Linear-probe accuracies on one-object images (world seeds 5 / 6) for several feature extractors."""
+def probe(run: str | None, n_train: int, n_test: int, model_file: str | None = None, baselines: bool = True) -> dict:
+    """Linear-probe accuracies on one-object images (world seeds 5 / 6) for several feature extractors.
+
+    ``run``: a pretraining folder (its latest checkpoint, or ``model_file``: a kept ``model-<step>.safetensors``
+    snapshot of that run's training-form weights); ``baselines=False`` skips the raw-pixel and random-init rows."""
     tr, te = world2.generate(5, 0, n_train, ONE), world2.generate(6, 0, n_test, ONE)
     pix = lambda b: F.avg_pool2d(images_to_tensor(b.images), 4).flatten(1)  # noqa: E731  [N, 3·16·16]
-    extractors = {"pixels_16x16": (pix(tr), pix(te))}
-    torch.manual_seed(0)
-    rnd = create_microclip_model(MICROCLIP_V2_CONFIG).eval()
-    extractors["vit_random_init"] = (_features(rnd, tr.images), _features(rnd, te.images))
+    extractors = {}
+    if baselines:
+        extractors["pixels_16x16"] = (pix(tr), pix(te))
+        torch.manual_seed(0)
+        rnd = create_microclip_model(MICROCLIP_V2_CONFIG).eval()
+        extractors["vit_random_init"] = (_features(rnd, tr.images), _features(rnd, te.images))
     if run:
         from vlprompt.microclip.pretrain import model_from_checkpoint
 
-        m = model_from_checkpoint(run)
+        m = model_from_checkpoint(run, model_file)
         extractors["checkpoint"] = (_features(m, tr.images), _features(m, te.images))
         # the training path (train mode) and the evaluation path (eval mode) must see the same features
         m2 = copy.deepcopy(m).train()
@@ -94,6 +104,30 @@ def probe(run: str | None, n_train: int, n_test: int) -> dict:
         out[name] = {a: round(_probe(feats[0], tr.labels[:, COL[a]], feats[1], te.labels[:, COL[a]]), 3)
                      for a in ("shape", "position", "texture", "shade", "style")}  # fmt: skip
         out[name]["dims"] = int(feats[0].shape[1])
+    return out
+
+
+@torch.no_grad()
+def batch_difficulty(weights: str, groups: tuple[tuple[int, ...], ...] = ((), (16,), (8,), (32, 4)),
+                     n_batches: int = 4) -> dict:  # fmt: skip
+    """Image-to-text accuracy and InfoNCE loss of a compact model on batches of 128 of world seed 9: i.i.d. (``()``)
+    and grouped (``vlprompt.microclip.batches2``) — how much harder grouped batches are for a given model."""
+    from open_clip import tokenize
+
+    from vlprompt.backbones.microclip import build_microclip
+    from vlprompt.microclip.batches2 import generate_grouped
+
+    m, out = build_microclip(weights).eval(), {}
+    for sizes in groups:
+        accs, losses = [], []
+        for s in range(0, 128 * n_batches, 128):
+            b = generate_grouped(9, s, 128, sizes=sizes) if sizes else world2.generate(9, s, 128)
+            img = m.encode_image(images_to_tensor(b.images), normalize=True)  # [128, E]
+            logits = m.logit_scale.exp() * img @ m.encode_text(tokenize(b.captions), normalize=True).t()  # [128, 128]
+            t = torch.arange(128)
+            accs.append(float((logits.argmax(1) == t).float().mean()))
+            losses.append(float(0.5 * (F.cross_entropy(logits, t) + F.cross_entropy(logits.t(), t))))
+        out[",".join(map(str, sizes)) or "iid"] = {"i2t_acc": round(np.mean(accs), 3), "loss": round(np.mean(losses), 3)}
     return out
 
 
@@ -173,8 +207,12 @@ def overfit(arch: str, lr: float, steps: int = 60) -> list[dict]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("what", choices=("captions", "probe", "supervised", "overfit"))
+    p.add_argument("what", choices=("captions", "probe", "export", "difficulty", "supervised", "overfit"))
     p.add_argument("--run", default=None, help="a pretraining --out folder (probe)")
+    p.add_argument("--model-file", default=None, help="probe/export: a kept model-<step>.safetensors of --run")
+    p.add_argument("--no-baselines", action="store_true", help="probe: only the checkpoint's features")
+    p.add_argument("--weights", default=None, help="difficulty: a compact micro-CLIP v2 file")
+    p.add_argument("--to", default=None, help="export: the compact .safetensors file to write")
     p.add_argument("--n-train", type=int, default=3000)
     p.add_argument("--n-test", type=int, default=1000)
     p.add_argument("--arch", default="vit8", choices=("vit8", "vit4", "resnet"))
@@ -192,7 +230,13 @@ def main() -> None:
     if a.what == "captions":
         res = captions()
     elif a.what == "probe":
-        res = probe(a.run, a.n_train, a.n_test)
+        res = {"model_file": a.model_file, **probe(a.run, a.n_train, a.n_test, a.model_file, not a.no_baselines)}
+    elif a.what == "export":
+        from vlprompt.microclip.pretrain import export_checkpoint
+
+        res = {"exported": str(export_checkpoint(a.run, a.to, a.model_file))}
+    elif a.what == "difficulty":
+        res = batch_difficulty(a.weights)
     elif a.what == "overfit":
         res = overfit(a.arch, a.lr)
     else:

@@ -67,3 +67,23 @@ def test_v2_recipe_and_resumable_pretraining(tmp_path):
     assert "visual.class_embedding" in wa and "visual.conv1.weight" in wa
     with pytest.raises(ArtifactError, match="different settings"):
         pretrain(PretrainConfig(steps=2, batch_size=6, warmup=1, threads=1), tmp_path / "b", progress=False)
+
+
+def test_a_kept_training_snapshot_exports_as_the_model_of_its_step(tmp_path):
+    from vlprompt.microclip import world2
+    from vlprompt.microclip.pretrain import export_checkpoint
+
+    cfg = PretrainConfig(version=2, steps=2, batch_size=6, lr=1e-3, warmup=1, threads=1, checkpoint_every=1,
+                         log_every=1)  # fmt: skip
+    pretrain(cfg, tmp_path / "r", progress=False, stop_after=1)
+    kept = tmp_path / "model-1.safetensors"  # what a watcher keeps: the training-form weights of step 1
+    kept.write_bytes((tmp_path / "r" / "ckpt" / "model-1.safetensors").read_bytes())
+    at1 = export_checkpoint(tmp_path / "r", tmp_path / "at1.safetensors")  # the latest checkpoint: step 1
+    pretrain(cfg, tmp_path / "r", progress=False)  # on to step 2; ckpt/model-1 is deleted
+    assert not (tmp_path / "r" / "ckpt" / "model-1.safetensors").exists()
+    snap = export_checkpoint(tmp_path / "r", tmp_path / "snap.safetensors", model_file=kept)
+    wa, ws, w2 = (load_file(str(p)) for p in (at1, snap, tmp_path / "r" / "microclip.safetensors"))
+    assert all(torch.equal(wa[k], ws[k]) for k in wa) and not all(torch.equal(wa[k], w2[k]) for k in wa)
+    with safe_open(str(snap), framework="pt") as f:
+        meta = f.metadata()
+    assert meta["step"] == "1" and meta["world_fingerprint"] == world2.world_fingerprint()

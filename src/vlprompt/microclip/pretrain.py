@@ -41,6 +41,7 @@ from vlprompt.backbones.microclip import (
 )
 from vlprompt.errors import ArtifactError, ConfigError
 from vlprompt.microclip import world, world2
+from vlprompt.microclip.batches2 import check_sizes, iter_grouped_batches
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +67,9 @@ class PretrainConfig:
         text_buckets: captions are encoded in this many length buckets (speed only; exact).
         version: 1 = the ResNet micro-CLIP on world v1; 2 = micro-CLIP v2 (ViT, ``MICROCLIP_V2_CONFIG``) on world v2
             (:mod:`vlprompt.microclip.world2`).
+        groups: ``()`` = i.i.d. world batches; version 2 only: group sizes, e.g. ``(32, 4)`` = groups of 32 images
+            sharing shade, style and background, sub-groups of 4 also sharing the shape
+            (:func:`vlprompt.microclip.batches2.generate_grouped`).
     """
 
     steps: int = 2100
@@ -83,12 +87,17 @@ class PretrainConfig:
     log_every: int = 25
     text_buckets: int = 4
     version: int = 1
+    groups: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 2 or self.threads < 1 or self.workers < 1:
             raise ConfigError(f"invalid PretrainConfig {self}: steps ≥ 1, batch_size ≥ 2, threads/workers ≥ 1")
         if self.version not in (1, 2):
             raise ConfigError(f"PretrainConfig.version={self.version!r}: expected 1 (v1 world/model) or 2 (v2)")
+        if self.groups and self.version != 2:
+            raise ConfigError(f"PretrainConfig.groups={self.groups!r}: grouped batches are for version 2, not 1")
+        if self.groups:
+            check_sizes(self.groups, self.batch_size)
 
     @property
     def world(self):
@@ -131,7 +140,8 @@ def _check_checkpoint(out: Path, cfg: PretrainConfig) -> dict:
     if not meta_path.is_file():
         return {}
     info = json.loads(meta_path.read_text())
-    saved = {"version": 1, **{k: tuple(v) if isinstance(v, list) else v for k, v in info["config"].items()}}
+    saved = {k: tuple(v) if isinstance(v, list) else v for k, v in info["config"].items()}
+    saved = {"version": 1, "groups": (), **saved}  # fields added later: what older checkpoints were made with
     speed_only = ("threads", "workers", "checkpoint_every", "log_every", "text_buckets")
     diff = {
         k: (saved.get(k), v) for k, v in dataclasses.asdict(cfg).items() if k not in speed_only and saved.get(k) != v
@@ -232,23 +242,33 @@ class _Trainer:
         return True
 
 
-def model_from_checkpoint(out: str | Path) -> torch.nn.Module:
-    """The stock micro-CLIP (eval mode) held by the latest training checkpoint in ``out`` (to inspect a run)."""
+def _run_config(out: str | Path) -> tuple[dict, PretrainConfig]:
     info = json.loads((Path(out) / "checkpoint.json").read_text())
-    cfg = PretrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in info["config"].items()})
+    return info, PretrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in info["config"].items()})
+
+
+def model_from_checkpoint(out: str | Path, model_file: str | Path | None = None) -> torch.nn.Module:
+    """The stock micro-CLIP (eval mode) held by the latest training checkpoint in ``out`` (to inspect a run), or by
+    ``model_file``: a kept copy of one of the run's ``ckpt/model-<step>.safetensors`` (the training form)."""
+    from safetensors.torch import load_file
+
+    _, cfg = _run_config(out)
     trainer = _Trainer(cfg)
-    trainer.load(Path(out))
+    if model_file is None:
+        trainer.load(Path(out))
+    else:
+        trainer.model.load_state_dict(load_file(str(model_file)))
     return trainer.full_model()
 
 
-def export_checkpoint(out: str | Path, path: str | Path) -> Path:
-    """Write the latest training checkpoint in ``out`` as a compact micro-CLIP file ``path`` (to try an unfinished
-    run with the acceptance table or the demo); returns ``path``."""
-    info = json.loads((Path(out) / "checkpoint.json").read_text())
-    cfg = PretrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in info["config"].items()})
-    model = model_from_checkpoint(out)
-    save_compact(path, model, vocabulary_token_ids(cfg.world), cfg.seed, config=cfg.model_config,
-                 extra_metadata={"pretrain_config": json.dumps(info["config"]), "step": str(info["step"])})  # fmt: skip
+def export_checkpoint(out: str | Path, path: str | Path, model_file: str | Path | None = None) -> Path:
+    """Write the latest training checkpoint in ``out`` (or ``model_file``, as in :func:`model_from_checkpoint`) as a
+    compact micro-CLIP file ``path`` (to try an unfinished run with the acceptance table or the demo)."""
+    info, cfg = _run_config(out)
+    step = str(info["step"]) if model_file is None else Path(model_file).stem.rpartition("-")[2]
+    save_compact(path, model_from_checkpoint(out, model_file), vocabulary_token_ids(cfg.world), cfg.seed,
+                 config=cfg.model_config, extra_metadata={"pretrain_config": json.dumps(info["config"]), "step": step,
+                                                          "world_fingerprint": cfg.world.world_fingerprint()})  # fmt: skip
     return Path(path)
 
 
@@ -276,8 +296,11 @@ def pretrain(cfg: PretrainConfig, out: str | Path, progress: bool = True, stop_a
         logger.info("resumed from %s at step %d", out / "checkpoint.json", trainer.step)
     start, t0 = trainer.step, time.perf_counter()
     end = cfg.steps if stop_after is None else min(cfg.steps, start + stop_after)
-    batches = cfg.world.iter_batches(cfg.world_seed, cfg.batch_size, start_batch=start, num_batches=end - start,
-                                 processes=cfg.workers)  # fmt: skip
+    if cfg.groups:
+        batches = iter_grouped_batches(cfg.world_seed, cfg.batch_size, cfg.groups, start, end - start, cfg.workers)
+    else:
+        batches = cfg.world.iter_batches(cfg.world_seed, cfg.batch_size, start_batch=start,
+                                         num_batches=end - start, processes=cfg.workers)  # fmt: skip
     bar = tqdm(total=cfg.steps, initial=start, disable=not progress, desc="pretrain micro-CLIP", dynamic_ncols=True)
     for batch in batches:
         stats = trainer.train_step(batch, tokenize)
@@ -330,6 +353,13 @@ def _versions() -> dict[str, str]:
             "pillow": PIL.__version__}  # fmt: skip
 
 
+def _group_sizes(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(g) for g in text.split(",") if g.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated group sizes, e.g. 32,4") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point (``--version 2``: the v2 recipe, :data:`V2_RECIPE`, for any flag not given)."""
     p = argparse.ArgumentParser(prog="python -m vlprompt.microclip.pretrain", description=__doc__.split("\n")[0])
@@ -340,12 +370,16 @@ def main(argv: list[str] | None = None) -> int:
                              ("--threads", int, "torch threads; 1 = deterministic mode"),
                              ("--workers", int, "image-rendering processes"), ("--checkpoint-every", int, "")):
         p.add_argument(flag, type=kind, default=None, help=what or None)  # fmt: skip
+    p.add_argument("--groups", type=_group_sizes, default=None,
+                   help="v2 grouped batches, e.g. 32,4 (see PretrainConfig.groups)")
     p.add_argument("--stop-after", type=int, default=None, help="stop (checkpointed) after this many steps")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     names = ("steps", "batch_size", "lr", "warmup", "seed", "world_seed", "threads", "workers", "checkpoint_every")
     given = {k: getattr(a, k) for k in names if getattr(a, k) is not None}
+    if a.groups is not None:
+        given["groups"] = a.groups
     cfg = PretrainConfig(**{**(V2_RECIPE if a.version == 2 else {}), **given})
     summary = pretrain(cfg, a.out, progress=not a.no_progress, stop_after=a.stop_after)
     print(json.dumps({k: summary[k] for k in ("finished", "step", "steps_this_run", "seconds_this_run")}))
