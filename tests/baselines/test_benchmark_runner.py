@@ -116,7 +116,7 @@ def test_grid_arguments():
     with pytest.raises(DataError, match="Did you mean"):
         parse_datasets("oxford_pet")
     # issue 13: every registered method runs in the grid; an unknown name is refused with the valid ones
-    with pytest.raises(ConfigError, match="subset of cocoop,coop,coop-csc,kgcoop,clap,clip-adapter,lpplusplus,taskres,tip-adapter,tip-adapter-f,"
+    with pytest.raises(ConfigError, match="subset of cocoop,coop,coop-csc,ivlp,kgcoop,maple,promptsrc,vpt,clap,clip-adapter,lpplusplus,taskres,tip-adapter,tip-adapter-f,"
                                         "zeroshot,linear-probe"):
         BenchmarkConfig(datasets=("dtd",), methods=("coop", "cooop"))
     with pytest.raises(ConfigError, match="≥ 1"):

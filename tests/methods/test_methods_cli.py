@@ -28,10 +28,10 @@ def test_help_lists_methods_and_unknown_method_is_clear(capsys):
     assert main(["train", "--help"]) == 0
     out = " ".join(capsys.readouterr().out.split())
     # the prompt learners, then the registered feature-space adapters (issue 16)
-    assert "prompt-learning method or feature-space adapter: cocoop, coop, kgcoop" in out
+    assert "prompt-learning method or feature-space adapter: cocoop, coop, ivlp, kgcoop, maple, promptsrc, vpt" in out
     assert main(["train", "--dataset", "folder:x", "--out", "y", "--method", "cocop"]) == 2
     err = capsys.readouterr().err
-    assert "--method 'cocop' is unknown. Did you mean cocoop, coop" in err and "Choices: cocoop, coop, kgcoop" in err
+    assert "--method 'cocop' is unknown. Did you mean cocoop, coop" in err and "Choices: cocoop, coop, ivlp, kgcoop, maple, promptsrc, vpt" in err
     assert err.count("\n") == 1
 
 
