@@ -158,3 +158,14 @@ def test_vpt_text_features_are_the_hand_crafted_prompts_computed_once(vit):
     with torch.no_grad():
         new = F.normalize(vit.encode_text(["a photo of a cat.", "a photo of a hot air balloon."]).float(), dim=-1)
     torch.testing.assert_close(model.text_features(), new, rtol=0, atol=1e-6)
+
+
+def test_report_labels_name_what_each_deep_method_learns():
+    """The report's variant label: M is the learned input-layer text tokens (a deep method's n_ctx, not the init
+    phrase's words); VPT-deep learns no text token, so it has no M, position or init part."""
+    from vlprompt.runs.folder import default_label
+
+    assert default_label("vpt", {"n_ctx_vision": 8, "depth_vision": 4}) == "VPT-deep depth_vision=4"
+    assert default_label("maple", {"n_ctx": 2, "ctx_init": "a photo of a", "depth": 4}) == \
+        "MaPLe M=2 end init 'a photo of a' depth=4"
+    assert default_label("coop", {"n_ctx": 4, "ctx_init": "a photo of a"}) == "CoOp M=4 end init 'a photo of a'"

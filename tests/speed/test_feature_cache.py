@@ -161,3 +161,32 @@ def test_engine_features_computed_once_per_backbone_and_split(tmp_path, image_fo
     features(create_backbone("vlp-tiny-vit", "random"))  # another backbone: miss
     features(rn, cache_dir="")  # caching disabled: always computed
     assert len(calls) == 4
+
+
+def test_an_image_rewritten_at_the_same_path_is_not_served_stale(tmp_path, image_folder):
+    """Same dataset name, same relative paths and labels, other pixels (a regenerated or edited dataset): the cache
+    must encode the new file, not return the old file's features (it did before the key held the file's stat)."""
+    import os
+
+    from PIL import Image
+
+    from vlprompt.backbones import create_backbone
+    from vlprompt.data.transforms import build_transform, transform_fingerprint
+    from vlprompt.engine import pipeline as P
+
+    records = P.prepare_data(f"folder:{image_folder}", None, None, 1).splits.test
+    rn = create_backbone("vlp-tiny-rn", "random")
+
+    def features():
+        return P.cached_features(rn, records, transform_fingerprint(rn.preprocess, False),
+                                 build_transform(rn.preprocess, train=False), dataset="folder", split="test",
+                                 root=str(image_folder), precision="fp32", cache_dir=str(tmp_path))
+
+    before = features()
+    path = records[0].path
+    st = os.stat(path)
+    Image.new("RGB", Image.open(path).size, (255, 0, 255)).save(path)  # new pixels at the same path
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))  # and a later mtime, as an edit leaves
+    after = features()
+    assert not torch.equal(after[0], before[0])  # the rewritten image was encoded again
+    torch.testing.assert_close(after[1:], before[1:])  # the others are the same images

@@ -48,11 +48,14 @@ def default_label(method: str, learner: dict) -> str:
     m = len(learner["ctx_init"].split()) if learner.get("ctx_init") else learner.get("n_ctx", 16)
     if issubclass(cls.config_class, DeepPromptConfig):  # the official deep rule: n_ctx tokens of the phrase learned
         m = learner.get("n_ctx", cls.config_class.n_ctx)
-    parts = [f"{cls.display_name or method} M={m}", learner.get("class_token_position", "end")]
-    if learner.get("ctx_init"):
-        parts.append(f"init '{learner['ctx_init']}'")
-    if learner.get("csc"):
-        parts.append("CSC")
+    if "n_ctx" not in cls.config_class.__dataclass_fields__:  # nothing learned text-side (VPT-deep): no M, no init
+        parts = [cls.display_name or method]
+    else:
+        parts = [f"{cls.display_name or method} M={m}", learner.get("class_token_position", "end")]
+        if learner.get("ctx_init"):
+            parts.append(f"init '{learner['ctx_init']}'")
+        if learner.get("csc"):
+            parts.append("CSC")
     coop_fields = set(CoOpConfig.__dataclass_fields__)
     for f in fields(cls.config_class):
         if f.name not in coop_fields and f.default is not None and learner.get(f.name, f.default) != f.default:
