@@ -31,6 +31,12 @@ from vlprompt.prompts import create_prompt_learner
 
 FIGS = json.loads((Path(__file__).parent / "figures" / "official_maple.json").read_text())
 TOL = 1e-5
+#: fp32 gradients and the logits after the step they drive, relative to the largest entry. The shared-prefix path
+#: (kept words "of a" inside the prefix: ctx's gradient summed once through the prefix's keys and values instead of
+#: per class) rounds differently in fp32: 1.25e-5 (gradient of ctx) and 1.08e-5 (logits after the step) on
+#: ``depth3_no_half``. It is rounding, not a difference: the same vlprompt path in float64 is within 2.3e-6 of the
+#: official fp32 gradients (7.6e-6 at depth 4, the official fp32's own rounding), 7.2e-7 of its logits.
+GRAD_TOL = 2e-5
 FP16_TOL = 2e-3  # gradients through the official .half() casts (two fp16 ulps)
 
 
@@ -108,11 +114,11 @@ def test_maple_equals_the_official_trainer_at_init_and_after_one_sgd_step(setup,
         grads.update({f"compound_prompts_text.{i}": g for i, g in enumerate(learner.deep_text.grad)})
     assert sorted(grads) == sorted(fig["grads"])
     for name, grad in grads.items():
-        check_grad(name, grad, fig["grads"][name], inputs, FP16_TOL if half else TOL)
+        check_grad(name, grad, fig["grads"][name], inputs, FP16_TOL if half else GRAD_TOL)
     opt.step()
     with torch.no_grad():
         _, after = model.training_loss(None, inputs["labels"], inputs["images"])
-    close(after, fig["logits_after"], "logits after one SGD step", FP16_TOL if half else TOL)
+    close(after, fig["logits_after"], "logits after one SGD step", FP16_TOL if half else GRAD_TOL)
 
 
 def test_the_official_figures_pin_the_coupling_and_the_fp32_failure():

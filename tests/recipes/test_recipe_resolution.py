@@ -106,10 +106,12 @@ def test_cli_help_states_the_resolved_defaults(capsys):
     out = " ".join(capsys.readouterr().out.split())
     for m in ("coop", "cocoop", "kgcoop"):
         assert f"{m} {method_recipe(m, 16, 'dtd')['batch_size']}" in out
-    assert "cocoop 10, kgcoop 100" in out
+    assert "cocoop 10, ivlp 5, kgcoop 100, maple 5, promptsrc 20, vpt 5" in out  # epochs
+    assert "coop 32, ivlp 4, kgcoop 128" in out  # batch sizes
+    assert "cocoop 0.002, coop 0.002, ivlp 0.0035, kgcoop 0.002, maple 0.0035, promptsrc 0.0025, vpt 0.0025" in out
     assert "coop 50/100/100/200/200 for 1/2/4/8/16 shots (50 for ImageNet)" in out
     assert [method_recipe("coop", k, "dtd")["epochs"] for k in SHOTS] == [50, 100, 100, 200, 200]
-    for text, field in (("SGD learning rate (default 0.002)", "lr"), ("SGD momentum (default 0.9)", "momentum"),
+    for text, field in (("SGD momentum (default 0.9)", "momentum"),
                         ("SGD weight decay (default 5e-4)", "weight_decay"),
                         ("constant warm-up lr (default 1)", "warmup_epochs"), ("warm-up lr (default 1e-5)", "warmup_lr")):
         assert text in out

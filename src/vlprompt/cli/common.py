@@ -188,6 +188,15 @@ def _refuse_prompt_flags(args: argparse.Namespace) -> None:
                           f"adapter with no prompt; its options (--learner-opt KEY=VALUE): {', '.join(own) or 'none'}.")
 
 
+def _recipe_values(field: str, skip: tuple[str, ...] = ()) -> str:
+    """``"cocoop 10, ivlp 5, …"``: each registered prompt learner's resolved ``field`` (16 shots, no benchmark), for
+    the help texts, so that they state what the recipes resolve (a new method appears by registering)."""
+    from vlprompt.engine.recipe import method_recipe
+    from vlprompt.prompts import list_prompt_learners
+
+    return ", ".join(f"{m} {method_recipe(m, 16, None)[field]:g}" for m in list_prompt_learners() if m not in skip)
+
+
 def add_train_args(p: argparse.ArgumentParser) -> None:
     """Optimisation options. Every default is ``None`` ("not given"): the library resolves it
     (:func:`vlprompt.engine.recipe.resolve_train_config`, :class:`~vlprompt.engine.config.TrainConfig`), so the
@@ -195,10 +204,11 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("training", RECIPE_NOTE)
     g.add_argument("--epochs", type=int, default=None,
                    help="MAX_EPOCH; default: the method's official recipe: coop 50/100/100/200/200 for 1/2/4/8/16 "
-                        "shots (50 for ImageNet), cocoop 10, kgcoop 100")
+                        "shots (50 for ImageNet), " + _recipe_values("epochs", skip=("coop",)))
     g.add_argument("--batch-size", type=int, default=None,
-                   help="train batch size; default: the method's official recipe: coop 32, cocoop 1, kgcoop 128")
-    g.add_argument("--lr", type=float, default=None, help="SGD learning rate (default: the method's official one: 0.002 for CoOp/CoCoOp/KgCoOp, 0.0035 IVLP/MaPLe, 0.0025 VPT-deep/PromptSRC)")
+                   help="train batch size; default: the method's official recipe: " + _recipe_values("batch_size"))
+    g.add_argument("--lr", type=float, default=None,
+                   help="SGD learning rate; default: the method's official recipe: " + _recipe_values("lr"))
     g.add_argument("--momentum", type=float, default=None, help="SGD momentum (default 0.9)")
     g.add_argument("--weight-decay", type=float, default=None, help="SGD weight decay (default 5e-4)")
     g.add_argument("--warmup-epochs", type=int, default=None, help="epochs at constant warm-up lr (default 1)")
