@@ -95,3 +95,14 @@ def sequence_first(model):
             for blk in mod.resblocks:
                 blk.attn.batch_first = False
     return model
+
+
+def close(ours: torch.Tensor, official, what: str, tol: float = 1e-5) -> float:
+    """Assert that ``ours`` has the official figure's shape and max |ours − official| / max(1, max |official|) ≤ ``tol``
+    (the deep-prompt fidelity tests' measure); returns that error. ``official``: a (nested) list or a number."""
+    ref = torch.as_tensor(official, dtype=torch.float32)
+    got = ours.detach().float().cpu()
+    assert got.shape == ref.shape, f"{what}: shape {tuple(got.shape)} vs official {tuple(ref.shape)}"
+    err = float((got - ref).abs().max() / max(1.0, float(ref.abs().max())))
+    assert err <= tol, f"{what}: max error {err:.2e} (relative to max(1, |official|)) > {tol}"
+    return err

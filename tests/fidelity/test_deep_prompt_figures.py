@@ -27,6 +27,7 @@ import deep_prompt_inputs as W
 import pytest
 import torch
 import torch.nn.functional as F
+from deep_prompt_inputs import close
 
 from vlprompt.backbones.open_clip import OpenClipBackbone
 
@@ -73,13 +74,6 @@ def forward(bb: OpenClipBackbone, inputs, ctx, deep_text, vision, path: str, cas
     image = bb.encode_image(inputs["images"], vision_prompts=vision, prompt_cast=cast)
     logits = bb.logit_scale * F.normalize(image, dim=-1) @ F.normalize(text, dim=-1).t()
     return text, image, logits
-
-
-def close(ours: torch.Tensor, official: list, what: str, tol: float = TOL) -> float:
-    ref = torch.tensor(official)
-    err = float((ours.detach() - ref).abs().max() / max(1.0, float(ref.abs().max())))
-    assert err <= tol, f"{what}: max error {err:.2e} (relative to max(1, |official|)) > {tol}"
-    return err
 
 
 @pytest.mark.parametrize("case", ["ivlp_as_is", "maple_as_is", "ivlp_no_half", "maple_no_half"])

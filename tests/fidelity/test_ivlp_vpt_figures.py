@@ -23,6 +23,7 @@ import deep_prompt_inputs as W
 import ivlp_vpt_inputs as V
 import pytest
 import torch
+from deep_prompt_inputs import close
 
 from vlprompt.backbones.open_clip import OpenClipBackbone
 from vlprompt.engine.config import TrainConfig
@@ -46,14 +47,6 @@ def backbone():
         "tests/fidelity/figures/official_ivlp_vpt.json as tests/fidelity/figures/README.md describes.")
     assert W.tensors_sha256(W.fixed_inputs()) == FIGS["inputs_sha256"], "the generated inputs changed: regenerate."
     return OpenClipBackbone(W.open_clip_model(sd), SimpleTokenizer(), name="fidelity-ivlp-vpt")
-
-
-def close(ours: torch.Tensor, official: list, what: str, tol: float = TOL) -> float:
-    ref = torch.tensor(official)
-    assert ours.shape == ref.shape, f"{what}: shape {tuple(ours.shape)} vs official {tuple(ref.shape)}"
-    err = float((ours.detach().float().cpu() - ref).abs().max() / max(1.0, float(ref.abs().max())))
-    assert err <= tol, f"{what}: max error {err:.2e} (relative to max(1, |official|)) > {tol}"
-    return err
 
 
 def layer(learner, name: str, grad: bool = False) -> torch.Tensor:

@@ -22,6 +22,7 @@ import promptsrc_inputs as P
 import pytest
 import torch
 import torch.nn.functional as F
+from deep_prompt_inputs import close
 
 from vlprompt.backbones.open_clip import OpenClipBackbone
 from vlprompt.engine.config import TrainConfig
@@ -58,13 +59,6 @@ def learner_of(bb: OpenClipBackbone, half: bool, **extra) -> PromptSRC:
         learner.deep_text.copy_(inputs["deep_text"])
         learner.deep_vision.copy_(inputs["vision"])
     return learner
-
-
-def close(ours: torch.Tensor, official: list | float, what: str, tol: float = TOL) -> float:
-    ref = torch.as_tensor(official)
-    err = float((ours.detach().float() - ref).abs().max() / max(1.0, float(ref.abs().max())))
-    assert err <= tol, f"{what}: max error {err:.2e} (relative to max(1, |official|)) > {tol}"
-    return err
 
 
 def eval_logits(model: PromptModel, images: torch.Tensor) -> torch.Tensor:
