@@ -19,8 +19,9 @@ from collections.abc import Callable, Sequence
 import torch
 
 from vlprompt.data.records import Sample
-from vlprompt.engine.execution import Execution, resolve
+from vlprompt.engine.execution import Execution
 from vlprompt.engine.model import PromptModel
+from vlprompt.engine.pipeline import extract_features  # the ranks' shards and their gather, as for frozen features
 from vlprompt.eval.metrics import classification_metrics
 
 _logger = logging.getLogger(__name__)
@@ -44,27 +45,14 @@ def prompted_image_features(
 
     ``execution``: the run's (its ranks share the records); ``None``: the current one.
     """
-    from torch.utils.data import Subset
-
-    from vlprompt.data.dataset import ImageDataset
-    from vlprompt.features.extract import encode_dataset
-
-    backbone = model.backbone
-    if not records:
-        return torch.empty(0, backbone.embed_dim)
     deep = model.deep_prompts()  # once per evaluation: every batch sees the same tokens
 
     def encode(images: torch.Tensor) -> torch.Tensor:  # (B, 3, H, W) → (B, E), normalised
         return model.encode_images(images, deep)
 
-    items = ImageDataset(list(records), transform)
-    kw = dict(batch_size=batch_size, num_workers=num_workers, precision=precision, progress=progress, desc=desc,
-              encode=encode)
-    ex = resolve(execution)
-    if ex.world_size == 1:
-        return encode_dataset(backbone, items, **kw)  # (N, E)
-    lo, hi = ex.shard_range(len(items))
-    return ex.gather_rows(encode_dataset(backbone, Subset(items, range(lo, hi)), **kw), len(items))  # (N, E)
+    return extract_features(model.backbone, list(records), transform, execution=execution, batch_size=batch_size,
+                            num_workers=num_workers, precision=precision, progress=progress, desc=desc,
+                            encode=encode)  # (N, E)
 
 
 @torch.no_grad()

@@ -64,8 +64,10 @@ def extract_features(
     precision: str = "fp32",
     progress: bool = False,
     desc: str = "features",
+    encode: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """Encode every record's image: returns unnormalised fp32 features ``[N, E]`` in record order (on CPU).
+    """Encode every record's image: returns fp32 features ``[N, E]`` in record order (on CPU), unnormalised from
+    the frozen tower (``encode=None``), else whatever ``encode`` gives (see :func:`encode_dataset`).
 
     ``transform`` should be deterministic (the test pipeline); augmented views, whose randomness must not depend on
     the global RNG, are :mod:`vlprompt.features.views`.
@@ -73,4 +75,4 @@ def extract_features(
     from vlprompt.data.dataset import ImageDataset
 
     return encode_dataset(backbone, ImageDataset(list(records), transform), batch_size=batch_size,
-                          num_workers=num_workers, precision=precision, progress=progress, desc=desc)
+                          num_workers=num_workers, precision=precision, progress=progress, desc=desc, encode=encode)
