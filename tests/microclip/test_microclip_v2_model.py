@@ -3,6 +3,7 @@ its config recorded, and the v2 pretraining recipe (resumable bit-exactly in sin
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -87,3 +88,28 @@ def test_a_kept_training_snapshot_exports_as_the_model_of_its_step(tmp_path):
     with safe_open(str(snap), framework="pt") as f:
         meta = f.metadata()
     assert meta["step"] == "1" and meta["world_fingerprint"] == world2.world_fingerprint()
+
+
+def test_gradient_clipping_bounds_the_update_and_is_part_of_the_checkpointed_recipe(tmp_path):
+    from vlprompt.microclip import world2
+    from vlprompt.microclip.pretrain import _Trainer
+
+    batch = world2.generate(0, 0, 6)
+    moved = {}
+    for clip in (0.0, 1e-12):
+        torch.manual_seed(0)
+        tr = _Trainer(PretrainConfig(version=2, steps=5, batch_size=6, warmup=1, threads=1, clip_grad=clip))
+        before = tr.model.visual.class_embedding.detach().clone()  # no weight decay on 1-D tensors
+        tr.train_step(batch, tokenize)
+        moved[clip] = float((tr.model.visual.class_embedding - before).abs().max())
+    # AdamW's step is ~lr whatever the gradient's scale, unless the clipped gradient falls far below eps (1e-6)
+    assert moved[0.0] > 1e-4 and moved[1e-12] < 1e-6 * moved[0.0]
+    cfg = PretrainConfig(version=2, steps=2, batch_size=6, warmup=1, threads=1, checkpoint_every=1, log_every=1)
+    pretrain(cfg, tmp_path / "r", progress=False, stop_after=1)
+    saved = json.loads((tmp_path / "r" / "checkpoint.json").read_text())
+    assert saved["config"]["clip_grad"] == 0.0
+    del saved["config"]["clip_grad"]  # a checkpoint written before the field existed resumes as "no clipping"
+    (tmp_path / "r" / "checkpoint.json").write_text(json.dumps(saved))
+    assert pretrain(cfg, tmp_path / "r", progress=False)["finished"]
+    with pytest.raises(ArtifactError, match="clip_grad"):
+        pretrain(dataclasses.replace(cfg, clip_grad=1.0, steps=3), tmp_path / "r", progress=False)

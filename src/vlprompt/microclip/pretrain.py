@@ -67,6 +67,7 @@ class PretrainConfig:
         text_buckets: captions are encoded in this many length buckets (speed only; exact).
         version: 1 = the ResNet micro-CLIP on world v1; 2 = micro-CLIP v2 (ViT, ``MICROCLIP_V2_CONFIG``) on world v2
             (:mod:`vlprompt.microclip.world2`).
+        clip_grad: ``> 0``: clip the gradients' global norm to this before each step (``0``: no clipping).
         groups: ``()`` = i.i.d. world batches; version 2 only: group sizes, e.g. ``(32, 4)`` = groups of 32 images
             sharing shade, style and background, sub-groups of 4 also sharing the shape
             (:func:`vlprompt.microclip.batches2.generate_grouped`).
@@ -88,6 +89,7 @@ class PretrainConfig:
     text_buckets: int = 4
     version: int = 1
     groups: tuple[int, ...] = ()
+    clip_grad: float = 0.0
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 2 or self.threads < 1 or self.workers < 1:
@@ -141,7 +143,7 @@ def _check_checkpoint(out: Path, cfg: PretrainConfig) -> dict:
         return {}
     info = json.loads(meta_path.read_text())
     saved = {k: tuple(v) if isinstance(v, list) else v for k, v in info["config"].items()}
-    saved = {"version": 1, "groups": (), **saved}  # fields added later: what older checkpoints were made with
+    saved = {"version": 1, "groups": (), "clip_grad": 0.0, **saved}  # fields added later: older checkpoints had these
     speed_only = ("threads", "workers", "checkpoint_every", "log_every", "text_buckets")
     diff = {
         k: (saved.get(k), v) for k, v in dataclasses.asdict(cfg).items() if k not in speed_only and saved.get(k) != v
@@ -192,6 +194,8 @@ class _Trainer:
         loss = 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
+        if self.cfg.clip_grad > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_grad)
         self.opt.step()
         with torch.no_grad():
             self.model.logit_scale.clamp_(0.0, math.log(100.0))
@@ -368,7 +372,8 @@ def main(argv: list[str] | None = None) -> int:
     for flag, kind, what in (("--steps", int, ""), ("--batch-size", int, ""), ("--lr", float, ""),
                              ("--warmup", int, ""), ("--seed", int, "model init seed"), ("--world-seed", int, ""),
                              ("--threads", int, "torch threads; 1 = deterministic mode"),
-                             ("--workers", int, "image-rendering processes"), ("--checkpoint-every", int, "")):
+                             ("--workers", int, "image-rendering processes"), ("--checkpoint-every", int, ""),
+                             ("--clip-grad", float, "gradient-norm clipping (0: off)")):  # fmt: skip
         p.add_argument(flag, type=kind, default=None, help=what or None)  # fmt: skip
     p.add_argument("--groups", type=_group_sizes, default=None,
                    help="v2 grouped batches, e.g. 32,4 (see PretrainConfig.groups)")
@@ -376,7 +381,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    names = ("steps", "batch_size", "lr", "warmup", "seed", "world_seed", "threads", "workers", "checkpoint_every")
+    names = ("steps", "batch_size", "lr", "warmup", "seed", "world_seed", "threads", "workers", "checkpoint_every",
+             "clip_grad")  # fmt: skip
     given = {k: getattr(a, k) for k in names if getattr(a, k) is not None}
     if a.groups is not None:
         given["groups"] = a.groups
