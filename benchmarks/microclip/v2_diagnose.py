@@ -131,26 +131,28 @@ def batch_difficulty(weights: str, groups: tuple[tuple[int, ...], ...] = ((), (1
     return out
 
 
-def _tower(arch: str, pool: str) -> torch.nn.Module:
+def _tower(arch: str, pool: str, vision: dict | None = None) -> torch.nn.Module:
     if arch == "resnet":
         return create_microclip_model(MICROCLIP_CONFIG).visual
     cfg = json.loads(json.dumps(MICROCLIP_V2_CONFIG))
     cfg["vision_cfg"]["patch_size"] = {"vit8": 8, "vit4": 4}[arch]
     if pool != "tok":
         cfg["vision_cfg"]["pool_type"] = pool  # open_clip: "tok" (class token) or "avg" (mean of patch tokens)
+    cfg["vision_cfg"].update(vision or {})  # other stock open_clip ViT settings, e.g. {"pos_embed_type": "sin_cos_2d"}
     return create_microclip_model(cfg).visual
 
 
 def supervised(arch: str, pool: str, lr: float, warmup: int, steps: int, clip: float, batch: int,
-               version: int = 2, extra_fixed: dict | None = None) -> dict:  # fmt: skip
+               version: int = 2, extra_fixed: dict | None = None, vision: dict | None = None) -> dict:  # fmt: skip
     """Train the image tower + a linear head on shape (one-object images of world seed 0); test on seed 1.
 
     ``version=1`` uses world v1's images (8 shapes, no textures, clutter or scenes) instead of world v2's;
-    ``extra_fixed`` (v2 only, a diagnostic, not a world change) fixes more attributes, e.g. solid plain photos.
+    ``extra_fixed`` (v2 only, a diagnostic, not a world change) fixes more attributes, e.g. solid plain photos;
+    ``vision`` overrides the ViT's ``vision_cfg`` entries (e.g. ``{"patch_size": 4, "width": 64}``).
     """
     wm, fixed = (world2, {**ONE, **(extra_fixed or {})}) if version == 2 else (world, None)
     torch.manual_seed(0)
-    tower = _tower(arch, pool).train()
+    tower = _tower(arch, pool, vision).train()
     head = torch.nn.Linear(128, len(wm.ATTRIBUTES["shape"]))
     params = list(tower.parameters()) + list(head.parameters())
     decay = [p for p in params if p.ndim >= 2]
@@ -225,6 +227,7 @@ def main() -> None:
     p.add_argument("--world", type=int, default=2, choices=(1, 2), help="supervised: world v1 or v2 images")
     p.add_argument("--fixed", default="{}", help='supervised, v2: JSON of attribute indices, e.g. {"texture": 0}')
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--vision-cfg", default="{}", help='supervised: JSON of ViT vision_cfg overrides')
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     if a.what == "captions":
@@ -240,7 +243,8 @@ def main() -> None:
     elif a.what == "overfit":
         res = overfit(a.arch, a.lr)
     else:
-        res = supervised(a.arch, a.pool, a.lr, a.warmup, a.steps, a.clip, a.batch, a.world, json.loads(a.fixed))
+        res = supervised(a.arch, a.pool, a.lr, a.warmup, a.steps, a.clip, a.batch, a.world, json.loads(a.fixed),
+                         json.loads(a.vision_cfg))
     print(json.dumps(res, indent=1))
 
 
