@@ -15,7 +15,6 @@ threads are faster but not bit-reproducible. Training resumes from the latest ch
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
@@ -40,6 +39,7 @@ from vlprompt.backbones.microclip import (
     save_compact,
 )
 from vlprompt.errors import ArtifactError, ConfigError
+from vlprompt.microclip import caption_words as cw
 from vlprompt.microclip import world, world2
 from vlprompt.microclip.batches2 import check_sizes, iter_grouped_batches
 
@@ -68,6 +68,7 @@ class PretrainConfig:
         version: 1 = the ResNet micro-CLIP on world v1; 2 = micro-CLIP v2 (ViT, ``MICROCLIP_V2_CONFIG``) on world v2
             (:mod:`vlprompt.microclip.world2`).
         clip_grad: ``> 0``: clip the gradients' global norm to this before each step (``0``: no clipping).
+        word_loss: ``> 0``: add this times the caption-word loss (:mod:`vlprompt.microclip.caption_words`).
         groups: ``()`` = i.i.d. world batches; version 2 only: group sizes, e.g. ``(32, 4)`` = groups of 32 images
             sharing shade, style and background, sub-groups of 4 also sharing the shape
             (:func:`vlprompt.microclip.batches2.generate_grouped`).
@@ -90,6 +91,7 @@ class PretrainConfig:
     version: int = 1
     groups: tuple[int, ...] = ()
     clip_grad: float = 0.0
+    word_loss: float = 0.0
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 2 or self.threads < 1 or self.workers < 1:
@@ -143,7 +145,7 @@ def _check_checkpoint(out: Path, cfg: PretrainConfig) -> dict:
         return {}
     info = json.loads(meta_path.read_text())
     saved = {k: tuple(v) if isinstance(v, list) else v for k, v in info["config"].items()}
-    saved = {"version": 1, "groups": (), "clip_grad": 0.0, **saved}  # fields added later: older checkpoints had these
+    saved = {"version": 1, "groups": (), "clip_grad": 0.0, "word_loss": 0.0, **saved}  # fields added later: older checkpoints had these
     speed_only = ("threads", "workers", "checkpoint_every", "log_every", "text_buckets")
     diff = {
         k: (saved.get(k), v) for k, v in dataclasses.asdict(cfg).items() if k not in speed_only and saved.get(k) != v
@@ -168,8 +170,11 @@ class _Trainer:
         self.model.token_embedding = torch.nn.Embedding.from_pretrained(table[self.rows].clone(), freeze=False)
         self.remap = torch.zeros(table.shape[0], dtype=torch.int64)
         self.remap[self.rows] = torch.arange(len(self.rows))
-        decay = [p for p in self.model.parameters() if p.ndim >= 2]
-        no_decay = [p for p in self.model.parameters() if p.ndim < 2]
+        # pretraining-only head (never exported); its parameters go last so that runs without it keep their layout
+        self.word_head = cw.CaptionWordHead(self.model.text_projection.shape[1], len(self.rows)) if cfg.word_loss else None
+        params = [*self.model.parameters(), *(self.word_head.parameters() if self.word_head else ())]
+        decay = [p for p in params if p.ndim >= 2]
+        no_decay = [p for p in params if p.ndim < 2]
         self.opt = torch.optim.AdamW(
             [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
             lr=cfg.lr, betas=cfg.betas, eps=cfg.eps,
@@ -182,7 +187,8 @@ class _Trainer:
             raise RuntimeError("a caption used a token outside world.caption_words(); update the vocabulary")
         for g in self.opt.param_groups:
             g["lr"] = lr_at(self.step, self.cfg)
-        img = self.model.encode_image(images_to_tensor(batch.images), normalize=True)  # [B, E]
+        raw = self.model.encode_image(images_to_tensor(batch.images))  # [B, E]
+        img = F.normalize(raw, dim=-1)
         # Text in length buckets: each bucket is cut after its own longest EOS (exact under the causal mask), so
         # short captions do not pay for the longest one in the batch.
         order = ids.argmax(-1).argsort(stable=True)  # [B] batch indices by EOS position
@@ -192,6 +198,9 @@ class _Trainer:
         logits = self.model.logit_scale.exp() * img @ txt.t()  # [B, B]
         target = torch.arange(len(logits))
         loss = 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
+        words = cw.caption_word_targets(ids, self.remap[ids], len(self.rows)) if self.word_head else None  # [B, K]
+        word = cw.caption_word_loss(self.word_head, raw, words) if self.word_head else torch.zeros(())
+        loss = loss + self.cfg.word_loss * word
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         if self.cfg.clip_grad > 0:
@@ -201,7 +210,15 @@ class _Trainer:
             self.model.logit_scale.clamp_(0.0, math.log(100.0))
         self.step += 1
         acc = (logits.argmax(1) == target).float().mean().item()
-        return {"loss": loss.item(), "i2t_acc": acc, "logit_scale": self.model.logit_scale.exp().item()}
+        return {"loss": loss.item(), "i2t_acc": acc, "logit_scale": self.model.logit_scale.exp().item(),
+                **({"word_loss": word.item()} if self.word_head else {})}  # fmt: skip
+
+    def load_snapshot(self, state: dict[str, torch.Tensor]) -> None:
+        """Load a training snapshot's tensors (the CLIP's and, if the run has one, the word head's)."""
+        clip, head = cw.split_snapshot(state)
+        self.model.load_state_dict(clip)
+        if self.word_head is not None:
+            self.word_head.load_state_dict(head)
 
     def full_model(self) -> torch.nn.Module:
         """A stock micro-CLIP (full token table) carrying the trained weights, in eval mode."""
@@ -218,7 +235,8 @@ class _Trainer:
         sd = self.opt.state_dict()
         opt_tensors = {f"state.{i}.{k}": v for i, st in sd["state"].items() for k, v in st.items()}
         opt_tensors["rng.torch"] = torch.get_rng_state()
-        atomic_save_safetensors(ck / f"model-{self.step}.safetensors", self.model.state_dict())
+        head = {cw.PREFIX + k: v for k, v in self.word_head.state_dict().items()} if self.word_head else {}
+        atomic_save_safetensors(ck / f"model-{self.step}.safetensors", {**self.model.state_dict(), **head})
         atomic_save_safetensors(ck / f"optim-{self.step}.safetensors", opt_tensors)
         info = {"step": self.step, "config": dataclasses.asdict(self.cfg), "param_groups": sd["param_groups"]}
         atomic_write_json(out / "checkpoint.json", info)  # the commit point: names the files of this step
@@ -234,7 +252,7 @@ class _Trainer:
             return False
         info = _check_checkpoint(out, self.cfg)
         step = info["step"]
-        self.model.load_state_dict(load_file(str(out / "ckpt" / f"model-{step}.safetensors")))
+        self.load_snapshot(load_file(str(out / "ckpt" / f"model-{step}.safetensors")))
         t = load_file(str(out / "ckpt" / f"optim-{step}.safetensors"))
         torch.set_rng_state(t.pop("rng.torch"))
         state: dict[int, dict] = {}
@@ -261,7 +279,7 @@ def model_from_checkpoint(out: str | Path, model_file: str | Path | None = None)
     if model_file is None:
         trainer.load(Path(out))
     else:
-        trainer.model.load_state_dict(load_file(str(model_file)))
+        trainer.load_snapshot(load_file(str(model_file)))
     return trainer.full_model()
 
 
@@ -357,39 +375,11 @@ def _versions() -> dict[str, str]:
             "pillow": PIL.__version__}  # fmt: skip
 
 
-def _group_sizes(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(g) for g in text.split(",") if g.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated group sizes, e.g. 32,4") from None
-
-
 def main(argv: list[str] | None = None) -> int:
-    """Command-line entry point (``--version 2``: the v2 recipe, :data:`V2_RECIPE`, for any flag not given)."""
-    p = argparse.ArgumentParser(prog="python -m vlprompt.microclip.pretrain", description=__doc__.split("\n")[0])
-    p.add_argument("--out", required=True, help="output folder (resumes from the checkpoint in it if present)")
-    p.add_argument("--version", type=int, default=1, choices=(1, 2), help="1: v1 model and world; 2: v2 (ViT)")
-    for flag, kind, what in (("--steps", int, ""), ("--batch-size", int, ""), ("--lr", float, ""),
-                             ("--warmup", int, ""), ("--seed", int, "model init seed"), ("--world-seed", int, ""),
-                             ("--threads", int, "torch threads; 1 = deterministic mode"),
-                             ("--workers", int, "image-rendering processes"), ("--checkpoint-every", int, ""),
-                             ("--clip-grad", float, "gradient-norm clipping (0: off)")):  # fmt: skip
-        p.add_argument(flag, type=kind, default=None, help=what or None)  # fmt: skip
-    p.add_argument("--groups", type=_group_sizes, default=None,
-                   help="v2 grouped batches, e.g. 32,4 (see PretrainConfig.groups)")
-    p.add_argument("--stop-after", type=int, default=None, help="stop (checkpointed) after this many steps")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    a = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    names = ("steps", "batch_size", "lr", "warmup", "seed", "world_seed", "threads", "workers", "checkpoint_every",
-             "clip_grad")  # fmt: skip
-    given = {k: getattr(a, k) for k in names if getattr(a, k) is not None}
-    if a.groups is not None:
-        given["groups"] = a.groups
-    cfg = PretrainConfig(**{**(V2_RECIPE if a.version == 2 else {}), **given})
-    summary = pretrain(cfg, a.out, progress=not a.no_progress, stop_after=a.stop_after)
-    print(json.dumps({k: summary[k] for k in ("finished", "step", "steps_this_run", "seconds_this_run")}))
-    return 0
+    """Command-line entry point (:func:`vlprompt.microclip.pretrain_cli.main`)."""
+    from vlprompt.microclip.pretrain_cli import main as cli_main
+
+    return cli_main(argv)
 
 
 if __name__ == "__main__":
