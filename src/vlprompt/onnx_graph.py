@@ -81,8 +81,17 @@ def _export_graph(model: nn.Module, example: torch.Tensor, path: Path, opset: in
         # into constants are what the onnxruntime check at two batch sizes is for.
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        torch.onnx.export(model, (example,), str(path), dynamo=False, opset_version=opset or TORCHSCRIPT_OPSET,
-                          verbose=False, **names, dynamic_axes={INPUT_NAME: {0: BATCH_AXIS}, OUTPUT_NAME: {0: BATCH_AXIS}})
+        # nn.MultiheadAttention's inference fast path traces to aten::_native_multi_head_attention, which the
+        # TorchScript exporter has no ONNX symbol for (any ViT tower: micro-CLIP v2, ViT-B/16); the regular path
+        # computes the same attention from ops it can export.
+        fastpath = torch.backends.mha.get_fastpath_enabled()
+        torch.backends.mha.set_fastpath_enabled(False)
+        try:
+            torch.onnx.export(model, (example,), str(path), dynamo=False, opset_version=opset or TORCHSCRIPT_OPSET,
+                              verbose=False, **names,
+                              dynamic_axes={INPUT_NAME: {0: BATCH_AXIS}, OUTPUT_NAME: {0: BATCH_AXIS}})
+        finally:
+            torch.backends.mha.set_fastpath_enabled(fastpath)
     return "torchscript"
 
 

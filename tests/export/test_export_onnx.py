@@ -177,6 +177,8 @@ def test_zeroshot_and_linear_probe_runs_are_refused_with_the_reason(data, tmp_pa
 def test_torchscript_fallback_when_the_dynamo_exporter_fails(data, tmp_path, monkeypatch):
     _, queries = data
     clf = PromptClassifier.load(_run(data, "coop", "microclip"))
+    # a ViT tower (micro-CLIP v2): nn.MultiheadAttention's inference fast path has no TorchScript ONNX symbol
+    assert type(clf.backbone.model.visual).__name__ == "VisionTransformer"
     real = torch.onnx.export
 
     def dynamo_breaks(*args, **kwargs):
