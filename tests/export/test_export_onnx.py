@@ -175,9 +175,20 @@ def test_zeroshot_and_linear_probe_runs_are_refused_with_the_reason(data, tmp_pa
 
 
 def test_torchscript_fallback_when_the_dynamo_exporter_fails(data, tmp_path, monkeypatch):
-    _, queries = data
-    clf = PromptClassifier.load(_run(data, "coop", "microclip"))
-    # a ViT tower (micro-CLIP v2): nn.MultiheadAttention's inference fast path has no TorchScript ONNX symbol
+    from vlprompt.backbones import microclip as mc
+    from vlprompt.microclip import world2
+    from vlprompt.microclip.pretrain import vocabulary_token_ids
+
+    root, queries = data
+    # a micro-CLIP v2 file (random weights, the real compact format): its ViT tower takes nn.MultiheadAttention's
+    # inference fast path, which has no TorchScript ONNX symbol
+    weights = tmp_path / "microclip-v2-random.safetensors"
+    torch.manual_seed(0)
+    mc.save_compact(weights, mc.create_microclip_model(mc.MICROCLIP_V2_CONFIG), vocabulary_token_ids(world2), 0,
+                    config=mc.MICROCLIP_V2_CONFIG)  # fmt: skip
+    assert main(["train", "--dataset", f"folder:{root / 'data'}", "--method", "coop", "--out", str(tmp_path / "run"),
+                 "--backbone", "microclip", "--pretrained", str(weights), *TINY]) == 0  # fmt: skip
+    clf = PromptClassifier.load(tmp_path / "run")
     assert type(clf.backbone.model.visual).__name__ == "VisionTransformer"
     real = torch.onnx.export
 
