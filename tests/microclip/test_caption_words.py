@@ -74,3 +74,23 @@ def test_cli_takes_word_loss_and_clip_grad(tmp_path, capsys):
     assert (saved["word_loss"], saved["clip_grad"]) == (0.25, 1.0)
     with pytest.raises(SystemExit):
         main(["--version", "2", "--out", str(tmp_path / "r"), "--word-loss", "lots"])
+
+
+def test_softmax_idf_form_weights_rare_caption_words_and_refuses_unknown_forms(monkeypatch):
+    from vlprompt.errors import ConfigError
+
+    monkeypatch.setattr(cw, "IDF_CAPTIONS", 1024)  # one batch of captions is enough to see the weights' shape
+    tr = _Trainer(PretrainConfig(**SMALL, word_loss=1.0, word_form="softmax-idf"))
+    row = {tok: int(tr.remap[tokenize([tok])[0, 1]]) for tok in ("a", "star", "ring")}
+    sos, eos = int(tr.remap[49406]), int(tr.remap[49407])
+    assert tr.idf[sos] == 0 and tr.idf[eos] == 0  # in every caption: no weight
+    assert tr.idf[row["star"]] > 1.5 and tr.idf[row["ring"]] > 1.5 and tr.idf[row["a"]] < 0.5
+    feats = torch.randn(2, 128)
+    ids = tokenize(["a photo of a red star.", "a sketch of a ring."])
+    t = cw.caption_word_targets(ids, tr.remap[ids], len(tr.rows))
+    w = t * tr.idf
+    w = w / w.sum(-1, keepdim=True)
+    expected = -(w * torch.log_softmax(tr.word_head(feats), -1)).sum(-1).mean()
+    assert torch.allclose(cw.softmax_idf_loss(tr.word_head, feats, t, tr.idf), expected)
+    with pytest.raises(ConfigError, match="word_form"):
+        PretrainConfig(**SMALL, word_loss=1.0, word_form="softmax")

@@ -9,6 +9,11 @@ pressure on the slow-to-learn shape features of a ViT (``V2_DIAGNOSIS.md``); a p
 image a gradient towards its shape word (named in 90% of captions) whatever else is in the batch. The targets come
 from the captions alone (the same text the contrastive loss sees), never from the world's hidden labels.
 
+Two forms (``PretrainConfig.word_form``): ``"sigmoid"`` — multi-label, one sigmoid cross-entropy per row, summed —
+and ``"softmax-idf"``, SuperClass's own: one softmax over the rows against the caption's tokens weighted by their
+inverse document frequency (frequent words such as "a" or "photo" get almost no weight, the shape word a large
+share), IDF counted on the first :data:`IDF_CAPTIONS` captions of the training world.
+
 The head exists only during pretraining: it is checkpointed with the run (keys ``word_head.*`` in the training
 snapshot) and never part of the exported CLIP.
 """
@@ -18,6 +23,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+#: captions of the training world (seed ``world_seed``, images 0…N−1) the IDF weights are counted on
+IDF_CAPTIONS = 8192
+FORMS = ("sigmoid", "softmax-idf")
 
 #: key prefix of the head's tensors in a training snapshot (``ckpt/model-<step>.safetensors``)
 PREFIX = "word_head."
@@ -52,6 +61,27 @@ def caption_word_loss(head: CaptionWordHead, image_features: torch.Tensor, targe
     """Sigmoid cross-entropy summed over the ``K`` rows, averaged over the batch (a scalar)."""
     logits = head(image_features)  # [B, K]
     return F.binary_cross_entropy_with_logits(logits, targets, reduction="sum") / len(logits)
+
+
+def idf_weights(world_module, seed: int, rows_of, num_rows: int) -> torch.Tensor:
+    """``float[K]``: ``log(N / (1 + df_k))`` clamped at 0, over the first :data:`IDF_CAPTIONS` captions of world
+    ``seed`` (``df_k``: captions holding row ``k``); ``rows_of(ids) -> rows`` maps token ids to row indices."""
+    from open_clip import tokenize
+
+    df = torch.zeros(num_rows)
+    for start in range(0, IDF_CAPTIONS, 1024):
+        ids = tokenize(world_module.generate(seed, start, 1024).captions)  # [1024, 77]
+        df += caption_word_targets(ids, rows_of(ids), num_rows).sum(0)
+    return torch.log(IDF_CAPTIONS / (1.0 + df)).clamp_(min=0.0)
+
+
+def softmax_idf_loss(head: CaptionWordHead, image_features: torch.Tensor, targets: torch.Tensor,
+                     idf: torch.Tensor) -> torch.Tensor:  # fmt: skip
+    """SuperClass's loss: cross-entropy of ``softmax(head(x))`` against the caption's IDF-weighted, normalised
+    multi-hot ``targets`` (``[B, K]``), averaged over the batch."""
+    w = targets * idf  # [B, K]
+    w = w / w.sum(-1, keepdim=True).clamp_min(1e-12)
+    return -(w * F.log_softmax(head(image_features), dim=-1)).sum(-1).mean()
 
 
 def split_snapshot(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:

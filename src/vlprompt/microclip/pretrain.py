@@ -69,6 +69,7 @@ class PretrainConfig:
             (:mod:`vlprompt.microclip.world2`).
         clip_grad: ``> 0``: clip the gradients' global norm to this before each step (``0``: no clipping).
         word_loss: ``> 0``: add this times the caption-word loss (:mod:`vlprompt.microclip.caption_words`).
+        word_form: that loss's form, ``"sigmoid"`` (multi-label) or ``"softmax-idf"`` (SuperClass's).
         groups: ``()`` = i.i.d. world batches; version 2 only: group sizes, e.g. ``(32, 4)`` = groups of 32 images
             sharing shade, style and background, sub-groups of 4 also sharing the shape
             (:func:`vlprompt.microclip.batches2.generate_grouped`).
@@ -92,6 +93,7 @@ class PretrainConfig:
     groups: tuple[int, ...] = ()
     clip_grad: float = 0.0
     word_loss: float = 0.0
+    word_form: str = "sigmoid"
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 2 or self.threads < 1 or self.workers < 1:
@@ -102,6 +104,8 @@ class PretrainConfig:
             raise ConfigError(f"PretrainConfig.groups={self.groups!r}: grouped batches are for version 2, not 1")
         if self.groups:
             check_sizes(self.groups, self.batch_size)
+        if self.word_form not in cw.FORMS:
+            raise ConfigError(f"PretrainConfig.word_form={self.word_form!r}: expected one of {cw.FORMS}")
 
     @property
     def world(self):
@@ -145,7 +149,7 @@ def _check_checkpoint(out: Path, cfg: PretrainConfig) -> dict:
         return {}
     info = json.loads(meta_path.read_text())
     saved = {k: tuple(v) if isinstance(v, list) else v for k, v in info["config"].items()}
-    saved = {"version": 1, "groups": (), "clip_grad": 0.0, "word_loss": 0.0, **saved}  # fields added later: older checkpoints had these
+    saved = {"version": 1, "groups": (), "clip_grad": 0.0, "word_loss": 0.0, "word_form": "sigmoid", **saved}  # fields added later: older checkpoints had these
     speed_only = ("threads", "workers", "checkpoint_every", "log_every", "text_buckets")
     diff = {
         k: (saved.get(k), v) for k, v in dataclasses.asdict(cfg).items() if k not in speed_only and saved.get(k) != v
@@ -173,6 +177,8 @@ class _Trainer:
         # pretraining-only head (never exported); its parameters go last so that runs without it keep their layout
         self.word_head = cw.CaptionWordHead(self.model.text_projection.shape[1], len(self.rows)) if cfg.word_loss else None
         params = [*self.model.parameters(), *(self.word_head.parameters() if self.word_head else ())]
+        self.idf = (cw.idf_weights(cfg.world, cfg.world_seed, lambda ids: self.remap[ids], len(self.rows))
+                    if cfg.word_loss and cfg.word_form == "softmax-idf" else None)  # fmt: skip
         decay = [p for p in params if p.ndim >= 2]
         no_decay = [p for p in params if p.ndim < 2]
         self.opt = torch.optim.AdamW(
@@ -199,7 +205,12 @@ class _Trainer:
         target = torch.arange(len(logits))
         loss = 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
         words = cw.caption_word_targets(ids, self.remap[ids], len(self.rows)) if self.word_head else None  # [B, K]
-        word = cw.caption_word_loss(self.word_head, raw, words) if self.word_head else torch.zeros(())
+        if self.word_head is None:
+            word = torch.zeros(())
+        elif self.idf is None:
+            word = cw.caption_word_loss(self.word_head, raw, words)
+        else:
+            word = cw.softmax_idf_loss(self.word_head, raw, words, self.idf)
         loss = loss + self.cfg.word_loss * word
         self.opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -28,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
                              ("--clip-grad", float, "gradient-norm clipping (0: off)")):  # fmt: skip
         p.add_argument(flag, type=kind, default=None, help=what or None)  # fmt: skip
     p.add_argument("--word-loss", type=float, default=None, help="weight of the caption-word loss (0: off)")
+    p.add_argument("--word-form", default=None, choices=("sigmoid", "softmax-idf"), help="the caption-word loss's form")
     p.add_argument("--groups", type=_group_sizes, default=None,
                    help="v2 grouped batches, e.g. 32,4 (see PretrainConfig.groups)")
     p.add_argument("--stop-after", type=int, default=None, help="stop (checkpointed) after this many steps")
@@ -35,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     names = ("steps", "batch_size", "lr", "warmup", "seed", "world_seed", "threads", "workers", "checkpoint_every",
-             "clip_grad", "word_loss")  # fmt: skip
+             "clip_grad", "word_loss", "word_form")  # fmt: skip
     given = {k: getattr(a, k) for k in names if getattr(a, k) is not None}
     if a.groups is not None:
         given["groups"] = a.groups
