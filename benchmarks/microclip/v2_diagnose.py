@@ -184,6 +184,54 @@ def supervised(arch: str, pool: str, lr: float, warmup: int, steps: int, clip: f
             "batch": batch, "log": log}  # fmt: skip
 
 
+def supervised_words(lr: float, warmup: int, steps: int, clip: float, batch: int, form: str = "sigmoid") -> dict:
+    """The supervised proxy with the caption-word loss as its only target (no InfoNCE, no shape label): the ViT
+    tower + :class:`vlprompt.microclip.caption_words.CaptionWordHead` on one-object images' captions (world seed
+    0); shape accuracy on seed 1 read off the head's logits of the 12 shape names' first BPE tokens."""
+    from open_clip import tokenize
+    from open_clip.tokenizer import SimpleTokenizer
+
+    from vlprompt.microclip import caption_words as cw
+    from vlprompt.microclip.pretrain import vocabulary_token_ids
+
+    rows = vocabulary_token_ids(world2)
+    remap = torch.zeros(49408, dtype=torch.int64)
+    remap[rows] = torch.arange(len(rows))
+    tok = SimpleTokenizer()
+    shape_rows = remap[torch.tensor([tok.encode(n)[0] for n in world2.ATTRIBUTES["shape"]])]  # [12]
+    idf = cw.idf_weights(world2, 0, lambda ids: remap[ids], len(rows)) if form == "softmax-idf" else None
+    torch.manual_seed(0)
+    tower, head = _tower("vit8", "tok").train(), cw.CaptionWordHead(128, len(rows))
+    params = list(tower.parameters()) + list(head.parameters())
+    opt = torch.optim.AdamW([{"params": [p for p in params if p.ndim >= 2], "weight_decay": 0.1},
+                             {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}],
+                            lr=lr, betas=(0.9, 0.98), eps=1e-6)  # fmt: skip
+    test = world2.generate(1, 0, 1000, ONE)
+    xte, yte = images_to_tensor(test.images), test.labels[:, COL["shape"]]
+    log, t0 = [], time.perf_counter()
+    for step, b in enumerate(world2.iter_batches(0, batch, num_batches=steps, fixed=ONE)):
+        for g in opt.param_groups:
+            g["lr"] = lr * (step + 1) / warmup if step < warmup else 0.5 * lr * (1 + math.cos(math.pi * step / steps))
+        ids = tokenize(b.captions)  # [B, 77]
+        t = cw.caption_word_targets(ids, remap[ids], len(rows))  # [B, K]
+        x = tower(images_to_tensor(b.images))  # [B, 128]
+        loss = cw.caption_word_loss(head, x, t) if idf is None else cw.softmax_idf_loss(head, x, t, idf)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if clip > 0:
+            torch.nn.utils.clip_grad_norm_(params, clip)
+        opt.step()
+        if (step + 1) % 50 == 0 or step + 1 == steps:
+            tower.eval()
+            with torch.no_grad():
+                acc = float((head(tower(xte))[:, shape_rows].argmax(1).numpy() == yte).mean())
+            tower.train()
+            log.append({"step": step + 1, "loss": round(loss.item(), 3), "test_shape_acc": round(acc, 3),
+                        "seconds": round(time.perf_counter() - t0, 1)})  # fmt: skip
+            print(json.dumps(log[-1]), flush=True)
+    return {"target": f"caption words ({form})", "lr": lr, "warmup": warmup, "clip": clip, "batch": batch, "log": log}
+
+
 def overfit(arch: str, lr: float, steps: int = 60) -> list[dict]:
     """Sanity check: can the tower + a linear head memorise one fixed batch of 128 one-object v2 images?"""
     torch.manual_seed(0)
@@ -228,6 +276,8 @@ def main() -> None:
     p.add_argument("--fixed", default="{}", help='supervised, v2: JSON of attribute indices, e.g. {"texture": 0}')
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--vision-cfg", default="{}", help='supervised: JSON of ViT vision_cfg overrides')
+    p.add_argument("--target", default="shape", choices=("shape", "words", "words-idf"),
+                   help="supervised: the shape label, or the caption-word loss (sigmoid / softmax-IDF) alone")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     if a.what == "captions":
@@ -242,6 +292,9 @@ def main() -> None:
         res = batch_difficulty(a.weights)
     elif a.what == "overfit":
         res = overfit(a.arch, a.lr)
+    elif a.target != "shape":
+        res = supervised_words(a.lr, a.warmup, a.steps, a.clip, a.batch, "sigmoid" if a.target == "words" else
+                               "softmax-idf")  # fmt: skip
     else:
         res = supervised(a.arch, a.pool, a.lr, a.warmup, a.steps, a.clip, a.batch, a.world, json.loads(a.fixed),
                          json.loads(a.vision_cfg))
