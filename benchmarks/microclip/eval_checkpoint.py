@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from vlprompt.microclip.acceptance import format_table, zero_shot_table
-from vlprompt.microclip.pretrain import model_from_checkpoint
+from vlprompt.microclip.pretrain_export import model_from_checkpoint
 
 
 def main() -> None:

@@ -87,7 +87,7 @@ def probe(run: str | None, n_train: int, n_test: int, model_file: str | None = N
         rnd = create_microclip_model(MICROCLIP_V2_CONFIG).eval()
         extractors["vit_random_init"] = (_features(rnd, tr.images), _features(rnd, te.images))
     if run:
-        from vlprompt.microclip.pretrain import model_from_checkpoint
+        from vlprompt.microclip.pretrain_export import model_from_checkpoint
 
         m = model_from_checkpoint(run, model_file)
         extractors["checkpoint"] = (_features(m, tr.images), _features(m, te.images))
@@ -285,7 +285,7 @@ def main() -> None:
     elif a.what == "probe":
         res = {"model_file": a.model_file, **probe(a.run, a.n_train, a.n_test, a.model_file, not a.no_baselines)}
     elif a.what == "export":
-        from vlprompt.microclip.pretrain import export_checkpoint
+        from vlprompt.microclip.pretrain_export import export_checkpoint
 
         res = {"exported": str(export_checkpoint(a.run, a.to, a.model_file))}
     elif a.what == "difficulty":

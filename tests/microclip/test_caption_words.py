@@ -12,13 +12,13 @@ from safetensors.torch import load_file
 from vlprompt.backbones.microclip import encode_text_truncated, images_to_tensor
 from vlprompt.microclip import caption_words as cw
 from vlprompt.microclip import world2
-from vlprompt.microclip.pretrain import PretrainConfig, _Trainer, main, pretrain
+from vlprompt.microclip.pretrain import PretrainConfig, Trainer, main, pretrain
 
 SMALL = {"version": 2, "steps": 2, "batch_size": 6, "warmup": 1, "threads": 1, "checkpoint_every": 1, "log_every": 1}
 
 
 def test_targets_mark_exactly_the_caption_tokens_between_sos_and_eos():
-    tr = _Trainer(PretrainConfig(**SMALL, word_loss=1.0))
+    tr = Trainer(PretrainConfig(**SMALL, word_loss=1.0))
     ids = tokenize(["a photo of a red star.", "a sketch of a ring."])  # [2, 77]
     t = cw.caption_word_targets(ids, tr.remap[ids], len(tr.rows))  # [2, K]
     for i in range(2):
@@ -46,14 +46,14 @@ def test_the_word_loss_changes_training_and_without_it_the_loss_is_plain_infonce
     out = {}
     for w in (0.0, 1.0):
         torch.manual_seed(0)
-        tr = _Trainer(PretrainConfig(**SMALL, word_loss=w))
+        tr = Trainer(PretrainConfig(**SMALL, word_loss=w))
         stats = tr.train_step(batch, tokenize)
         out[w] = (stats["loss"], tr.model.visual.conv1.weight.detach().clone())
     assert out[1.0][0] > out[0.0][0] + 10  # ≈ K·ln 2 of word loss at init
     assert not torch.equal(out[0.0][1], out[1.0][1])
     # without the head the step's loss is exactly the symmetric InfoNCE of the model before the step
     torch.manual_seed(0)
-    tr = _Trainer(PretrainConfig(**SMALL))
+    tr = Trainer(PretrainConfig(**SMALL))
     with torch.no_grad():
         img = tr.model.encode_image(images_to_tensor(batch.images), normalize=True)  # [6, E]
         ids = tokenize(batch.captions)
@@ -80,7 +80,7 @@ def test_softmax_idf_form_weights_rare_caption_words_and_refuses_unknown_forms(m
     from vlprompt.errors import ConfigError
 
     monkeypatch.setattr(cw, "IDF_CAPTIONS", 1024)  # one batch of captions is enough to see the weights' shape
-    tr = _Trainer(PretrainConfig(**SMALL, word_loss=1.0, word_form="softmax-idf"))
+    tr = Trainer(PretrainConfig(**SMALL, word_loss=1.0, word_form="softmax-idf"))
     row = {tok: int(tr.remap[tokenize([tok])[0, 1]]) for tok in ("a", "star", "ring")}
     sos, eos = int(tr.remap[49406]), int(tr.remap[49407])
     assert tr.idf[sos] == 0 and tr.idf[eos] == 0  # in every caption: no weight

@@ -72,7 +72,7 @@ def test_v2_recipe_and_resumable_pretraining(tmp_path):
 
 def test_a_kept_training_snapshot_exports_as_the_model_of_its_step(tmp_path):
     from vlprompt.microclip import world2
-    from vlprompt.microclip.pretrain import export_checkpoint
+    from vlprompt.microclip.pretrain_export import export_checkpoint
 
     cfg = PretrainConfig(version=2, steps=2, batch_size=6, lr=1e-3, warmup=1, threads=1, checkpoint_every=1,
                          log_every=1)  # fmt: skip
@@ -92,13 +92,13 @@ def test_a_kept_training_snapshot_exports_as_the_model_of_its_step(tmp_path):
 
 def test_gradient_clipping_bounds_the_update_and_is_part_of_the_checkpointed_recipe(tmp_path):
     from vlprompt.microclip import world2
-    from vlprompt.microclip.pretrain import _Trainer
+    from vlprompt.microclip.pretrain import Trainer
 
     batch = world2.generate(0, 0, 6)
     moved = {}
     for clip in (0.0, 1e-12):
         torch.manual_seed(0)
-        tr = _Trainer(PretrainConfig(version=2, steps=5, batch_size=6, warmup=1, threads=1, clip_grad=clip))
+        tr = Trainer(PretrainConfig(version=2, steps=5, batch_size=6, warmup=1, threads=1, clip_grad=clip))
         before = tr.model.visual.class_embedding.detach().clone()  # no weight decay on 1-D tensors
         tr.train_step(batch, tokenize)
         moved[clip] = float((tr.model.visual.class_embedding - before).abs().max())

@@ -15,6 +15,7 @@ threads are faster but not bit-reproducible. Training resumes from the latest ch
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import logging
@@ -160,7 +161,7 @@ def _check_checkpoint(out: Path, cfg: PretrainConfig) -> dict:
     return info
 
 
-class _Trainer:
+class Trainer:
     """Model in training form (compact token table), optimizer, and their checkpointing."""
 
     def __init__(self, cfg: PretrainConfig) -> None:
@@ -188,6 +189,7 @@ class _Trainer:
         self.step = 0
 
     def train_step(self, batch: world.WorldBatch, tokenize) -> dict:
+        """One optimiser step on ``batch`` (``tokenize``: open_clip's); returns the step's loss and statistics."""
         ids = tokenize(batch.captions)  # [B, 77]
         if not bool(torch.isin(ids[ids.argmax(-1, keepdim=True) >= torch.arange(ids.shape[1])], self.rows).all()):
             raise RuntimeError("a caption used a token outside world.caption_words(); update the vocabulary")
@@ -240,8 +242,8 @@ class _Trainer:
         model.load_state_dict({**state, "token_embedding.weight": table}, strict=True)
         return model.eval()
 
-    # --- checkpoints: <out>/ckpt/model-<step>.safetensors, optim-<step>.safetensors, then checkpoint.json ----
     def save(self, out: Path) -> None:
+        """Checkpoint: ``<out>/ckpt/model-<step>.safetensors``, ``optim-<step>.safetensors``, then checkpoint.json."""
         ck = out / "ckpt"
         sd = self.opt.state_dict()
         opt_tensors = {f"state.{i}.{k}": v for i, st in sd["state"].items() for k, v in st.items()}
@@ -256,6 +258,7 @@ class _Trainer:
                 f.unlink()
 
     def load(self, out: Path) -> bool:
+        """Resume from the checkpoint in ``out`` (``False``: none there)."""
         from safetensors.torch import load_file
 
         meta_path = out / "checkpoint.json"
@@ -273,36 +276,6 @@ class _Trainer:
         self.opt.load_state_dict({"state": state, "param_groups": info["param_groups"]})
         self.step = step
         return True
-
-
-def _run_config(out: str | Path) -> tuple[dict, PretrainConfig]:
-    info = json.loads((Path(out) / "checkpoint.json").read_text())
-    return info, PretrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in info["config"].items()})
-
-
-def model_from_checkpoint(out: str | Path, model_file: str | Path | None = None) -> torch.nn.Module:
-    """The stock micro-CLIP (eval mode) held by the latest training checkpoint in ``out`` (to inspect a run), or by
-    ``model_file``: a kept copy of one of the run's ``ckpt/model-<step>.safetensors`` (the training form)."""
-    from safetensors.torch import load_file
-
-    _, cfg = _run_config(out)
-    trainer = _Trainer(cfg)
-    if model_file is None:
-        trainer.load(Path(out))
-    else:
-        trainer.load_snapshot(load_file(str(model_file)))
-    return trainer.full_model()
-
-
-def export_checkpoint(out: str | Path, path: str | Path, model_file: str | Path | None = None) -> Path:
-    """Write the latest training checkpoint in ``out`` (or ``model_file``, as in :func:`model_from_checkpoint`) as a
-    compact micro-CLIP file ``path`` (to try an unfinished run with the acceptance table or the demo)."""
-    info, cfg = _run_config(out)
-    step = str(info["step"]) if model_file is None else Path(model_file).stem.rpartition("-")[2]
-    save_compact(path, model_from_checkpoint(out, model_file), vocabulary_token_ids(cfg.world), cfg.seed,
-                 config=cfg.model_config, extra_metadata={"pretrain_config": json.dumps(info["config"]), "step": step,
-                                                          "world_fingerprint": cfg.world.world_fingerprint()})  # fmt: skip
-    return Path(path)
 
 
 def pretrain(cfg: PretrainConfig, out: str | Path, progress: bool = True, stop_after: int | None = None) -> dict:
@@ -324,7 +297,7 @@ def pretrain(cfg: PretrainConfig, out: str | Path, progress: bool = True, stop_a
     torch.set_num_threads(cfg.threads)
     torch.use_deterministic_algorithms(cfg.threads == 1)
     _check_checkpoint(out, cfg)
-    trainer = _Trainer(cfg)
+    trainer = Trainer(cfg)
     if trainer.load(out):
         logger.info("resumed from %s at step %d", out / "checkpoint.json", trainer.step)
     start, t0 = trainer.step, time.perf_counter()
@@ -386,11 +359,41 @@ def _versions() -> dict[str, str]:
             "pillow": PIL.__version__}  # fmt: skip
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Command-line entry point (:func:`vlprompt.microclip.pretrain_cli.main`)."""
-    from vlprompt.microclip.pretrain_cli import main as cli_main
+def _group_sizes(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(g) for g in text.split(",") if g.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated group sizes, e.g. 32,4") from None
 
-    return cli_main(argv)
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point (``--version 2``: the v2 recipe, :data:`V2_RECIPE`, for any flag not given)."""
+    p = argparse.ArgumentParser(prog="python -m vlprompt.microclip.pretrain", description=__doc__.split("\n")[0])
+    p.add_argument("--out", required=True, help="output folder (resumes from the checkpoint in it if present)")
+    p.add_argument("--version", type=int, default=1, choices=(1, 2), help="1: v1 model and world; 2: v2 (ViT)")
+    for flag, kind, what in (("--steps", int, ""), ("--batch-size", int, ""), ("--lr", float, ""),
+                             ("--warmup", int, ""), ("--seed", int, "model init seed"), ("--world-seed", int, ""),
+                             ("--threads", int, "torch threads; 1 = deterministic mode"),
+                             ("--workers", int, "image-rendering processes"), ("--checkpoint-every", int, ""),
+                             ("--clip-grad", float, "gradient-norm clipping (0: off)")):  # fmt: skip
+        p.add_argument(flag, type=kind, default=None, help=what or None)  # fmt: skip
+    p.add_argument("--word-loss", type=float, default=None, help="weight of the caption-word loss (0: off)")
+    p.add_argument("--word-form", default=None, choices=("sigmoid", "softmax-idf"), help="the caption-word loss's form")
+    p.add_argument("--groups", type=_group_sizes, default=None,
+                   help="v2 grouped batches, e.g. 32,4 (see PretrainConfig.groups)")
+    p.add_argument("--stop-after", type=int, default=None, help="stop (checkpointed) after this many steps")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    names = ("steps", "batch_size", "lr", "warmup", "seed", "world_seed", "threads", "workers", "checkpoint_every",
+             "clip_grad", "word_loss", "word_form")  # fmt: skip
+    given = {k: getattr(a, k) for k in names if getattr(a, k) is not None}
+    if a.groups is not None:
+        given["groups"] = a.groups
+    cfg = PretrainConfig(**{**(V2_RECIPE if a.version == 2 else {}), **given})
+    summary = pretrain(cfg, a.out, progress=not a.no_progress, stop_after=a.stop_after)
+    print(json.dumps({k: summary[k] for k in ("finished", "step", "steps_this_run", "seconds_this_run")}))
+    return 0
 
 
 if __name__ == "__main__":
