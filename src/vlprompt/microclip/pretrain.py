@@ -68,7 +68,7 @@ class PretrainConfig:
         text_buckets: captions are encoded in this many length buckets (speed only; exact).
         version: 1 = the ResNet micro-CLIP on world v1; 2 = micro-CLIP v2 (ViT, ``MICROCLIP_V2_CONFIG``) on world v2
             (:mod:`vlprompt.microclip.world2`).
-        clip_grad: ``> 0``: clip the gradients' global norm to this before each step (``0``: no clipping).
+        clip_grad: ``> 0``: clip the CLIP's gradient norm (not the word head's) to this per step (``0``: off).
         word_loss: ``> 0``: add this times the caption-word loss (:mod:`vlprompt.microclip.caption_words`).
         word_form: that loss's form, ``"sigmoid"`` (multi-label) or ``"softmax-idf"`` (SuperClass's).
         groups: ``()`` = i.i.d. world batches; version 2 only: group sizes, e.g. ``(32, 4)`` = groups of 32 images
