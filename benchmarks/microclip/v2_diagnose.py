@@ -184,6 +184,10 @@ def supervised(arch: str, pool: str, lr: float, warmup: int, steps: int, clip: f
             "batch": batch, "log": log}  # fmt: skip
 
 
+#: ``--target`` → caption-word loss form (:data:`vlprompt.microclip.caption_words.FORMS`)
+_WORD_TARGETS = {"words": "sigmoid", "words-idf": "softmax-idf", "nouns": "sigmoid-nouns", "objects": "softmax-objects"}
+
+
 def supervised_words(lr: float, warmup: int, steps: int, clip: float, batch: int, form: str = "sigmoid") -> dict:
     """The supervised proxy with the caption-word loss as its only target (no InfoNCE, no shape label): the ViT
     tower + :class:`vlprompt.microclip.caption_words.CaptionWordHead` on one-object images' captions (world seed
@@ -199,7 +203,7 @@ def supervised_words(lr: float, warmup: int, steps: int, clip: float, batch: int
     remap[rows] = torch.arange(len(rows))
     tok = SimpleTokenizer()
     shape_rows = remap[torch.tensor([tok.encode(n)[0] for n in world2.ATTRIBUTES["shape"]])]  # [12]
-    idf = cw.idf_weights(world2, 0, lambda ids: remap[ids], len(rows)) if form == "softmax-idf" else None
+    weights = cw.row_weights(form, world2, 0, rows, lambda ids: remap[ids])  # IDF, noun mask or None
     torch.manual_seed(0)
     tower, head = _tower("vit8", "tok").train(), cw.CaptionWordHead(128, len(rows))
     params = list(tower.parameters()) + list(head.parameters())
@@ -215,7 +219,7 @@ def supervised_words(lr: float, warmup: int, steps: int, clip: float, batch: int
         ids = tokenize(b.captions)  # [B, 77]
         t = cw.caption_word_targets(ids, remap[ids], len(rows))  # [B, K]
         x = tower(images_to_tensor(b.images))  # [B, 128]
-        loss = cw.caption_word_loss(head, x, t) if idf is None else cw.softmax_idf_loss(head, x, t, idf)
+        loss = cw.word_loss(form, head, x, t, weights)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if clip > 0:
@@ -276,8 +280,8 @@ def main() -> None:
     p.add_argument("--fixed", default="{}", help='supervised, v2: JSON of attribute indices, e.g. {"texture": 0}')
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--vision-cfg", default="{}", help='supervised: JSON of ViT vision_cfg overrides')
-    p.add_argument("--target", default="shape", choices=("shape", "words", "words-idf"),
-                   help="supervised: the shape label, or the caption-word loss (sigmoid / softmax-IDF) alone")
+    p.add_argument("--target", default="shape", choices=("shape", *_WORD_TARGETS),
+                   help="supervised: the shape label, or the caption-word loss (sigmoid / softmax-IDF / nouns / object nouns) alone")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     if a.what == "captions":
@@ -293,8 +297,7 @@ def main() -> None:
     elif a.what == "overfit":
         res = overfit(a.arch, a.lr)
     elif a.target != "shape":
-        res = supervised_words(a.lr, a.warmup, a.steps, a.clip, a.batch, "sigmoid" if a.target == "words" else
-                               "softmax-idf")  # fmt: skip
+        res = supervised_words(a.lr, a.warmup, a.steps, a.clip, a.batch, _WORD_TARGETS[a.target])
     else:
         res = supervised(a.arch, a.pool, a.lr, a.warmup, a.steps, a.clip, a.batch, a.world, json.loads(a.fixed),
                          json.loads(a.vision_cfg))

@@ -83,14 +83,71 @@ def test_softmax_idf_form_weights_rare_caption_words_and_refuses_unknown_forms(m
     tr = Trainer(PretrainConfig(**SMALL, word_loss=1.0, word_form="softmax-idf"))
     row = {tok: int(tr.remap[tokenize([tok])[0, 1]]) for tok in ("a", "star", "ring")}
     sos, eos = int(tr.remap[49406]), int(tr.remap[49407])
-    assert tr.idf[sos] == 0 and tr.idf[eos] == 0  # in every caption: no weight
-    assert tr.idf[row["star"]] > 1.5 and tr.idf[row["ring"]] > 1.5 and tr.idf[row["a"]] < 0.5
+    assert tr.word_weights[sos] == 0 and tr.word_weights[eos] == 0  # in every caption: no weight
+    assert tr.word_weights[row["star"]] > 1.5 and tr.word_weights[row["ring"]] > 1.5 and tr.word_weights[row["a"]] < 0.5
     feats = torch.randn(2, 128)
     ids = tokenize(["a photo of a red star.", "a sketch of a ring."])
     t = cw.caption_word_targets(ids, tr.remap[ids], len(tr.rows))
-    w = t * tr.idf
+    w = t * tr.word_weights
     w = w / w.sum(-1, keepdim=True)
     expected = -(w * torch.log_softmax(tr.word_head(feats), -1)).sum(-1).mean()
-    assert torch.allclose(cw.softmax_idf_loss(tr.word_head, feats, t, tr.idf), expected)
+    assert torch.allclose(cw.softmax_idf_loss(tr.word_head, feats, t, tr.word_weights), expected)
     with pytest.raises(ConfigError, match="word_form"):
         PretrainConfig(**SMALL, word_loss=1.0, word_form="softmax")
+
+
+def test_nouns_form_trains_only_the_caption_head_nouns_rows():
+    from vlprompt.errors import ConfigError
+
+    tr = Trainer(PretrainConfig(**SMALL, word_loss=1.0, word_form="sigmoid-nouns"))
+    mask = tr.word_weights  # bool[K]
+    row = {w: int(tr.remap[tokenize([w])[0, 1]]) for w in ("star", "left", "photo", "red", "small", "striped", "a")}
+    assert mask.dtype == torch.bool and all(mask[row[w]] for w in ("star", "left", "photo"))
+    assert not any(mask[row[w]] for w in ("red", "small", "striped", "a"))  # modifiers and function words
+    noun_ids = {t for w in world2.CAPTION_NOUNS for t in tokenize([w])[0].tolist() if 0 < t < 49406}  # BPE only
+    assert int(mask.sum()) == len(noun_ids) and len(noun_ids) > len(world2.CAPTION_NOUNS)  # hexagon: 2 tokens
+    assert world2.CAPTION_NOUNS <= world2.caption_words()
+    feats = torch.randn(2, 128)
+    ids = tokenize(["a photo of a red star.", "a sketch of a ring."])
+    t = cw.caption_word_targets(ids, tr.remap[ids], len(tr.rows))
+    base = cw.word_loss("sigmoid-nouns", tr.word_head, feats, t, mask)
+    with torch.no_grad():  # a modifier's logit moves: the loss does not; a noun's logit moves: it does
+        tr.word_head.proj.bias[row["red"]] += 5.0
+        assert torch.equal(cw.word_loss("sigmoid-nouns", tr.word_head, feats, t, mask), base)
+        tr.word_head.proj.bias[row["star"]] += 5.0
+        assert not torch.equal(cw.word_loss("sigmoid-nouns", tr.word_head, feats, t, mask), base)
+    logits = tr.word_head(feats)[:, mask]
+    expected = F.binary_cross_entropy_with_logits(logits, t[:, mask], reduction="sum") / 2
+    assert torch.allclose(cw.word_loss("sigmoid-nouns", tr.word_head, feats, t, mask), expected)
+    with pytest.raises(ConfigError, match="version 2"):
+        PretrainConfig(**{**SMALL, "version": 1}, word_loss=1.0, word_form="sigmoid-nouns")
+
+
+def test_objects_form_is_a_softmax_over_the_object_nouns_the_caption_names():
+    tr = Trainer(PretrainConfig(**SMALL, word_loss=1.0, word_form="softmax-objects"))
+    mask = tr.word_weights  # bool[K]: one row per object noun
+    assert mask.dtype == torch.bool and int(mask.sum()) == len(world2.CAPTION_OBJECTS) == 14
+    obj = [int(tr.remap[tokenize([w])[0, 1]]) for w in world2.CAPTION_OBJECTS]  # object rows, first BPE token
+    assert sorted(obj) == torch.nonzero(mask).flatten().tolist()
+    feats = torch.randn(3, 128)
+    caps = ["a photo of a small red star on the left.", "a sketch of a ring and a hexagon.", "a photo of a shape."]
+    ids = tokenize(caps)
+    t = cw.caption_word_targets(ids, tr.remap[ids], len(tr.rows))
+    logp = torch.log_softmax(tr.word_head(feats)[:, mask], -1)  # [3, 14] columns in row order
+    col = {w: sorted(obj).index(r) for w, r in zip(world2.CAPTION_OBJECTS, obj)}
+    expected = -(logp[0, col["star"]] + 0.5 * (logp[1, col["ring"]] + logp[1, col["hexagon"]]) + logp[2, col["shape"]]) / 3
+    assert torch.allclose(cw.word_loss("softmax-objects", tr.word_head, feats, t, mask), expected)
+    with torch.no_grad():  # a non-object row (a colour word) has no say in the loss
+        before = cw.word_loss("softmax-objects", tr.word_head, feats, t, mask)
+        tr.word_head.proj.bias[int(tr.remap[tokenize(["red"])[0, 1]])] += 5.0
+        assert torch.equal(cw.word_loss("softmax-objects", tr.word_head, feats, t, mask), before)
+
+
+def test_sigmoid_plus_objects_form_is_the_sum_of_the_two_losses():
+    tr = Trainer(PretrainConfig(**SMALL, word_loss=1.0, word_form="sigmoid+objects"))
+    feats = torch.randn(2, 128)
+    ids = tokenize(["a photo of a red star.", "a sketch of a ring."])
+    t = cw.caption_word_targets(ids, tr.remap[ids], len(tr.rows))
+    both = cw.word_loss("sigmoid+objects", tr.word_head, feats, t, tr.word_weights)
+    parts = cw.caption_word_loss(tr.word_head, feats, t) + cw.softmax_objects_loss(tr.word_head, feats, t, tr.word_weights)
+    assert torch.allclose(both, parts) and torch.equal(tr.word_weights, cw.object_mask(world2, tr.rows))

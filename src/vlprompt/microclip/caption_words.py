@@ -9,10 +9,18 @@ pressure on the slow-to-learn shape features of a ViT (``V2_DIAGNOSIS.md``); a p
 image a gradient towards its shape word (named in 90% of captions) whatever else is in the batch. The targets come
 from the captions alone (the same text the contrastive loss sees), never from the world's hidden labels.
 
-Two forms (``PretrainConfig.word_form``): ``"sigmoid"`` — multi-label, one sigmoid cross-entropy per row, summed —
-and ``"softmax-idf"``, SuperClass's own: one softmax over the rows against the caption's tokens weighted by their
+Three forms (``PretrainConfig.word_form``): ``"sigmoid"`` — multi-label, one sigmoid cross-entropy per row, summed —;
+``"softmax-idf"``, SuperClass's own: one softmax over the rows against the caption's tokens weighted by their
 inverse document frequency (frequent words such as "a" or "photo" get almost no weight, the shape word a large
-share), IDF counted on the first :data:`IDF_CAPTIONS` captions of the training world.
+share), IDF counted on the first :data:`IDF_CAPTIONS` captions of the training world; and ``"sigmoid-nouns"``,
+CatLIP's target: the sigmoid form over the rows of the caption's head nouns only (the world's ``CAPTION_NOUNS``:
+shapes, positions, style nouns), so that the many modifiers a caption names at random (a colour half the time, a
+size 40%) add no irreducible noise to the image tower's gradient; and ``"softmax-objects"``, a caption-parsed
+object label: one softmax over the object nouns (the world's ``CAPTION_OBJECTS``) against the object nouns the caption
+names (one, or two for a scene, each half) — the weakly supervised "predict the caption's object word" target
+(Joulin et al., "Learning Visual Features from Large Weakly Supervised Data", ECCV 2016), parsed from the caption
+text and never read from the world's labels; and ``"sigmoid+objects"``, the sum of the ``"sigmoid"`` and
+``"softmax-objects"`` losses.
 
 The head exists only during pretraining: it is checkpointed with the run (keys ``word_head.*`` in the training
 snapshot) and never part of the exported CLIP.
@@ -26,7 +34,7 @@ from torch import nn
 
 #: captions of the training world (seed ``world_seed``, images 0…N−1) the IDF weights are counted on
 IDF_CAPTIONS = 8192
-FORMS = ("sigmoid", "softmax-idf")
+FORMS = ("sigmoid", "softmax-idf", "sigmoid-nouns", "softmax-objects", "sigmoid+objects")
 
 #: key prefix of the head's tensors in a training snapshot (``ckpt/model-<step>.safetensors``)
 PREFIX = "word_head."
@@ -57,10 +65,72 @@ def caption_word_targets(ids: torch.Tensor, rows: torch.Tensor, num_rows: int) -
     return t.scatter_add_(1, rows, valid.float()).clamp_(max=1.0)
 
 
-def caption_word_loss(head: CaptionWordHead, image_features: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Sigmoid cross-entropy summed over the ``K`` rows, averaged over the batch (a scalar)."""
+def caption_word_loss(head: CaptionWordHead, image_features: torch.Tensor, targets: torch.Tensor,
+                      mask: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+    """Sigmoid cross-entropy summed over the ``K`` rows (only those where ``mask``, a ``bool[K]``, is true),
+    averaged over the batch (a scalar)."""
     logits = head(image_features)  # [B, K]
+    if mask is not None:
+        logits, targets = logits[:, mask], targets[:, mask]  # [B, K'] the masked rows only
     return F.binary_cross_entropy_with_logits(logits, targets, reduction="sum") / len(logits)
+
+
+def noun_mask(world_module, row_ids: torch.Tensor) -> torch.Tensor:
+    """``bool[K]``: the rows (token ids ``row_ids``, ``[K]``) that belong to a word of ``world_module.CAPTION_NOUNS``
+    (every BPE token of it)."""
+    from open_clip.tokenizer import SimpleTokenizer
+
+    tok = SimpleTokenizer()
+    ids = sorted({t for w in world_module.CAPTION_NOUNS for t in tok.encode(w)})
+    return torch.isin(row_ids, torch.tensor(ids, dtype=row_ids.dtype))
+
+
+def object_mask(world_module, row_ids: torch.Tensor) -> torch.Tensor:
+    """``bool[K]``: the rows of the first BPE token of each of ``world_module.CAPTION_OBJECTS`` (one row per object
+    noun; raises if two share a first token)."""
+    from open_clip.tokenizer import SimpleTokenizer
+
+    tok = SimpleTokenizer()
+    first = [tok.encode(w)[0] for w in world_module.CAPTION_OBJECTS]
+    if len(set(first)) != len(first):
+        raise ValueError(f"CAPTION_OBJECTS {world_module.CAPTION_OBJECTS}: two object nouns share a first BPE token")
+    return torch.isin(row_ids, torch.tensor(first, dtype=row_ids.dtype))
+
+
+def softmax_objects_loss(head: CaptionWordHead, image_features: torch.Tensor, targets: torch.Tensor,
+                         mask: torch.Tensor) -> torch.Tensor:  # fmt: skip
+    """Cross-entropy of a softmax over the object rows (``mask``, ``bool[K]``) against the caption's object nouns
+    (their multi-hot ``targets`` normalised: ``[1]`` or ``[½, ½]``), averaged over the captions that name one."""
+    w = targets[:, mask]  # [B, O]
+    named = w.sum(-1) > 0  # [B]
+    w = w[named] / w[named].sum(-1, keepdim=True)
+    logp = F.log_softmax(head(image_features[named])[:, mask], dim=-1)  # [B', O]
+    return -(w * logp).sum(-1).mean()
+
+
+def row_weights(form: str, world_module, seed: int, row_ids: torch.Tensor, rows_of) -> torch.Tensor | None:
+    """What form ``form`` needs besides the targets: the IDF weights (``"softmax-idf"``, ``float[K]``), the noun or
+    object mask (``"sigmoid-nouns"``, ``"softmax-objects"``, ``"sigmoid+objects"``: ``bool[K]``) or nothing (``"sigmoid"``); ``rows_of(ids) -> rows`` maps token ids to
+    row indices, ``row_ids`` (``[K]``) is the inverse."""
+    if form == "softmax-idf":
+        return idf_weights(world_module, seed, rows_of, len(row_ids))
+    if form in ("softmax-objects", "sigmoid+objects"):
+        return object_mask(world_module, row_ids)
+    return noun_mask(world_module, row_ids) if form == "sigmoid-nouns" else None
+
+
+def word_loss(form: str, head: CaptionWordHead, image_features: torch.Tensor, targets: torch.Tensor,
+              weights: torch.Tensor | None) -> torch.Tensor:  # fmt: skip
+    """The caption-word loss of form ``form`` (``weights`` from :func:`row_weights`), a scalar."""
+    if form == "softmax-idf":
+        return softmax_idf_loss(head, image_features, targets, weights)
+    if form == "softmax-objects":
+        return softmax_objects_loss(head, image_features, targets, weights)
+    if form == "sigmoid+objects":
+        return caption_word_loss(head, image_features, targets) + softmax_objects_loss(
+            head, image_features, targets, weights
+        )
+    return caption_word_loss(head, image_features, targets, weights)
 
 
 def idf_weights(world_module, seed: int, rows_of, num_rows: int) -> torch.Tensor:

@@ -70,7 +70,9 @@ class PretrainConfig:
             (:mod:`vlprompt.microclip.world2`).
         clip_grad: ``> 0``: clip the CLIP's gradient norm (not the word head's) to this per step (``0``: off).
         word_loss: ``> 0``: add this times the caption-word loss (:mod:`vlprompt.microclip.caption_words`).
-        word_form: that loss's form, ``"sigmoid"`` (multi-label) or ``"softmax-idf"`` (SuperClass's).
+        word_form: that loss's form, ``"sigmoid"`` (multi-label), ``"softmax-idf"`` (SuperClass's) or
+            ``"sigmoid-nouns"`` (CatLIP's: the caption's head nouns only) or ``"softmax-objects"`` (the caption's
+            object noun as a class) or ``"sigmoid+objects"`` (the sum of both).
         groups: ``()`` = i.i.d. world batches; version 2 only: group sizes, e.g. ``(32, 4)`` = groups of 32 images
             sharing shade, style and background, sub-groups of 4 also sharing the shape
             (:func:`vlprompt.microclip.batches2.generate_grouped`).
@@ -107,6 +109,8 @@ class PretrainConfig:
             check_sizes(self.groups, self.batch_size)
         if self.word_form not in cw.FORMS:
             raise ConfigError(f"PretrainConfig.word_form={self.word_form!r}: expected one of {cw.FORMS}")
+        if self.word_form in ("sigmoid-nouns", "softmax-objects", "sigmoid+objects") and self.version != 2:
+            raise ConfigError(f"PretrainConfig.word_form={self.word_form!r} needs version 2 (world v2 lists its nouns)")
 
     @property
     def world(self):
@@ -178,8 +182,8 @@ class Trainer:
         # pretraining-only head (never exported); its parameters go last so that runs without it keep their layout
         self.word_head = cw.CaptionWordHead(self.model.text_projection.shape[1], len(self.rows)) if cfg.word_loss else None
         params = [*self.model.parameters(), *(self.word_head.parameters() if self.word_head else ())]
-        self.idf = (cw.idf_weights(cfg.world, cfg.world_seed, lambda ids: self.remap[ids], len(self.rows))
-                    if cfg.word_loss and cfg.word_form == "softmax-idf" else None)  # fmt: skip
+        rows_of = lambda ids: self.remap[ids]  # noqa: E731  token ids -> row indices
+        self.word_weights = cw.row_weights(cfg.word_form, cfg.world, cfg.world_seed, self.rows, rows_of) if cfg.word_loss else None
         decay = [p for p in params if p.ndim >= 2]
         no_decay = [p for p in params if p.ndim < 2]
         self.opt = torch.optim.AdamW(
@@ -207,12 +211,7 @@ class Trainer:
         target = torch.arange(len(logits))
         loss = 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
         words = cw.caption_word_targets(ids, self.remap[ids], len(self.rows)) if self.word_head else None  # [B, K]
-        if self.word_head is None:
-            word = torch.zeros(())
-        elif self.idf is None:
-            word = cw.caption_word_loss(self.word_head, raw, words)
-        else:
-            word = cw.softmax_idf_loss(self.word_head, raw, words, self.idf)
+        word = cw.word_loss(self.cfg.word_form, self.word_head, raw, words, self.word_weights) if words is not None else 0.0
         loss = loss + self.cfg.word_loss * word
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -378,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
                              ("--clip-grad", float, "gradient-norm clipping (0: off)")):  # fmt: skip
         p.add_argument(flag, type=kind, default=None, help=what or None)  # fmt: skip
     p.add_argument("--word-loss", type=float, default=None, help="weight of the caption-word loss (0: off)")
-    p.add_argument("--word-form", default=None, choices=("sigmoid", "softmax-idf"), help="the caption-word loss's form")
+    p.add_argument("--word-form", default=None, choices=cw.FORMS, help="the caption-word loss's form")
     p.add_argument("--groups", type=_group_sizes, default=None,
                    help="v2 grouped batches, e.g. 32,4 (see PretrainConfig.groups)")
     p.add_argument("--stop-after", type=int, default=None, help="stop (checkpointed) after this many steps")

@@ -179,6 +179,22 @@ def caption(v: Mapping[str, int], rng: np.random.Generator) -> str:
     return text
 
 
+#: The head nouns of v2's caption grammar (the word a noun phrase ends on): the shapes, "shape"/"object", the
+#: position nouns after "the" ("left", "side", "middle", …), the style nouns ("photo", "sketch", "drawing", …) and
+#: "background", "texture", "pattern". Modifiers are not heads even where a tagger would call them nouns ("pencil",
+#: "heat", "gradient" in "a gradient background"). The targets of the ``sigmoid-nouns`` caption-word loss (CatLIP
+#: trains on a caption's nouns): fixed by the grammar, not chosen by a score.
+CAPTION_NOUNS: frozenset[str] = frozenset((
+    *ATTRIBUTES["shape"], "shape", "object", "left", "right", "top", "bottom", "center", "middle", "side", "photo",
+    "picture", "image", "photograph", "sketch", "drawing", "cartoon", "illustration", "style", "background",
+    "texture", "pattern"))  # fmt: skip
+
+
+#: The object nouns among them: what a caption's object phrase ends on (a shape, or "shape" / "object" when it names
+#: none): the classes of the ``softmax-objects`` caption-word loss, parsed from the caption text.
+CAPTION_OBJECTS: tuple[str, ...] = (*ATTRIBUTES["shape"], "shape", "object")
+
+
 def caption_words() -> frozenset[str]:
     """Every word (and the full stop) a v2 caption can contain."""
     phrases = [*w1._FIXED_CAPTION_WORDS, "with", "texture", "pattern", *_SUFFIX.values()]
