@@ -151,3 +151,15 @@ def test_sigmoid_plus_objects_form_is_the_sum_of_the_two_losses():
     both = cw.word_loss("sigmoid+objects", tr.word_head, feats, t, tr.word_weights)
     parts = cw.caption_word_loss(tr.word_head, feats, t) + cw.softmax_objects_loss(tr.word_head, feats, t, tr.word_weights)
     assert torch.allclose(both, parts) and torch.equal(tr.word_weights, cw.object_mask(world2, tr.rows))
+
+
+def test_nouns_plus_objects_form_is_the_sum_of_the_nouns_and_objects_losses():
+    tr = Trainer(PretrainConfig(**SMALL, word_loss=1.0, word_form="nouns+objects"))
+    nouns, objects = tr.word_weights  # bool[2, K]
+    assert torch.equal(nouns, cw.noun_mask(world2, tr.rows)) and torch.equal(objects, cw.object_mask(world2, tr.rows))
+    feats = torch.randn(2, 128)
+    ids = tokenize(["a photo of a red star on the left.", "a sketch of a ring."])
+    t = cw.caption_word_targets(ids, tr.remap[ids], len(tr.rows))
+    both = cw.word_loss("nouns+objects", tr.word_head, feats, t, tr.word_weights)
+    parts = cw.caption_word_loss(tr.word_head, feats, t, nouns) + cw.softmax_objects_loss(tr.word_head, feats, t, objects)
+    assert torch.allclose(both, parts)

@@ -20,7 +20,7 @@ object label: one softmax over the object nouns (the world's ``CAPTION_OBJECTS``
 names (one, or two for a scene, each half) — the weakly supervised "predict the caption's object word" target
 (Joulin et al., "Learning Visual Features from Large Weakly Supervised Data", ECCV 2016), parsed from the caption
 text and never read from the world's labels; and ``"sigmoid+objects"``, the sum of the ``"sigmoid"`` and
-``"softmax-objects"`` losses.
+``"softmax-objects"`` losses, and ``"nouns+objects"``, of the ``"sigmoid-nouns"`` and ``"softmax-objects"`` ones.
 
 The head exists only during pretraining: it is checkpointed with the run (keys ``word_head.*`` in the training
 snapshot) and never part of the exported CLIP.
@@ -34,7 +34,7 @@ from torch import nn
 
 #: captions of the training world (seed ``world_seed``, images 0…N−1) the IDF weights are counted on
 IDF_CAPTIONS = 8192
-FORMS = ("sigmoid", "softmax-idf", "sigmoid-nouns", "softmax-objects", "sigmoid+objects")
+FORMS = ("sigmoid", "softmax-idf", "sigmoid-nouns", "softmax-objects", "sigmoid+objects", "nouns+objects")
 
 #: key prefix of the head's tensors in a training snapshot (``ckpt/model-<step>.safetensors``)
 PREFIX = "word_head."
@@ -110,12 +110,14 @@ def softmax_objects_loss(head: CaptionWordHead, image_features: torch.Tensor, ta
 
 def row_weights(form: str, world_module, seed: int, row_ids: torch.Tensor, rows_of) -> torch.Tensor | None:
     """What form ``form`` needs besides the targets: the IDF weights (``"softmax-idf"``, ``float[K]``), the noun or
-    object mask (``"sigmoid-nouns"``, ``"softmax-objects"``, ``"sigmoid+objects"``: ``bool[K]``) or nothing (``"sigmoid"``); ``rows_of(ids) -> rows`` maps token ids to
+    object mask (``"sigmoid-nouns"``, ``"softmax-objects"``, ``"sigmoid+objects"``: ``bool[K]``; ``"nouns+objects"``: both, ``bool[2, K]``) or nothing (``"sigmoid"``); ``rows_of(ids) -> rows`` maps token ids to
     row indices, ``row_ids`` (``[K]``) is the inverse."""
     if form == "softmax-idf":
         return idf_weights(world_module, seed, rows_of, len(row_ids))
     if form in ("softmax-objects", "sigmoid+objects"):
         return object_mask(world_module, row_ids)
+    if form == "nouns+objects":  # [2, K]: the noun rows, the object rows
+        return torch.stack([noun_mask(world_module, row_ids), object_mask(world_module, row_ids)])
     return noun_mask(world_module, row_ids) if form == "sigmoid-nouns" else None
 
 
@@ -126,6 +128,11 @@ def word_loss(form: str, head: CaptionWordHead, image_features: torch.Tensor, ta
         return softmax_idf_loss(head, image_features, targets, weights)
     if form == "softmax-objects":
         return softmax_objects_loss(head, image_features, targets, weights)
+    if form == "nouns+objects":
+        nouns, objects = weights
+        return caption_word_loss(head, image_features, targets, nouns) + softmax_objects_loss(
+            head, image_features, targets, objects
+        )
     if form == "sigmoid+objects":
         return caption_word_loss(head, image_features, targets) + softmax_objects_loss(
             head, image_features, targets, weights

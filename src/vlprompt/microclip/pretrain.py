@@ -70,9 +70,10 @@ class PretrainConfig:
             (:mod:`vlprompt.microclip.world2`).
         clip_grad: ``> 0``: clip the CLIP's gradient norm (not the word head's) to this per step (``0``: off).
         word_loss: ``> 0``: add this times the caption-word loss (:mod:`vlprompt.microclip.caption_words`).
-        word_form: that loss's form, ``"sigmoid"`` (multi-label), ``"softmax-idf"`` (SuperClass's) or
-            ``"sigmoid-nouns"`` (CatLIP's: the caption's head nouns only) or ``"softmax-objects"`` (the caption's
-            object noun as a class) or ``"sigmoid+objects"`` (the sum of both).
+        word_form: that loss's form (:data:`vlprompt.microclip.caption_words.FORMS`): ``"sigmoid"`` (multi-label),
+            ``"softmax-idf"`` (SuperClass's), ``"sigmoid-nouns"`` (CatLIP's: the caption's head nouns only),
+            ``"softmax-objects"`` (the caption's object noun as a class), or the sums ``"sigmoid+objects"`` and
+            ``"nouns+objects"``.
         groups: ``()`` = i.i.d. world batches; version 2 only: group sizes, e.g. ``(32, 4)`` = groups of 32 images
             sharing shade, style and background, sub-groups of 4 also sharing the shape
             (:func:`vlprompt.microclip.batches2.generate_grouped`).
@@ -109,7 +110,7 @@ class PretrainConfig:
             check_sizes(self.groups, self.batch_size)
         if self.word_form not in cw.FORMS:
             raise ConfigError(f"PretrainConfig.word_form={self.word_form!r}: expected one of {cw.FORMS}")
-        if self.word_form in ("sigmoid-nouns", "softmax-objects", "sigmoid+objects") and self.version != 2:
+        if self.word_form not in ("sigmoid", "softmax-idf") and self.version != 2:
             raise ConfigError(f"PretrainConfig.word_form={self.word_form!r} needs version 2 (world v2 lists its nouns)")
 
     @property
