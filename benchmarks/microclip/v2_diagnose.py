@@ -185,7 +185,8 @@ def supervised(arch: str, pool: str, lr: float, warmup: int, steps: int, clip: f
 
 
 #: ``--target`` → caption-word loss form (:data:`vlprompt.microclip.caption_words.FORMS`)
-_WORD_TARGETS = {"words": "sigmoid", "words-idf": "softmax-idf", "nouns": "sigmoid-nouns", "objects": "softmax-objects"}
+_WORD_TARGETS = {"words": "sigmoid", "words-idf": "softmax-idf", "nouns": "sigmoid-nouns", "objects": "softmax-objects",
+                 "objects-sigmoid": "sigmoid-objects"}
 
 
 def supervised_words(lr: float, warmup: int, steps: int, clip: float, batch: int, form: str = "sigmoid") -> dict:
@@ -203,7 +204,11 @@ def supervised_words(lr: float, warmup: int, steps: int, clip: float, batch: int
     remap[rows] = torch.arange(len(rows))
     tok = SimpleTokenizer()
     shape_rows = remap[torch.tensor([tok.encode(n)[0] for n in world2.ATTRIBUTES["shape"]])]  # [12]
-    weights = cw.row_weights(form, world2, 0, rows, lambda ids: remap[ids])  # IDF, noun mask or None
+    label = form
+    if form == "sigmoid-objects":  # a proxy-only ablation: the sigmoid form over the object rows alone
+        weights, form = cw.object_mask(world2, rows), "sigmoid-nouns"  # (the nouns form's loss, another mask)
+    else:
+        weights = cw.row_weights(form, world2, 0, rows, lambda ids: remap[ids])  # IDF, noun/object mask or None
     torch.manual_seed(0)
     tower, head = _tower("vit8", "tok").train(), cw.CaptionWordHead(128, len(rows))
     params = list(tower.parameters()) + list(head.parameters())
@@ -233,7 +238,7 @@ def supervised_words(lr: float, warmup: int, steps: int, clip: float, batch: int
             log.append({"step": step + 1, "loss": round(loss.item(), 3), "test_shape_acc": round(acc, 3),
                         "seconds": round(time.perf_counter() - t0, 1)})  # fmt: skip
             print(json.dumps(log[-1]), flush=True)
-    return {"target": f"caption words ({form})", "lr": lr, "warmup": warmup, "clip": clip, "batch": batch, "log": log}
+    return {"target": f"caption words ({label})", "lr": lr, "warmup": warmup, "clip": clip, "batch": batch, "log": log}
 
 
 def overfit(arch: str, lr: float, steps: int = 60) -> list[dict]:

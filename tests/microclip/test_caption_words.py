@@ -163,3 +163,21 @@ def test_nouns_plus_objects_form_is_the_sum_of_the_nouns_and_objects_losses():
     both = cw.word_loss("nouns+objects", tr.word_head, feats, t, tr.word_weights)
     parts = cw.caption_word_loss(tr.word_head, feats, t, nouns) + cw.softmax_objects_loss(tr.word_head, feats, t, objects)
     assert torch.allclose(both, parts)
+
+
+def test_object_weight_scales_the_object_term_and_is_part_of_the_recipe(tmp_path):
+    from vlprompt.errors import ArtifactError, ConfigError
+
+    tr = Trainer(PretrainConfig(**SMALL, word_loss=1.0, word_form="sigmoid+objects"))
+    feats = torch.randn(2, 128)
+    ids = tokenize(["a photo of a red star.", "a sketch of a ring."])
+    t = cw.caption_word_targets(ids, tr.remap[ids], len(tr.rows))
+    sig = cw.caption_word_loss(tr.word_head, feats, t)
+    obj = cw.softmax_objects_loss(tr.word_head, feats, t, tr.word_weights)
+    assert torch.allclose(cw.word_loss("sigmoid+objects", tr.word_head, feats, t, tr.word_weights, 4.0), sig + 4 * obj)
+    cfg = PretrainConfig(**SMALL, word_loss=1.0, word_form="sigmoid+objects", object_weight=4.0)
+    pretrain(cfg, tmp_path / "r", progress=False, stop_after=1)
+    with pytest.raises(ArtifactError, match="object_weight"):  # resuming with another weight is refused
+        pretrain(PretrainConfig(**SMALL, word_loss=1.0, word_form="sigmoid+objects"), tmp_path / "r", progress=False)
+    with pytest.raises(ConfigError, match="object_weight"):
+        PretrainConfig(**SMALL, object_weight=-1.0)

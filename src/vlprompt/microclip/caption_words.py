@@ -122,19 +122,20 @@ def row_weights(form: str, world_module, seed: int, row_ids: torch.Tensor, rows_
 
 
 def word_loss(form: str, head: CaptionWordHead, image_features: torch.Tensor, targets: torch.Tensor,
-              weights: torch.Tensor | None) -> torch.Tensor:  # fmt: skip
-    """The caption-word loss of form ``form`` (``weights`` from :func:`row_weights`), a scalar."""
+              weights: torch.Tensor | None, object_weight: float = 1.0) -> torch.Tensor:  # fmt: skip
+    """The caption-word loss of form ``form`` (``weights`` from :func:`row_weights`; ``object_weight``: the object
+    term's weight in the ``"…+objects"`` forms), a scalar."""
     if form == "softmax-idf":
         return softmax_idf_loss(head, image_features, targets, weights)
     if form == "softmax-objects":
         return softmax_objects_loss(head, image_features, targets, weights)
     if form == "nouns+objects":
         nouns, objects = weights
-        return caption_word_loss(head, image_features, targets, nouns) + softmax_objects_loss(
+        return caption_word_loss(head, image_features, targets, nouns) + object_weight * softmax_objects_loss(
             head, image_features, targets, objects
         )
     if form == "sigmoid+objects":
-        return caption_word_loss(head, image_features, targets) + softmax_objects_loss(
+        return caption_word_loss(head, image_features, targets) + object_weight * softmax_objects_loss(
             head, image_features, targets, weights
         )
     return caption_word_loss(head, image_features, targets, weights)

@@ -70,10 +70,9 @@ class PretrainConfig:
             (:mod:`vlprompt.microclip.world2`).
         clip_grad: ``> 0``: clip the CLIP's gradient norm (not the word head's) to this per step (``0``: off).
         word_loss: ``> 0``: add this times the caption-word loss (:mod:`vlprompt.microclip.caption_words`).
-        word_form: that loss's form (:data:`vlprompt.microclip.caption_words.FORMS`): ``"sigmoid"`` (multi-label),
-            ``"softmax-idf"`` (SuperClass's), ``"sigmoid-nouns"`` (CatLIP's: the caption's head nouns only),
-            ``"softmax-objects"`` (the caption's object noun as a class), or the sums ``"sigmoid+objects"`` and
-            ``"nouns+objects"``.
+        word_form: its form (:data:`vlprompt.microclip.caption_words.FORMS`): ``"sigmoid"``, ``"softmax-idf"`` (SuperClass),
+            ``"sigmoid-nouns"`` (CatLIP: head nouns), ``"softmax-objects"`` (the object noun as a class) or a sum.
+        object_weight: the object term's weight inside a ``"…+objects"`` form (relative to the other term).
         groups: ``()`` = i.i.d. world batches; version 2 only: group sizes, e.g. ``(32, 4)`` = groups of 32 images
             sharing shade, style and background, sub-groups of 4 also sharing the shape
             (:func:`vlprompt.microclip.batches2.generate_grouped`).
@@ -98,10 +97,11 @@ class PretrainConfig:
     clip_grad: float = 0.0
     word_loss: float = 0.0
     word_form: str = "sigmoid"
+    object_weight: float = 1.0
 
     def __post_init__(self) -> None:
-        if self.steps < 1 or self.batch_size < 2 or self.threads < 1 or self.workers < 1:
-            raise ConfigError(f"invalid PretrainConfig {self}: steps ≥ 1, batch_size ≥ 2, threads/workers ≥ 1")
+        if self.steps < 1 or self.batch_size < 2 or self.threads < 1 or self.workers < 1 or self.object_weight < 0:
+            raise ConfigError(f"invalid PretrainConfig {self}: steps, threads, workers ≥ 1, batch_size ≥ 2, object_weight ≥ 0")
         if self.version not in (1, 2):
             raise ConfigError(f"PretrainConfig.version={self.version!r}: expected 1 (v1 world/model) or 2 (v2)")
         if self.groups and self.version != 2:
@@ -155,7 +155,7 @@ def _check_checkpoint(out: Path, cfg: PretrainConfig) -> dict:
         return {}
     info = json.loads(meta_path.read_text())
     saved = {k: tuple(v) if isinstance(v, list) else v for k, v in info["config"].items()}
-    saved = {"version": 1, "groups": (), "clip_grad": 0.0, "word_loss": 0.0, "word_form": "sigmoid", **saved}  # fields added later: older checkpoints had these
+    saved = {"version": 1, "groups": (), "clip_grad": 0.0, "word_loss": 0.0, "word_form": "sigmoid", "object_weight": 1.0, **saved}  # fields added later: older checkpoints had these
     speed_only = ("threads", "workers", "checkpoint_every", "log_every", "text_buckets")
     diff = {
         k: (saved.get(k), v) for k, v in dataclasses.asdict(cfg).items() if k not in speed_only and saved.get(k) != v
@@ -183,8 +183,7 @@ class Trainer:
         # pretraining-only head (never exported); its parameters go last so that runs without it keep their layout
         self.word_head = cw.CaptionWordHead(self.model.text_projection.shape[1], len(self.rows)) if cfg.word_loss else None
         params = [*self.model.parameters(), *(self.word_head.parameters() if self.word_head else ())]
-        rows_of = lambda ids: self.remap[ids]  # noqa: E731  token ids -> row indices
-        self.word_weights = cw.row_weights(cfg.word_form, cfg.world, cfg.world_seed, self.rows, rows_of) if cfg.word_loss else None
+        self.word_weights = cw.row_weights(cfg.word_form, cfg.world, cfg.world_seed, self.rows, self.remap.__getitem__) if cfg.word_loss else None
         decay = [p for p in params if p.ndim >= 2]
         no_decay = [p for p in params if p.ndim < 2]
         self.opt = torch.optim.AdamW(
@@ -212,7 +211,7 @@ class Trainer:
         target = torch.arange(len(logits))
         loss = 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
         words = cw.caption_word_targets(ids, self.remap[ids], len(self.rows)) if self.word_head else None  # [B, K]
-        word = cw.word_loss(self.cfg.word_form, self.word_head, raw, words, self.word_weights) if words is not None else 0.0
+        word = cw.word_loss(self.cfg.word_form, self.word_head, raw, words, self.word_weights, self.cfg.object_weight) if words is not None else 0.0
         loss = loss + self.cfg.word_loss * word
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -375,18 +374,18 @@ def main(argv: list[str] | None = None) -> int:
                              ("--warmup", int, ""), ("--seed", int, "model init seed"), ("--world-seed", int, ""),
                              ("--threads", int, "torch threads; 1 = deterministic mode"),
                              ("--workers", int, "image-rendering processes"), ("--checkpoint-every", int, ""),
-                             ("--clip-grad", float, "gradient-norm clipping (0: off)")):  # fmt: skip
+                             ("--clip-grad", float, "gradient-norm clipping (0: off)"),
+                             ("--object-weight", float, "the object term's weight in a '+objects' word form")):  # fmt: skip
         p.add_argument(flag, type=kind, default=None, help=what or None)  # fmt: skip
     p.add_argument("--word-loss", type=float, default=None, help="weight of the caption-word loss (0: off)")
     p.add_argument("--word-form", default=None, choices=cw.FORMS, help="the caption-word loss's form")
-    p.add_argument("--groups", type=_group_sizes, default=None,
-                   help="v2 grouped batches, e.g. 32,4 (see PretrainConfig.groups)")
+    p.add_argument("--groups", type=_group_sizes, default=None, help="v2 grouped batches, e.g. 32,4 (PretrainConfig.groups)")
     p.add_argument("--stop-after", type=int, default=None, help="stop (checkpointed) after this many steps")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     names = ("steps", "batch_size", "lr", "warmup", "seed", "world_seed", "threads", "workers", "checkpoint_every",
-             "clip_grad", "word_loss", "word_form")  # fmt: skip
+             "clip_grad", "word_loss", "word_form", "object_weight")  # fmt: skip
     given = {k: getattr(a, k) for k in names if getattr(a, k) is not None}
     if a.groups is not None:
         given["groups"] = a.groups
