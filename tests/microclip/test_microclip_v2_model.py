@@ -55,6 +55,8 @@ def test_v2_compact_file_records_its_config_and_rebuilds_the_vit(tmp_path):
 def test_v2_recipe_and_resumable_pretraining(tmp_path):
     cfg = PretrainConfig(**V2_RECIPE)
     assert (cfg.steps, cfg.lr, cfg.warmup, cfg.threads, cfg.version) == (3000, 1e-3, 100, 1, 2)
+    # the shipped checkpoint's recipe (MODEL_CARD_V2.md): clipping and the caption-word loss with the object term
+    assert (cfg.clip_grad, cfg.word_loss, cfg.word_form, cfg.object_weight) == (1.0, 10.0, "sigmoid+objects", 1.0)
     rows = vocabulary_token_ids(cfg.world)
     assert {49406, 49407} <= set(rows.tolist()) and 100 < len(rows) < 200
     small = PretrainConfig(version=2, steps=2, batch_size=6, warmup=1, threads=1, checkpoint_every=5, log_every=1)

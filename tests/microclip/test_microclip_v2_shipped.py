@@ -32,3 +32,20 @@ def test_v2_checkpoint_meets_the_zero_shot_thresholds():
     table = acceptance2.suite_zero_shot(model, names=tuple(acceptance2.THRESHOLDS), n_per_class=12)
     failed = {k: (v["accuracy"], v["threshold"]) for k, v in table.items() if not v["passed"]}
     assert not failed, acceptance2.format_table(table)
+
+
+def test_v2_checkpoint_was_made_by_the_recipe_the_cli_runs():
+    import dataclasses
+    import json
+
+    from vlprompt.microclip.pretrain import V2_RECIPE, PretrainConfig
+
+    with safe_open(str(SHIPPED_WEIGHTS_V2), framework="pt") as f:
+        recorded = json.loads(f.metadata()["pretrain_config"])
+    recipe = dataclasses.asdict(PretrainConfig(**V2_RECIPE))
+    speed_only = {"threads", "workers", "checkpoint_every", "log_every", "text_buckets"}
+    # fields added after the run (none so far but object_weight) take their defaults, as a resumed checkpoint does
+    recorded = {"object_weight": 1.0, **recorded, "betas": tuple(recorded["betas"]), "groups": tuple(recorded["groups"])}
+    assert {k: v for k, v in recorded.items() if k not in speed_only} == {
+        k: v for k, v in recipe.items() if k not in speed_only
+    }

@@ -126,7 +126,8 @@ class PretrainConfig:
 
 #: The v2 recipe (issue 14): ViT micro-CLIP on world v2. A ViT trained from scratch wants a lower peak learning rate
 #: and a longer warm-up than the ResNet. One thread: bit-reproducible, and on a loaded machine faster than two.
-V2_RECIPE = {"version": 2, "steps": 3000, "lr": 1e-3, "warmup": 100, "workers": 2, "threads": 1, "checkpoint_every": 50}
+V2_RECIPE = {"version": 2, "steps": 3000, "lr": 1e-3, "warmup": 100, "workers": 1, "threads": 1, "checkpoint_every": 50,
+             "clip_grad": 1.0, "word_loss": 10.0, "word_form": "sigmoid+objects"}  # fmt: skip  MODEL_CARD_V2.md
 
 
 def lr_at(step: int, cfg: PretrainConfig) -> float:
