@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from vlprompt.errors import ArtifactError, ConfigError
 from vlprompt.microclip import world2
 from vlprompt.microclip.batches2 import LEVELS, generate_grouped, iter_grouped_batches
-from vlprompt.microclip.pretrain import PretrainConfig, main, pretrain
+from vlprompt.microclip.pretrain import V2_RECIPE, PretrainConfig, main, pretrain
 
 COL = {a: k for k, a in enumerate(world2.ATTRIBUTE_NAMES)}
 GROUP_COLS = [COL[a] for a in LEVELS[0]]  # shade, style, background
@@ -74,8 +74,9 @@ def test_group_sizes_are_checked():
 
 
 def test_grouped_pretraining_resumes_bit_exactly_and_is_recorded(tmp_path):
+    recipe = {k: V2_RECIPE[k] for k in ("clip_grad", "word_loss", "word_form")}  # what the CLI adds for --version 2
     small = PretrainConfig(version=2, steps=2, batch_size=8, groups=(4, 2), lr=1e-3, warmup=1, threads=1, checkpoint_every=5,
-                           log_every=1)  # fmt: skip
+                           log_every=1, **recipe)  # fmt: skip
     a = pretrain(small, tmp_path / "a", progress=False)
     # the command line builds the same config: --groups 4,2 (other flags given, the rest from V2_RECIPE)
     assert main(["--version", "2", "--out", str(tmp_path / "b"), "--steps", "2", "--batch-size", "8", "--warmup", "1",
