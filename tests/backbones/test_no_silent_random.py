@@ -54,7 +54,9 @@ def test_random_is_explicit_seeded_warned_and_recorded(caplog):
     assert mc_random.fingerprint == mc_again.fingerprint != create_backbone("microclip").fingerprint
     # vlprompt 0.1.0 recorded None for random open_clip weights: rebuilt as random, not as the new default
     assert recorded_pretrained({"name": "RN50", "pretrained": None}) == "random"
-    assert recorded_pretrained({"name": "microclip", "pretrained": None}) is None
+    # micro-CLIP records from before v2 became the default recorded None for v1: rebuilt as v1 (new ones say "v2")
+    assert recorded_pretrained({"name": "microclip", "pretrained": None}) == "v1"
+    assert recorded_pretrained({"name": "microclip", "pretrained": "v2"}) == "v2"
     assert recorded_pretrained({"name": "RN50", "pretrained": "openai"}) == "openai"
 
 

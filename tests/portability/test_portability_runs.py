@@ -16,6 +16,7 @@ from portability_child import run
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from vlprompt.api import PromptClassifier
 from vlprompt.backbones import create_backbone
 from vlprompt.backbones.base import legacy_fingerprint_v0
 from vlprompt.cli.main import main
@@ -207,15 +208,20 @@ V010 = Path(__file__).parent / "v0_1_0"
 def test_run_folders_written_by_0_1_0_itself_load(tmp_path, caplog, name, threads, dtype):
     """learner.json/.safetensors written by vlprompt 0.1.0 (commit 0c29069): `vlprompt train --backbone microclip
     --dataset folder:… --shots 4 --epochs 2` with OMP_NUM_THREADS=1, and with OMP_NUM_THREADS=2 --precision fp16
-    (a folder 0.1.0 itself could not load: it refused the fp16 context as damaged)."""
+    (a folder 0.1.0 itself could not load: it refused the fp16 context as damaged). Its micro-CLIP was then the
+    default, v1 (recorded as pretrained=None): it loads on v1, and the new default (v2) is refused naming the fix."""
     r = _copy(V010 / name, tmp_path / "run")
     meta = json.loads((r / "learner.json").read_text())
-    assert meta["vlprompt_version"] == "0.1.0" and "dtypes" not in meta
+    assert meta["vlprompt_version"] == "0.1.0" and "dtypes" not in meta and meta["backbone"]["pretrained"] is None
     with caplog.at_level(logging.INFO, logger="vlprompt.engine.checkpoint"):
-        learner = load_learner(r, create_backbone("microclip"))
+        learner = load_learner(r, create_backbone("microclip", "v1"))
     assert f"0.1.0 fingerprint {meta['backbone']['fingerprint']} (it was computed with {threads} torch" in caplog.text
     saved = load_file(str(r / "learner.safetensors"))["ctx"]
     assert saved.dtype == dtype and saved.shape == (16, 128)
     assert learner.ctx.dtype == torch.float32 and torch.equal(learner.ctx.detach(), saved.float())
-    half = load_learner(r, create_backbone("microclip", precision="fp16"))  # verified on the weights as loaded
+    half = load_learner(r, create_backbone("microclip", "v1", precision="fp16"))  # verified on the weights as loaded
     assert half.ctx.dtype == torch.float16 and torch.equal(half.ctx.detach(), saved.half())
+    with pytest.raises(ArtifactError, match=r"micro-CLIP v1, the default before micro-CLIP v2.*--pretrained v1"):
+        load_learner(r, create_backbone("microclip"))  # the new default, v2: refused before any 0.1.0 verification
+    clf = PromptClassifier.load(r)  # no backbone given: rebuilt from learner.json, pretrained=None → v1
+    assert clf.backbone.pretrained == "v1" and torch.equal(clf.model.learner.ctx.detach(), saved.float())

@@ -2,8 +2,9 @@
 
 ``create_backbone(name, pretrained)`` is the single entry point:
 
-- ``"microclip"``: vlprompt's bundled micro-CLIP (``pretrained`` = ``None``/``"shipped"`` for the shipped weights,
-  a ``.safetensors`` path, or ``"random"``);
+- ``"microclip"``: vlprompt's bundled micro-CLIP (``pretrained`` = ``None``/``"shipped"``/``"v2"`` for the shipped
+  micro-CLIP v2, ``"v1"`` for the old ResNet micro-CLIP (source checkout only), a ``.safetensors`` path, or
+  ``"random"``);
 - any open_clip architecture name (``"RN50"``, ``"ViT-B-16"``, …, and any of them with the ``-quickgelu`` suffix)
   with ``pretrained`` = an open_clip tag (``"openai"``, LAION tags), a local checkpoint path, ``"random"`` (seeded
   random weights, on purpose) or ``None`` (the paper's weights: ``"openai"`` where the architecture has them,
@@ -74,8 +75,9 @@ def _build_model(name: str, pretrained: str | None):
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(0)
                 model = mc.build_microclip(None)
-        else:
-            model = mc.build_microclip("shipped" if pretrained in (None, "shipped") else pretrained)
+        else:  # recorded by name: None/"shipped" → "v2", so that a later default cannot change what it means
+            pretrained, _ = mc.resolve_weights("shipped" if pretrained is None else pretrained)
+            model = mc.build_microclip(pretrained)
         return model, open_clip.get_tokenizer("RN50"), preprocess, pretrained
     if not loading.is_architecture(name):
         close = difflib.get_close_matches(name, list_backbones(), n=5)
@@ -117,9 +119,15 @@ def recorded_pretrained(ident: dict) -> str | None:
     """The ``pretrained`` to rebuild a recorded backbone identity with (``learner.json``/``config.json``).
 
     vlprompt 0.1.0 recorded ``None`` for the random weights of an open_clip architecture; ``None`` now means the
-    paper's weights, so such records map to ``"random"``.
+    paper's weights, so such records map to ``"random"``. micro-CLIP records made before v2 became the default
+    recorded ``None`` (or ``"shipped"``) for the v1 checkpoint; new ones record ``"v2"``/``"v1"`` by name, so such
+    records map to ``"v1"`` (never silently to v2: the weights fingerprint would then refuse them).
     """
     name, pretrained = str(ident.get("name", "")), ident.get("pretrained")
+    if name == "microclip" and pretrained in (None, "shipped"):
+        from vlprompt.backbones.microclip import LEGACY_DEFAULT_WEIGHTS
+
+        return LEGACY_DEFAULT_WEIGHTS
     if pretrained is None and name != "microclip" and not name.startswith(HF_PREFIX):
         from vlprompt.backbones.loading import is_architecture
 
@@ -144,7 +152,9 @@ def create_backbone(
             name always gives the same weights; logged as a warning and recorded), or ``None``: the paper's weights,
             ``"openai"`` where the architecture has them (as the CLI's default), else a :class:`BackboneError`
             listing its tags. QuickGELU is chosen with an architecture name ending in ``-quickgelu``. For
-            microclip: ``None``/``"shipped"`` (its shipped weights), a ``.safetensors`` path or ``"random"``. For ``hf:`` names:
+            microclip: ``None``/``"shipped"``/``"v2"`` (the shipped micro-CLIP v2, recorded as ``"v2"``), ``"v1"`` (the
+            ResNet micro-CLIP, the default before v2; source checkout only), a ``.safetensors`` path or
+            ``"random"``. For ``hf:`` names:
             ``None`` or the local directory the model's files are in now.
         device: where to put it.
         precision: ``"fp32"``; ``"amp"`` (fp32 weights, autocast is applied by the caller on GPU); or ``"fp16"``

@@ -1,8 +1,17 @@
 """Micro-CLIP: a stock ``open_clip`` CLIP small enough to pretrain on two CPU cores and ship in the repository.
 
-Image tower: ModifiedResNet, layers (1, 1, 1, 1), width 16, 64×64 input. Text tower: transformer width 128, 4 heads,
-2 layers, the real CLIP BPE vocabulary (49408) and context 77. Joint embedding 128. 8.1 M parameters, of which the
-token table is 6.3 M — but the world's captions use only about a hundred of its rows.
+Two bundled checkpoints (:func:`build_microclip`, ``create_backbone("microclip", pretrained)``):
+
+- ``"v2"`` — the default (``"shipped"``, ``None``), in the wheel (``weights/microclip-v2.safetensors``,
+  ``MODEL_CARD_V2.md``): a ViT image tower (8×8 patches of a 64×64 input, width 128, 4 layers) and a 4-layer text
+  transformer (:data:`MICROCLIP_V2_CONFIG`), pretrained on world v2 (issue 14).
+- ``"v1"`` — the default before v2, in a source checkout only (``weights/microclip.safetensors``, ``MODEL_CARD.md``):
+  image tower ModifiedResNet, layers (1, 1, 1, 1), width 16, 64×64 input; text tower width 128, 4 heads, 2 layers
+  (:data:`MICROCLIP_CONFIG`). Artifacts that recorded the old default (``pretrained`` ``None``/``"shipped"``) are
+  rebuilt with it (:data:`LEGACY_DEFAULT_WEIGHTS`, :func:`vlprompt.backbones.recorded_pretrained`).
+
+Both use the real CLIP BPE vocabulary (49408) and context 77, joint embedding 128; about 8 M parameters, of which
+the token table is 6.3 M — but the world's captions use only about a hundred of its rows.
 
 The shipped file is *compact*: it stores every tensor except the token table, plus the token rows that pretraining
 trained (``token_embedding.rows`` / ``token_embedding.values``). The other rows were never touched by the optimizer,
@@ -53,9 +62,19 @@ TOKEN_INIT_STD = 0.02  # open_clip's token-embedding init
 COMPACT_FORMAT = "vlprompt-microclip-compact-v1"
 # The shipped file stays next to its model card and the pretraining recipe that wrote it (a data path, no import).
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "microclip" / "weights"
-SHIPPED_WEIGHTS = WEIGHTS_DIR / "microclip.safetensors"
-#: micro-CLIP v2 (``weights="v2"``), shipped next to v1 until it becomes the default.
+#: micro-CLIP v1 (ResNet image tower, ``weights="v1"``): the default until issue 14. In the repository only: the
+#: wheel leaves it out (pyproject ``exclude-package-data``), so an install has just v2.
+WEIGHTS_V1 = WEIGHTS_DIR / "microclip.safetensors"
+#: micro-CLIP v2 (ViT image tower, ``weights="v2"``): the default (``"shipped"``, ``None``), in the wheel.
 SHIPPED_WEIGHTS_V2 = WEIGHTS_DIR / "microclip-v2.safetensors"
+#: The default checkpoint, what ``"shipped"`` means: micro-CLIP v2.
+SHIPPED_WEIGHTS = SHIPPED_WEIGHTS_V2
+#: The bundled checkpoints by name; ``"shipped"`` is the default (v2).
+BUNDLED_WEIGHTS: dict[str, Path] = {"v1": WEIGHTS_V1, "v2": SHIPPED_WEIGHTS_V2}
+DEFAULT_WEIGHTS = "v2"
+#: What an artifact that recorded the old default (``pretrained`` ``None`` or ``"shipped"``, before micro-CLIP v2
+#: became the default) was built with.
+LEGACY_DEFAULT_WEIGHTS = "v1"
 
 
 def create_microclip_model(config: dict | None = None) -> torch.nn.Module:
@@ -147,7 +166,8 @@ def load_compact_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[
     path = Path(path)
     if not path.is_file():
         raise WeightsNotFoundError(
-            f"micro-CLIP weights file {path} does not exist; pass weights='shipped' for the bundled checkpoint, "
+            f"micro-CLIP weights file {path} does not exist; pass weights='shipped' (or 'v2') for the bundled "
+            "checkpoint, "
             "a path to a .safetensors file written by `python -m vlprompt.microclip.pretrain`, or None for random"
         )
     with safe_open(str(path), framework="pt") as f:
@@ -177,23 +197,47 @@ def load_compact_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[
     return state, meta
 
 
+def resolve_weights(weights: str | Path) -> tuple[str, Path]:
+    """``(name to record, file)`` of a micro-CLIP weights argument: ``"shipped"`` → ``("v2", …)`` (the default),
+    ``"v1"``/``"v2"`` → the bundled file of that name, anything else → a path (recorded as given).
+
+    Raises:
+        WeightsNotFoundError: ``"v1"`` asked for where its file is absent (an installed wheel: only v2 is in it).
+    """
+    name = DEFAULT_WEIGHTS if str(weights) == "shipped" else str(weights)
+    if name not in BUNDLED_WEIGHTS:
+        return name, Path(weights)
+    path = BUNDLED_WEIGHTS[name]
+    if name == "v1" and not path.is_file():
+        raise WeightsNotFoundError(
+            f"micro-CLIP v1 weights (pretrained='v1') are not in this installation: the vlprompt wheel ships only "
+            f"micro-CLIP v2 (the default), and {path} does not exist. v1 was the default before micro-CLIP v2; runs "
+            "and learners recorded with it need it. Get `src/vlprompt/microclip/weights/microclip.safetensors` from "
+            "a source checkout of vlprompt (or install from one: `pip install -e .`) and pass its path as "
+            "--pretrained PATH (create_backbone('microclip', PATH)), or copy it to the path above."
+        )
+    return name, path
+
+
 def build_microclip(weights: str | Path | None = "shipped") -> torch.nn.Module:
-    """Build micro-CLIP in eval mode with the shipped weights, a given compact safetensors file, or random ones.
+    """Build micro-CLIP in eval mode with the bundled weights, a given compact safetensors file, or random ones.
 
     Args:
-        weights: ``"shipped"`` (the checkpoint bundled with vlprompt), ``"v2"`` (the bundled micro-CLIP v2), a
-            path to a compact ``.safetensors`` file, or ``None`` for random initialisation.
+        weights: ``"shipped"`` (the default checkpoint: micro-CLIP v2), ``"v2"`` (micro-CLIP v2, ViT image tower),
+            ``"v1"`` (micro-CLIP v1, ResNet image tower: the default before v2; in a source checkout only, not in
+            the wheel), a path to a compact ``.safetensors`` file, or ``None`` for random (v1 architecture)
+            initialisation.
 
     Returns:
         An ``open_clip.model.CLIP`` in eval mode on the CPU.
 
     Raises:
-        WeightsNotFoundError: the file does not exist.
+        WeightsNotFoundError: the file does not exist (for ``"v1"`` in an install: says where to get it).
         ArtifactError: the file is not a micro-CLIP checkpoint or does not match the architecture.
     """
     if weights is None:
         return create_microclip_model().eval()
-    path = {"shipped": SHIPPED_WEIGHTS, "v2": SHIPPED_WEIGHTS_V2}.get(str(weights), Path(weights))
+    _, path = resolve_weights(weights)
     state, meta = load_compact_state(path)
     model = create_microclip_model(json.loads(meta["config"]))  # the architecture the file records (v1 or v2)
     try:

@@ -54,7 +54,9 @@ def add_backbone_args(p: argparse.ArgumentParser, default: str | None = "RN50") 
                         "for openai), a local checkpoint (TorchScript .pt, state dict .pt/.pth/.bin, .safetensors; "
                         "for QuickGELU weights in a state dict name the -quickgelu architecture, e.g. "
                         "RN50-quickgelu), or 'random' for seeded random weights on purpose; omitted: the paper's "
-                        "weights, 'openai' where the architecture has them (shipped weights for microclip); for hf: "
+                        "weights, 'openai' where the architecture has them (for microclip: the shipped micro-CLIP "
+                        "v2, also 'shipped' or 'v2'; 'v1' for the old ResNet micro-CLIP, source checkout only); for "
+                        "hf: "
                         "backbones, the local directory holding the model's files")
     g.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:N")
     g.add_argument("--precision", choices=PRECISIONS, default="fp32",

@@ -126,6 +126,14 @@ def check_backbone(meta: dict, backbone: Backbone, where: str) -> None:
     # compared only when both sides have it (folders of 0.1.0 lack it).
     if want.get("activation") and have.get("activation") and want["activation"] != have["activation"]:
         diffs.append(f"activation ({want['activation']} vs {have['activation']})")
+    if diffs and _old_default_microclip(want, have):
+        raise ArtifactError(
+            f"the prompt in '{where}' was trained on micro-CLIP v1, the default before micro-CLIP v2 (it recorded "
+            f"pretrained={want.get('pretrained')}, weights {want.get('fingerprint')}), but the backbone given is "
+            f"micro-CLIP {have['pretrained']} (weights {have['fingerprint']}); differing: {', '.join(diffs)}. Load it "
+            "with the v1 weights: --backbone microclip --pretrained v1 (create_backbone('microclip', 'v1')), or "
+            "without a backbone (it is rebuilt from learner.json)."
+        )
     if diffs == ["fingerprint"] and fingerprint_version(want.get("fingerprint")) == 0:
         threads = verify_legacy_fingerprint(want["fingerprint"], backbone)
         if threads is not None:
@@ -149,6 +157,13 @@ def check_backbone(meta: dict, backbone: Backbone, where: str) -> None:
             "context vectors only make sense in the embedding space they were trained in: load it with the same "
             "--backbone and --pretrained."
         )
+
+
+def _old_default_microclip(want: dict, have: dict) -> bool:
+    """``want`` recorded micro-CLIP's old default (v1, as ``pretrained`` ``None``/``"shipped"``) and ``have`` is the
+    bundled v2: a learner of the old default given the new one (see ``backbones.recorded_pretrained``)."""
+    return (want.get("name") == have["name"] == "microclip" and want.get("pretrained") in (None, "shipped")
+            and have["pretrained"] == "v2")
 
 
 def _as_loaded_model(backbone: Backbone) -> torch.nn.Module:

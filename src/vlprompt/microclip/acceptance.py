@@ -115,7 +115,9 @@ def format_table(table: dict[str, dict]) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Print the zero-shot table; exit status 1 if a thresholded check fails."""
     p = argparse.ArgumentParser(prog="python -m vlprompt.microclip.acceptance", description=__doc__.split("\n")[0])
-    p.add_argument("--weights", default="shipped", help="'shipped' or a compact micro-CLIP .safetensors file")
+    p.add_argument("--weights", default="v1",
+                   help="'v1' (micro-CLIP v1, the checkpoint this world-v1 table accepts) or a compact micro-CLIP "
+                        ".safetensors file; micro-CLIP v2 has its own: vlprompt.microclip.acceptance2")
     p.add_argument("--n-per-class", type=int, default=200, help="held-out images per class")
     p.add_argument("--seed", type=int, default=1, help="world seed of the held-out images (pretraining used 0)")
     p.add_argument("--threads", type=int, default=2, help="torch threads")
