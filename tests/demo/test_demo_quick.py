@@ -1,4 +1,5 @@
-"""`vlprompt demo --quick` produces all three output files from real run folders (on the shipped micro-CLIP)."""
+"""`vlprompt demo --quick --suite v1` produces all three output files from real run folders (world v1 on
+micro-CLIP v1, from the repository: the v2 default has test_demo_quick_v2.py)."""
 
 from __future__ import annotations
 
@@ -6,19 +7,24 @@ import json
 
 import pytest
 
+from vlprompt.backbones.microclip import WEIGHTS_V1
 from vlprompt.cli.main import main
-from vlprompt.microclip.model import SHIPPED_WEIGHTS
 
-pytestmark = pytest.mark.skipif(not SHIPPED_WEIGHTS.exists(), reason="micro-CLIP weights not shipped")
+pytestmark = pytest.mark.skipif(not WEIGHTS_V1.exists(), reason="micro-CLIP v1 weights not in this checkout")
+ARGV = ["demo", "--quick", "--suite", "v1", "--workers", "0"]
 
 
 def test_demo_quick_writes_report_results_and_curves(tmp_path, capsys):
     out = tmp_path / "demo"
-    assert main(["demo", "--quick", "--out", str(out), "--workers", "0", "--task-dir", str(tmp_path / "tasks")]) == 0
+    assert main([*ARGV, "--out", str(out), "--task-dir", str(tmp_path / "tasks")]) == 0
     report = (out / "report.md").read_text()
     results = json.loads((out / "results.json").read_text())
     assert (out / "fewshot_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert results["config"]["tasks"] == ["sizes", "shapes"] and results["config"]["seeds"] == [1]
+    # suite v1 runs on the v1 weights (the model pretrained on world v1), recorded by name in every run folder
+    assert results["config"]["suite"] == "v1" and results["config"]["weights"] == "v1"
+    zs_cfg = json.loads((out / "runs" / "sizes" / "zeroshot" / "config.json").read_text())
+    assert zs_cfg["backbone"]["name"] == "microclip" and zs_cfg["backbone"]["pretrained"] == "v1"
     # every task has zero-shot, three CoOp variants and the linear probe at both shot counts
     labels = {(r["dataset"], r["label"], r["shots"]) for r in results["rows"]}
     for task in ("sizes", "shapes"):
@@ -51,6 +57,6 @@ def test_demo_quick_writes_report_results_and_curves(tmp_path, capsys):
     zs = results["summary"]["tasks"]["sizes"]["zero_shot"]
     assert f"zero-shot {zs:.1f}" in report and "## Domain shift" in report
     # re-running resumes: nothing is retrained, the same numbers come out
-    assert main(["demo", "--quick", "--out", str(out), "--workers", "0", "--task-dir", str(tmp_path / "tasks")]) == 0
+    assert main([*ARGV, "--out", str(out), "--task-dir", str(tmp_path / "tasks")]) == 0
     again = json.loads((out / "results.json").read_text())
     assert again["rows"] == results["rows"]

@@ -1,5 +1,6 @@
-"""`vlprompt demo --quick --suite v2` on micro-CLIP v2: few-shot rows, the four shifted sets of the ImageNet-like
-source, a base-to-new table from the grid runner and the claim-by-claim section, all from real run folders."""
+"""`vlprompt demo --quick` (the default suite, v2) on micro-CLIP v2: few-shot rows, the four shifted sets of the
+ImageNet-like source, a base-to-new table from the grid runner and the claim-by-claim section, all from real run
+folders."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 
 import pytest
 
+from vlprompt.backbones import create_backbone
 from vlprompt.backbones.microclip import SHIPPED_WEIGHTS_V2
 from vlprompt.cli.main import main
 
@@ -15,10 +17,14 @@ pytestmark = pytest.mark.skipif(not SHIPPED_WEIGHTS_V2.exists(), reason="micro-C
 
 def test_demo_quick_v2_writes_every_protocol(tmp_path):
     out = tmp_path / "demo"
-    argv = ["demo", "--quick", "--suite", "v2", "--out", str(out), "--workers", "0", "--task-dir", str(tmp_path / "t")]
+    argv = ["demo", "--quick", "--out", str(out), "--workers", "0", "--task-dir", str(tmp_path / "t")]  # no --suite
     assert main(argv) == 0
     results = json.loads((out / "results.json").read_text())
     report = (out / "report.md").read_text()
+    assert results["config"]["suite"] == "v2" and results["config"]["weights"] == "v2"
+    zs_cfg = json.loads((out / "runs" / "thermal" / "zeroshot" / "config.json").read_text())
+    assert zs_cfg["backbone"]["pretrained"] == "v2" and zs_cfg["backbone"]["fingerprint"] == (
+        create_backbone("microclip", "v2").fingerprint)
     assert results["config"]["tasks"] == ["thermal", "objects"] and results["config"]["shift_source"] == "objects"
     assert set(results["domain_shift"]["CoOp M=16"]) == {"objects_sketch", "objects_cartoon", "objects_hard",
                                                           "objects_v2"}

@@ -16,10 +16,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tasks", default=None, help="comma-separated task names (default: all few-shot tasks)")
     p.add_argument("--workers", type=int, default=None, help="parallel worker processes (default: CPU count, ≤ 4)")
     p.add_argument("--task-dir", default=None, help="where task images are generated (default: the vlprompt cache)")
-    p.add_argument("--suite", default="v1", choices=("v1", "v2"),
-                   help="task suite: v1 (world v1) or v2 (world v2, 11 tasks + shifted sets + base-to-new; needs "
-                        "micro-CLIP v2 weights)")
-    p.add_argument("--weights", default=None, help="micro-CLIP weights file (default: the shipped checkpoint)")
+    p.add_argument("--suite", default="v2", choices=("v1", "v2"),
+                   help="task suite: v2 (default: world v2, 11 tasks + shifted sets + base-to-new, on the shipped "
+                        "micro-CLIP v2) or v1 (world v1 on micro-CLIP v1; from a source checkout, v1 is not in the "
+                        "wheel)")
+    p.add_argument("--weights", default=None,
+                   help="micro-CLIP weights: 'v2', 'v1' or a compact .safetensors file (default: the suite's, v2 "
+                        "for --suite v2, v1 for --suite v1)")
     p.set_defaults(func=run)
 
 

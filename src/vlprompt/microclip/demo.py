@@ -1,7 +1,8 @@
 """The offline demo: CoOp vs zero-shot CLIP vs the linear probe on the micro-CLIP task suite.
 
-Runs, on every few-shot task of :mod:`vlprompt.microclip.tasks` (real image folders + split files read by the same
-readers as real benchmarks): zero-shot CLIP with the task's hand-written template; CoOp with M = 16 random
+Runs, on every few-shot task of the suite (:mod:`vlprompt.microclip.demo_suite`: ``v2`` by default, world v2's
+tasks on the shipped micro-CLIP v2; ``v1``, world v1's on micro-CLIP v1; real image folders + split files read by
+the same readers as real benchmarks): zero-shot CLIP with the task's hand-written template; CoOp with M = 16 random
 context, M = 4 initialised from "a photo of a", and class-specific context (M = 16), each at 1/2/4/8/16 shots ×
 3 seeds with the official optimiser, schedule and epoch counts; the linear probe on the same few-shot subsets;
 the domain-shift pair (prompts learned on photos, evaluated on sketches, cartoons, blurry and noisy images); and
@@ -36,7 +37,7 @@ import numpy as np
 
 from vlprompt._io import atomic_write_json, atomic_write_text
 from vlprompt.engine.config import TrainConfig
-from vlprompt.errors import VLPromptError
+from vlprompt.errors import ConfigError, VLPromptError
 from vlprompt.runs.grid import BenchmarkConfig, Evaluation, Job
 
 _logger = logging.getLogger(__name__)
@@ -64,8 +65,10 @@ class DemoConfig:
         task_dir: where task images are generated (default: the tasks cache).
         epochs: override MAX_EPOCH (default: official counts per shot).
         domain_shift: evaluate the domain-shift pair.
-        suite: ``v1`` or ``v2`` (:mod:`vlprompt.microclip.demo_suite`).
-        weights: the micro-CLIP weights (``None``: the shipped checkpoint; a compact ``.safetensors`` path).
+        suite: ``v2`` (the default: world v2, micro-CLIP v2) or ``v1`` (world v1, micro-CLIP v1; source
+            checkout) (:mod:`vlprompt.microclip.demo_suite`).
+        weights: the micro-CLIP weights (``None``: the suite's bundled checkpoint, ``v2`` or ``v1``; a name or a
+            compact ``.safetensors`` path).
         base2new: tasks of the base-to-new protocol (16 shots; 4 with one seed and fewer than 16 shots, as
             ``quick``); ``None``: the suite's own (none in v1). See :mod:`vlprompt.microclip.demo_base2new`.
         base2new_methods: its methods; ``None``: every registered prompt learner that runs base-to-new (the deep
@@ -81,14 +84,14 @@ class DemoConfig:
     task_dir: str | None = None
     epochs: int | None = None
     domain_shift: bool = True
-    suite: str = "v1"
+    suite: str = "v2"
     weights: str | None = None
     base2new: tuple[str, ...] | None = None
     base2new_methods: tuple[str, ...] | None = None
     adapters: tuple[str, ...] | None = None
 
     @classmethod
-    def quick(cls, out: str = "demo", suite: str = "v1", weights: str | None = None) -> DemoConfig:
+    def quick(cls, out: str = "demo", suite: str = "v2", weights: str | None = None) -> DemoConfig:
         """One seed, two shot counts, two tasks (one that should gain, one that should tie) + domain shift; in v2
         also base-to-new (CoOp and zero-shot) on one task at 4 shots, and 10 epochs instead of the official 50–100 (the v2 domain-shift
         source has 64 classes: a smoke test, not the paper's recipe)."""
@@ -102,15 +105,57 @@ class DemoConfig:
 
 # --- jobs: grid jobs (vlprompt.runs.grid.Job) run by the grid runner (vlprompt.runs.grid_run.run_jobs) -------------
 def _settings(cfg: DemoConfig) -> BenchmarkConfig:
-    """The settings every demo run shares: micro-CLIP on the CPU, the test transform for training images, the
-    official epochs unless ``cfg.epochs``, the default feature cache; resume states at most once a minute (runs take
-    seconds: per-epoch states would only cost fsyncs)."""
+    """The settings every demo run shares: micro-CLIP (:func:`demo_weights`) on the CPU, the test transform for
+    training images, the official epochs unless ``cfg.epochs``, the default feature cache; resume states at most
+    once a minute (runs take seconds: per-epoch states would only cost fsyncs)."""
     return BenchmarkConfig(datasets=tuple(cfg.tasks), shots=tuple(cfg.shots), seeds=tuple(cfg.seeds),
                            methods=("zeroshot", "linear-probe", "coop"), out=str(Path(cfg.out) / "runs"),
-                           backbone="microclip", pretrained=cfg.weights or ("v2" if cfg.suite == "v2" else None),
+                           backbone="microclip", pretrained=demo_weights(cfg),
                            device="cpu",
                            train=TrainConfig(augment="none", flip=False, epochs=cfg.epochs),
                            cache_dir=None, state_every_seconds=60.0)
+
+
+def demo_weights(cfg: DemoConfig) -> str:
+    """The micro-CLIP weights of the demo's runs: ``cfg.weights``, else the suite's bundled checkpoint (``v2`` for
+    suite v2, ``v1`` for suite v1: each world with the model pretrained on it)."""
+    from vlprompt.microclip.demo_suite import get_suite
+
+    return cfg.weights or get_suite(cfg.suite).weights
+
+
+#: Which suite and weights a demo folder holds (written at the start, so that an interrupted demo is covered too).
+DEMO_SETTINGS = "demo.json"
+
+
+def check_out(cfg: DemoConfig) -> None:
+    """Record ``{"suite", "weights"}`` in ``<out>/demo.json``, or refuse a folder holding a demo of another suite or
+    weights: its finished runs would be skipped and reported as this demo's (v1 and v2 share task names such as
+    ``shapes``). A folder from before ``demo.json`` is read from its ``results.json``, whose ``"shipped"`` weights
+    were the suite's own (v1 for suite v1, v2 for suite v2).
+
+    Raises:
+        ConfigError: ``cfg.out`` holds a demo made with another suite or other weights.
+    """
+    from vlprompt.microclip.demo_suite import get_suite
+
+    out = Path(cfg.out)
+    want = {"suite": cfg.suite, "weights": demo_weights(cfg)}
+    have = None
+    if (out / DEMO_SETTINGS).is_file():
+        have = json.loads((out / DEMO_SETTINGS).read_text(encoding="utf-8"))
+    elif (out / "results.json").is_file():
+        old = json.loads((out / "results.json").read_text(encoding="utf-8"))["config"]
+        suite = old.get("suite", "v1")
+        weights = old.get("weights")
+        have = {"suite": suite, "weights": get_suite(suite).weights if weights in (None, "shipped") else weights}
+    if have is not None and have != want:
+        raise ConfigError(
+            f"--out '{out}' holds a demo of suite {have['suite']} on micro-CLIP weights {have['weights']}, not suite "
+            f"{want['suite']} on {want['weights']}; resuming would mix their runs in one report. Use another --out, "
+            f"or the same settings (--suite {have['suite']} --weights {have['weights']}).")
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / DEMO_SETTINGS, want)
 
 
 def _jobs(cfg: DemoConfig, split_files: dict[str, Path], runs: Path) -> list[Job]:
@@ -201,6 +246,7 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
     b2n = tuple(suite.base2new if cfg.base2new is None else cfg.base2new)
     out = Path(cfg.out)
     runs = out / "runs"
+    check_out(cfg)
     needed = set(cfg.tasks) | set(b2n)
     if cfg.domain_shift:
         needed |= {t for s in cfg.tasks for t in suite.domain_shift.get(s, ())}
@@ -211,7 +257,7 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
 
     quick = len(cfg.seeds) == 1 and max(cfg.shots) < 16  # base-to-new at 4 shots instead of 16
     b2n_jobs, b2n_methods = base2new_jobs(b2n, split_files, runs, seeds=cfg.seeds, shots=4 if quick else 16,
-                                          methods=cfg.base2new_methods, weights=cfg.weights)
+                                          methods=cfg.base2new_methods, weights=demo_weights(cfg))
     _execute(b2n_jobs, cfg, progress)
 
     rows = aggregate(r for r in collect_runs(runs) if r.dataset in cfg.tasks)
@@ -221,7 +267,7 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
     summary = _summary(rows, cfg)
     elapsed = time.perf_counter() - t0
     results = {
-        "config": {"suite": cfg.suite, "weights": cfg.weights or "shipped", "tasks": list(cfg.tasks),
+        "config": {"suite": cfg.suite, "weights": demo_weights(cfg), "tasks": list(cfg.tasks),
                    "shift_source": next(iter(suite.domain_shift)), "base2new_tasks": list(b2n),
                    "shots": list(cfg.shots), "seeds": list(cfg.seeds),
                    "variants": VARIANTS, "train": {"augment": "none", "flip": False, "epochs": cfg.epochs or "official"},

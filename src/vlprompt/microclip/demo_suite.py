@@ -1,5 +1,6 @@
-"""The task suites the demo can run: ``v1`` (world v1, the shipped ResNet micro-CLIP) and ``v2`` (world v2, the
-ViT micro-CLIP v2 of issue 14): their tasks, domain-shift sets, base-to-new tasks and ``--quick`` subsets."""
+"""The task suites the demo can run: ``v2`` (the default: world v2 and the shipped ViT micro-CLIP v2 of issue 14)
+and ``v1`` (world v1 and the ResNet micro-CLIP v1, from a source checkout): their tasks, domain-shift sets,
+base-to-new tasks, ``--quick`` subsets and the micro-CLIP weights each runs on."""
 
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ class Suite:
         write_task: ``write_task(name, cache_dir) -> split.json path``.
         quick_tasks: the few-shot tasks of ``--quick``.
         quick_base2new: the base-to-new tasks of ``--quick``.
+        weights: the bundled micro-CLIP its runs use unless ``--weights`` is given (``"v1"`` or ``"v2"``, the
+            checkpoint pretrained on that world).
     """
 
     name: str
@@ -33,6 +36,7 @@ class Suite:
     write_task: Callable[[str, str | None], Path]
     quick_tasks: tuple[str, ...]
     quick_base2new: tuple[str, ...]
+    weights: str
 
 
 def get_suite(name: str) -> Suite:
@@ -45,10 +49,10 @@ def get_suite(name: str) -> Suite:
         from vlprompt.microclip import tasks
 
         return Suite("v1", tasks.TASKS, tasks.FEWSHOT_TASKS, tasks.DOMAIN_SHIFT, (), tasks.write_task,
-                     ("sizes", "shapes"), ())  # fmt: skip
+                     ("sizes", "shapes"), (), "v1")  # fmt: skip
     if name == "v2":
         from vlprompt.microclip import tasks2
 
         return Suite("v2", tasks2.TASKS, tasks2.FEWSHOT_TASKS, tasks2.DOMAIN_SHIFT, tasks2.BASE2NEW_TASKS,
-                     tasks2.write_task, ("thermal", "objects"), ("aircraft",))  # fmt: skip
+                     tasks2.write_task, ("thermal", "objects"), ("aircraft",), "v2")  # fmt: skip
     raise ConfigError(f"unknown demo suite {name!r}; expected 'v1' (world v1) or 'v2' (world v2, micro-CLIP v2)")

@@ -1,0 +1,40 @@
+"""A demo folder holds one suite on one micro-CLIP: now that the default is suite v2 on micro-CLIP v2, re-running
+`vlprompt demo` into a folder of the old default (suite v1 on v1) is refused instead of skipping its finished
+runs — v1 and v2 share task names (``shapes``, ``positions``, …) — and reporting them as v2's."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from vlprompt.errors import ConfigError
+from vlprompt.microclip.demo import DEMO_SETTINGS, DemoConfig, check_out, run_demo
+
+
+def _old_results(out, **config):
+    out.mkdir(parents=True)
+    (out / "results.json").write_text(json.dumps({"config": config}))
+
+
+def test_a_folder_of_the_old_default_demo_is_refused_naming_both(tmp_path):
+    out = tmp_path / "demo"
+    _old_results(out, suite="v1", weights="shipped", tasks=["shapes"])  # as written while v1 was the default
+    with pytest.raises(ConfigError, match=r"holds a demo of suite v1 on micro-CLIP weights v1, not suite v2 on v2.*"
+                                          r"--suite v1 --weights v1"):
+        run_demo(DemoConfig(out=str(out), task_dir=str(tmp_path / "tasks")), progress=False)  # the new default
+    assert not (out / DEMO_SETTINGS).exists() and not (tmp_path / "tasks").exists()  # refused before any work
+    check_out(DemoConfig(out=str(out), suite="v1"))  # the same settings resume
+    assert json.loads((out / DEMO_SETTINGS).read_text()) == {"suite": "v1", "weights": "v1"}
+
+
+def test_old_suite_v2_results_ran_on_v2_and_demo_json_decides_after(tmp_path):
+    out = tmp_path / "demo"
+    _old_results(out, suite="v2", weights="shipped")  # `--suite v2` before the switch already used the v2 weights
+    check_out(DemoConfig(out=str(out)))
+    assert json.loads((out / DEMO_SETTINGS).read_text()) == {"suite": "v2", "weights": "v2"}
+    with pytest.raises(ConfigError, match="suite v2 on micro-CLIP weights v2, not suite v2 on /x.safetensors"):
+        check_out(DemoConfig(out=str(out), weights="/x.safetensors"))
+    fresh = tmp_path / "fresh"
+    check_out(DemoConfig(out=str(fresh), suite="v1"))
+    assert json.loads((fresh / DEMO_SETTINGS).read_text()) == {"suite": "v1", "weights": "v1"}
