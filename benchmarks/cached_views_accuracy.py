@@ -53,13 +53,13 @@ def main(argv: list[str] | None = None) -> int:
     seeds = [int(s) for s in a.seeds.split(",") if s]
     modes = ["online", f"cached:{a.k}", "none"]
     work = Path(a.work or tempfile.mkdtemp(prefix="vlprompt-cachedk-"))
-    bb = create_backbone("microclip", device="cpu")
+    bb = create_backbone("microclip", "v1", device="cpu")  # world v1's tasks: the model pretrained on world v1
     rows, zeroshot = [], {}
     t_start = time.perf_counter()
     for task in tasks:
         split = write_task(task, work / "tasks")
-        base = dict(dataset=f"split:{split}", backbone="microclip", device="cpu", cache_dir=str(work / "cache"),
-                    overwrite=True, state_every_seconds=3600.0)
+        base = dict(dataset=f"split:{split}", backbone="microclip", pretrained="v1", device="cpu",
+                    cache_dir=str(work / "cache"), overwrite=True, state_every_seconds=3600.0)
         zs = zeroshot_run(RunSpec(**base, out=str(work / "runs" / task / "zeroshot"), shots=None),
                           [TASKS[task].template], backbone=bb)  # also warms the test-feature cache
         zeroshot[task] = zs["accuracy"]

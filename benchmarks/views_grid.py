@@ -102,7 +102,7 @@ def run_job(meter: Meter, bb, phase: str, label: str, seed: int, a, work: Path, 
     """One ``train_run`` of ``label`` on ``seed`` in ``phase``; its row."""
     method, learner = METHODS[label]
     cache = work / ("cache-before" if phase == "before" else "cache-after")
-    spec = RunSpec(dataset=f"split:{split}", backbone="microclip", device="cpu", cache_dir=str(cache),
+    spec = RunSpec(dataset=f"split:{split}", backbone="microclip", pretrained="v1", device="cpu", cache_dir=str(cache),
                    overwrite=True, state_every_seconds=3600.0, shots=a.shots, seed=seed, method=method,
                    learner=learner, out=str(work / "runs" / phase.replace(", ", "-") / label.replace(" ", "_")
                                          / f"seed{seed}"),
@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     seeds = [int(s) for s in a.seeds.split(",") if s]
     work = Path(a.work or tempfile.mkdtemp(prefix="vlprompt-views-grid-"))
     split = write_task(a.task, work / "tasks")
-    bb = create_backbone("microclip", device="cpu")
+    bb = create_backbone("microclip", "v1", device="cpu")  # world v1's task: the model pretrained on world v1
     meter, rows, t_start = Meter(bb), [], time.perf_counter()
     jobs = [(label, seed) for seed in seeds for label in METHODS]
     for label, seed in jobs:  # the phases of a job back to back: the same machine load for all three
