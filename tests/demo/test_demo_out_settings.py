@@ -8,7 +8,8 @@ import json
 
 import pytest
 
-from vlprompt.errors import ConfigError
+from vlprompt.backbones import microclip as mc
+from vlprompt.errors import ConfigError, WeightsNotFoundError
 from vlprompt.microclip.demo import DEMO_SETTINGS, DemoConfig, check_out, run_demo
 
 
@@ -38,3 +39,20 @@ def test_old_suite_v2_results_ran_on_v2_and_demo_json_decides_after(tmp_path):
     fresh = tmp_path / "fresh"
     check_out(DemoConfig(out=str(fresh), suite="v1"))
     assert json.loads((fresh / DEMO_SETTINGS).read_text()) == {"suite": "v1", "weights": "v1"}
+
+
+def test_an_interrupted_old_default_demo_is_recognised_by_its_runs(tmp_path):
+    out = tmp_path / "demo"
+    run = out / "runs" / "shapes" / "zeroshot"
+    run.mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"backbone": {"name": "microclip", "pretrained": None}}))
+    with pytest.raises(ConfigError, match="holds a demo of suite v1 on micro-CLIP weights v1"):
+        check_out(DemoConfig(out=str(out)))
+    check_out(DemoConfig(out=str(out), suite="v1"))
+
+
+def test_suite_v1_without_the_v1_file_fails_up_front_saying_where_it_is(tmp_path, monkeypatch):
+    monkeypatch.setitem(mc.BUNDLED_WEIGHTS, "v1", tmp_path / "gone.safetensors")  # as in an installed wheel
+    with pytest.raises(WeightsNotFoundError, match="not in this installation.*from a source checkout"):
+        run_demo(DemoConfig(out=str(tmp_path / "demo"), suite="v1", task_dir=str(tmp_path / "tasks")), progress=False)
+    assert not (tmp_path / "demo").exists() and not (tmp_path / "tasks").exists()

@@ -132,7 +132,8 @@ def check_out(cfg: DemoConfig) -> None:
     """Record ``{"suite", "weights"}`` in ``<out>/demo.json``, or refuse a folder holding a demo of another suite or
     weights: its finished runs would be skipped and reported as this demo's (v1 and v2 share task names such as
     ``shapes``). A folder from before ``demo.json`` is read from its ``results.json``, whose ``"shipped"`` weights
-    were the suite's own (v1 for suite v1, v2 for suite v2).
+    were the suite's own (v1 for suite v1, v2 for suite v2), or, interrupted before it, from its zero-shot runs
+    (``pretrained`` ``None``: the old default, suite v1 on v1).
 
     Raises:
         ConfigError: ``cfg.out`` holds a demo made with another suite or other weights.
@@ -149,6 +150,8 @@ def check_out(cfg: DemoConfig) -> None:
         suite = old.get("suite", "v1")
         weights = old.get("weights")
         have = {"suite": suite, "weights": get_suite(suite).weights if weights in (None, "shipped") else weights}
+    elif any(_old_default_run(f) for f in out.glob("runs/*/zeroshot/config.json")):
+        have = {"suite": "v1", "weights": "v1"}  # an interrupted demo of the old default (v1 recorded as None)
     if have is not None and have != want:
         raise ConfigError(
             f"--out '{out}' holds a demo of suite {have['suite']} on micro-CLIP weights {have['weights']}, not suite "
@@ -156,6 +159,12 @@ def check_out(cfg: DemoConfig) -> None:
             f"or the same settings (--suite {have['suite']} --weights {have['weights']}).")
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / DEMO_SETTINGS, want)
+
+
+def _old_default_run(config_json: Path) -> bool:
+    """The run of ``config_json`` recorded micro-CLIP's old default (v1, as ``pretrained`` ``None``/``"shipped"``)."""
+    backbone = json.loads(config_json.read_text(encoding="utf-8")).get("backbone") or {}
+    return backbone.get("name") == "microclip" and backbone.get("pretrained") in (None, "shipped")
 
 
 def _jobs(cfg: DemoConfig, split_files: dict[str, Path], runs: Path) -> list[Job]:
@@ -246,6 +255,9 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
     b2n = tuple(suite.base2new if cfg.base2new is None else cfg.base2new)
     out = Path(cfg.out)
     runs = out / "runs"
+    from vlprompt.backbones.microclip import resolve_weights
+
+    resolve_weights(demo_weights(cfg))  # v1 in an installed wheel: WeightsNotFoundError saying where it is, up front
     check_out(cfg)
     needed = set(cfg.tasks) | set(b2n)
     if cfg.domain_shift:
