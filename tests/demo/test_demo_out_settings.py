@@ -56,3 +56,19 @@ def test_suite_v1_without_the_v1_file_fails_up_front_saying_where_it_is(tmp_path
     with pytest.raises(WeightsNotFoundError, match="not in this installation.*from a source checkout"):
         run_demo(DemoConfig(out=str(tmp_path / "demo"), suite="v1", task_dir=str(tmp_path / "tasks")), progress=False)
     assert not (tmp_path / "demo").exists() and not (tmp_path / "tasks").exists()
+
+
+def test_cli_defaults_suite_v2_and_quick_runs_in_this_process(monkeypatch):
+    from vlprompt.cli import main as cli_main
+    from vlprompt.microclip import demo
+
+    seen = []
+    monkeypatch.setattr(demo, "run_demo", lambda cfg, progress: seen.append(cfg) or {"seconds": 0.0, "summary": {
+        "tasks": {}}})
+    assert cli_main.main(["demo", "--quick", "--out", "x"]) == 0
+    assert cli_main.main(["demo", "--out", "y"]) == 0
+    assert cli_main.main(["demo", "--quick", "--workers", "2", "--suite", "v1", "--out", "z"]) == 0
+    quick, full, v1 = seen
+    assert (quick.suite, quick.workers, quick.tasks, quick.seeds) == ("v2", 0, ("thermal", "objects"), (1,))
+    assert full.suite == "v2" and full.workers == demo.default_workers() and full.seeds == (1, 2, 3)
+    assert (v1.suite, v1.workers, demo.demo_weights(v1)) == ("v1", 2, "v1")

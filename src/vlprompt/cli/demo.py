@@ -12,9 +12,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "a', CSC) and the linear probe at 1-16 shots x 3 seeds, and the domain-shift "
                                    "pair; write report.md, results.json and fewshot_curves.png into --out.")
     p.add_argument("--out", default="demo", help="output folder (default demo/); re-running resumes")
-    p.add_argument("--quick", action="store_true", help="one seed, two shot counts, two tasks (a smoke test)")
+    p.add_argument("--quick", action="store_true",
+                   help="one seed, two shot counts, two tasks (a smoke test; in this process unless --workers)")
     p.add_argument("--tasks", default=None, help="comma-separated task names (default: all few-shot tasks)")
-    p.add_argument("--workers", type=int, default=None, help="parallel worker processes (default: CPU count, ≤ 4)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="parallel worker processes (default: CPU count, ≤ 4; with --quick 0, this process)")
     p.add_argument("--task-dir", default=None, help="where task images are generated (default: the vlprompt cache)")
     p.add_argument("--suite", default="v2", choices=("v1", "v2"),
                    help="task suite: v2 (default: world v2, 11 tasks + shifted sets + base-to-new, on the shipped "
@@ -34,7 +36,9 @@ def run(args: argparse.Namespace) -> int:
            else DemoConfig(out=args.out, suite=args.suite, weights=args.weights))
     if args.tasks:
         cfg.tasks = tuple(t.strip() for t in args.tasks.split(",") if t.strip())
-    cfg.workers = default_workers() if args.workers is None else args.workers
+    # --quick's ~30 short runs: starting worker processes (torch import, backbone build, per grid stage) costs more
+    # than they save (v2 suite on the shared 2-core machine: 53 s in this process, 96 s with two workers).
+    cfg.workers = (0 if args.quick else default_workers()) if args.workers is None else args.workers
     cfg.task_dir = args.task_dir
     results = run_demo(cfg, progress=True)
     print(f"demo finished in {results['seconds'] / 60:.1f} min → {cfg.out}/report.md, results.json, fewshot_curves.png")
