@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     if args.tasks:
         cfg.tasks = tuple(t.strip() for t in args.tasks.split(",") if t.strip())
     # --quick's ~30 short runs: starting worker processes (torch import, backbone build, per grid stage) costs more
-    # than they save (v2 suite on the shared 2-core machine: 53 s in this process, 96 s with two workers).
+    # than they save (v2 suite on the shared 2-core machine: 53-58 s in this process, 96 s with two workers).
     cfg.workers = (0 if args.quick else default_workers()) if args.workers is None else args.workers
     cfg.task_dir = args.task_dir
     results = run_demo(cfg, progress=True)
