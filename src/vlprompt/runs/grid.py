@@ -273,7 +273,12 @@ class BenchmarkConfig:
     def settings(self) -> dict:
         """What must not change between the runs of one ``RUNS_DIR`` (recorded in ``benchmark.json``)."""
         train = {k: v for k, v in self.train.to_dict().items() if k not in ("num_workers", "eval_batch_size")}
-        return {"backbone": self.backbone, "pretrained": self.pretrained, "learner": dict(self.learner), "train": train}
+        pretrained = self.pretrained
+        if self.backbone == "microclip" and pretrained in (None, "shipped"):  # by name: a later default cannot
+            from vlprompt.backbones.microclip import DEFAULT_WEIGHTS  # change what the folder's runs were made on
+
+            pretrained = DEFAULT_WEIGHTS
+        return {"backbone": self.backbone, "pretrained": pretrained, "learner": dict(self.learner), "train": train}
 
     def grid(self) -> dict:
         """The grid itself (informational in ``benchmark.json``: a larger grid may extend a smaller one)."""

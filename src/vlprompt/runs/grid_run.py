@@ -75,6 +75,10 @@ def check_settings(cfg: BenchmarkConfig) -> None:
         if "format" not in recorded:
             have = _legacy_settings(have)
             grids.setdefault("fewshot", recorded.get("grid"))
+        if have.get("backbone") == "microclip" and have.get("pretrained") in (None, "shipped"):
+            from vlprompt.backbones.microclip import LEGACY_DEFAULT_WEIGHTS
+
+            have = {**have, "pretrained": LEGACY_DEFAULT_WEIGHTS}  # recorded while v1 was micro-CLIP's default
         diffs = _diff(have, want)
         if diffs:
             raise ConfigError(
