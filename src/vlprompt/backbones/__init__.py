@@ -124,9 +124,9 @@ def recorded_pretrained(ident: dict) -> str | None:
     records map to ``"v1"`` (never silently to v2: the weights fingerprint would then refuse them).
     """
     name, pretrained = str(ident.get("name", "")), ident.get("pretrained")
-    if name == "microclip" and pretrained in (None, "shipped"):
-        from vlprompt.backbones.microclip import LEGACY_DEFAULT_WEIGHTS
+    from vlprompt.backbones.microclip import LEGACY_DEFAULT_WEIGHTS, records_old_default
 
+    if records_old_default(name, pretrained):
         return LEGACY_DEFAULT_WEIGHTS
     if pretrained is None and name != "microclip" and not name.startswith(HF_PREFIX):
         from vlprompt.backbones.loading import is_architecture

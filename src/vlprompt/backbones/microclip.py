@@ -73,8 +73,14 @@ SHIPPED_WEIGHTS = SHIPPED_WEIGHTS_V2
 BUNDLED_WEIGHTS: dict[str, Path] = {"v1": WEIGHTS_V1, "v2": SHIPPED_WEIGHTS_V2}
 DEFAULT_WEIGHTS = "v2"
 #: What an artifact that recorded the old default (``pretrained`` ``None`` or ``"shipped"``, before micro-CLIP v2
-#: became the default) was built with.
+#: became the default) was built with (:func:`records_old_default`).
 LEGACY_DEFAULT_WEIGHTS = "v1"
+
+
+def records_old_default(name: object, pretrained: object) -> bool:
+    """A recorded backbone ``name``/``pretrained`` (``learner.json``, ``config.json``, ``benchmark.json``) that meant
+    micro-CLIP's old default, v1: ``None`` or ``"shipped"`` (new records name the weights, ``"v2"``/``"v1"``)."""
+    return name == "microclip" and pretrained in (None, "shipped")
 
 
 def create_microclip_model(config: dict | None = None) -> torch.nn.Module:
@@ -167,8 +173,8 @@ def load_compact_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[
     if not path.is_file():
         raise WeightsNotFoundError(
             f"micro-CLIP weights file {path} does not exist; pass weights='shipped' (or 'v2') for the bundled "
-            "checkpoint, "
-            "a path to a .safetensors file written by `python -m vlprompt.microclip.pretrain`, or None for random"
+            "checkpoint, a path to a .safetensors file written by `python -m vlprompt.microclip.pretrain`, or None "
+            "for random"
         )
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata() or {}

@@ -162,8 +162,10 @@ def check_backbone(meta: dict, backbone: Backbone, where: str) -> None:
 def _old_default_microclip(want: dict, have: dict) -> bool:
     """``want`` recorded micro-CLIP's old default (v1, as ``pretrained`` ``None``/``"shipped"``) and ``have`` is the
     bundled v2: a learner of the old default given the new one (see ``backbones.recorded_pretrained``)."""
-    return (want.get("name") == have["name"] == "microclip" and want.get("pretrained") in (None, "shipped")
-            and have["pretrained"] == "v2")
+    from vlprompt.backbones.microclip import DEFAULT_WEIGHTS, records_old_default
+
+    return (records_old_default(want.get("name"), want.get("pretrained")) and have["name"] == "microclip"
+            and have["pretrained"] == DEFAULT_WEIGHTS)
 
 
 def _as_loaded_model(backbone: Backbone) -> torch.nn.Module:

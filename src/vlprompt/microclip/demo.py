@@ -163,8 +163,10 @@ def check_out(cfg: DemoConfig) -> None:
 
 def _old_default_run(config_json: Path) -> bool:
     """The run of ``config_json`` recorded micro-CLIP's old default (v1, as ``pretrained`` ``None``/``"shipped"``)."""
+    from vlprompt.backbones.microclip import records_old_default
+
     backbone = json.loads(config_json.read_text(encoding="utf-8")).get("backbone") or {}
-    return backbone.get("name") == "microclip" and backbone.get("pretrained") in (None, "shipped")
+    return records_old_default(backbone.get("name"), backbone.get("pretrained"))
 
 
 def _jobs(cfg: DemoConfig, split_files: dict[str, Path], runs: Path) -> list[Job]:

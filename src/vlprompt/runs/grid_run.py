@@ -75,9 +75,9 @@ def check_settings(cfg: BenchmarkConfig) -> None:
         if "format" not in recorded:
             have = _legacy_settings(have)
             grids.setdefault("fewshot", recorded.get("grid"))
-        if have.get("backbone") == "microclip" and have.get("pretrained") in (None, "shipped"):
-            from vlprompt.backbones.microclip import LEGACY_DEFAULT_WEIGHTS
+        from vlprompt.backbones.microclip import LEGACY_DEFAULT_WEIGHTS, records_old_default
 
+        if records_old_default(have.get("backbone"), have.get("pretrained")):
             have = {**have, "pretrained": LEGACY_DEFAULT_WEIGHTS}  # recorded while v1 was micro-CLIP's default
         diffs = _diff(have, want)
         if diffs:
