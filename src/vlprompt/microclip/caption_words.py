@@ -9,7 +9,7 @@ pressure on the slow-to-learn shape features of a ViT (``V2_DIAGNOSIS.md``); a p
 image a gradient towards its shape word (named in 90% of captions) whatever else is in the batch. The targets come
 from the captions alone (the same text the contrastive loss sees), never from the world's hidden labels.
 
-Three forms (``PretrainConfig.word_form``): ``"sigmoid"`` — multi-label, one sigmoid cross-entropy per row, summed —;
+Six forms (``PretrainConfig.word_form``): ``"sigmoid"`` — multi-label, one sigmoid cross-entropy per row, summed —;
 ``"softmax-idf"``, SuperClass's own: one softmax over the rows against the caption's tokens weighted by their
 inverse document frequency (frequent words such as "a" or "photo" get almost no weight, the shape word a large
 share), IDF counted on the first :data:`IDF_CAPTIONS` captions of the training world; and ``"sigmoid-nouns"``,
