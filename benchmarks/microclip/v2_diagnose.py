@@ -194,7 +194,6 @@ def supervised_words(lr: float, warmup: int, steps: int, clip: float, batch: int
     tower + :class:`vlprompt.microclip.caption_words.CaptionWordHead` on one-object images' captions (world seed
     0); shape accuracy on seed 1 read off the head's logits of the 12 shape names' first BPE tokens."""
     from open_clip import tokenize
-    from open_clip.tokenizer import SimpleTokenizer
 
     from vlprompt.microclip import caption_words as cw
     from vlprompt.microclip.pretrain import vocabulary_token_ids
@@ -202,11 +201,10 @@ def supervised_words(lr: float, warmup: int, steps: int, clip: float, batch: int
     rows = vocabulary_token_ids(world2)
     remap = torch.zeros(49408, dtype=torch.int64)
     remap[rows] = torch.arange(len(rows))
-    tok = SimpleTokenizer()
-    shape_rows = remap[torch.tensor([tok.encode(n)[0] for n in world2.ATTRIBUTES["shape"]])]  # [12]
+    shape_rows = remap[torch.tensor([ids[0] for ids in cw.word_token_ids(world2.ATTRIBUTES["shape"])])]  # [12]
     label = form
-    if form == "sigmoid-objects":  # a proxy-only ablation: the sigmoid form over the object rows alone
-        weights, form = cw.object_mask(world2, rows), "sigmoid-nouns"  # (the nouns form's loss, another mask)
+    if form == "sigmoid-objects":  # a proxy-only ablation: the sigmoid loss masked to the object rows alone
+        weights, form = cw.object_mask(world2, rows), "sigmoid"  # word_loss("sigmoid", mask): the masked sigmoid
     else:
         weights = cw.row_weights(form, world2, 0, rows, lambda ids: remap[ids])  # IDF, noun/object mask or None
     torch.manual_seed(0)

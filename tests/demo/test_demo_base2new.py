@@ -62,7 +62,7 @@ def test_depths_beyond_the_towers_are_set_to_every_layer(deep):
 
 @pytest.mark.slow  # ~40 s on one thread: the aircraft task's images encoded by 5 methods (the prompted one uncached)
 def test_v2_base2new_table_lists_every_method_with_the_published_averages(deep, v2_weights, tmp_path):
-    from vlprompt.microclip.demo import DemoConfig, run_demo
+    from vlprompt.microclip.demo import VARIANTS, DemoConfig, run_demo
 
     cfg = DemoConfig(out=str(tmp_path / "demo"), tasks=("aircraft",), shots=(1,), seeds=(1,), workers=0,
                      task_dir=str(tmp_path / "tasks"), epochs=1, domain_shift=False, suite="v2",
@@ -83,6 +83,11 @@ def test_v2_base2new_table_lists_every_method_with_the_published_averages(deep, 
     assert cell["base"] == json.loads((deep_run / "metrics.json").read_text())["accuracy"]
     assert cell["new"] == json.loads((deep_run / "eval_new" / "metrics.json").read_text())["accuracy"]
 
+    # aircraft is a few-shot task too: its few-shot rows hold its few-shot runs only, not the base-to-new ones
+    zs = json.loads((tmp_path / "demo" / "runs" / "aircraft" / "zeroshot" / "metrics.json").read_text())["accuracy"]
+    assert results["summary"]["tasks"]["aircraft"]["zero_shot"] == zs
+    assert {(r["label"], r["shots"]) for r in results["rows"] if r["dataset"] == "aircraft"} == {
+        ("Zero-shot CLIP", None), ("Linear probe", 1), *((v, 1) for v in VARIANTS)}
     report = (tmp_path / "demo" / "report.md").read_text()
     coop = results["base2new"]["coop"]["aircraft"]
     assert (f"| CoOp | official | {coop['base']:.1f} | {coop['new']:.1f} | {coop['H']:.1f} | {coop['H']:.1f} | "

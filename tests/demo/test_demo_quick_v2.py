@@ -22,10 +22,12 @@ def test_demo_quick_v2_writes_every_protocol(tmp_path):
     results = json.loads((out / "results.json").read_text())
     report = (out / "report.md").read_text()
     assert results["config"]["suite"] == "v2" and results["config"]["weights"] == "v2"
-    zs_cfg = json.loads((out / "runs" / "thermal" / "zeroshot" / "config.json").read_text())
+    assert results["config"]["protocol"] == "quick" and "Protocol **quick**: MAX_EPOCH 10" in report
+    assert json.loads((out / "demo.json").read_text())["epochs"] == {"fewshot": 10, "base2new": 10}
+    zs_cfg = json.loads((out / "runs" / "scenes" / "zeroshot" / "config.json").read_text())
     assert zs_cfg["backbone"]["pretrained"] == "v2" and zs_cfg["backbone"]["fingerprint"] == (
         create_backbone("microclip", "v2").fingerprint)
-    assert results["config"]["tasks"] == ["thermal", "objects"] and results["config"]["shift_source"] == "objects"
+    assert results["config"]["tasks"] == ["scenes", "objects"] and results["config"]["shift_source"] == "objects"
     assert set(results["domain_shift"]["CoOp M=16"]) == {"objects_sketch", "objects_cartoon", "objects_hard",
                                                           "objects_v2"}
     b2n = results["base2new"]["coop"]["aircraft"]

@@ -9,11 +9,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``demo`` command."""
     p = sub.add_parser("demo", help="offline demo: CoOp vs zero-shot vs linear probe on the bundled micro-CLIP",
                        description="Generate the micro task suite, run zero-shot CLIP, CoOp (M=16, M=4 'a photo of "
-                                   "a', CSC) and the linear probe at 1-16 shots x 3 seeds, and the domain-shift "
-                                   "pair; write report.md, results.json and fewshot_curves.png into --out.")
+                                   "a', CSC), the linear probe and the feature-space adapters at 1-16 shots, the "
+                                   "domain-shift sets and base-to-new; write report.md, results.json and "
+                                   "fewshot_curves.png into --out.")
     p.add_argument("--out", default="demo", help="output folder (default demo/); re-running resumes")
     p.add_argument("--quick", action="store_true",
                    help="one seed, two shot counts, two tasks (a smoke test; in this process unless --workers)")
+    p.add_argument("--protocol", default="short", choices=("short", "paper"),
+                   help="short (default): one seed, 50 epochs at every shot count (CoOp's *_ep50 configs, the "
+                        "paper's ImageNet setting), base-to-new on two tasks; paper: the paper's protocol, 3 seeds, "
+                        "50/100/200 epochs by shots, base-to-new on every task with >= 20 classes (hours on 2 cores)")
     p.add_argument("--tasks", default=None, help="comma-separated task names (default: all few-shot tasks)")
     p.add_argument("--workers", type=int, default=None,
                    help="parallel worker processes (default: CPU count, ≤ 4; with --quick 0, this process)")
@@ -32,8 +37,12 @@ def run(args: argparse.Namespace) -> int:
     """Run ``vlprompt demo``."""
     from vlprompt.microclip.demo import DemoConfig, default_workers, run_demo
 
-    cfg = (DemoConfig.quick(args.out, args.suite, args.weights) if args.quick
-           else DemoConfig(out=args.out, suite=args.suite, weights=args.weights))
+    if args.quick:
+        cfg = DemoConfig.quick(args.out, args.suite, args.weights)
+    elif args.protocol == "short":
+        cfg = DemoConfig.short(args.out, args.suite, args.weights)
+    else:
+        cfg = DemoConfig(out=args.out, suite=args.suite, weights=args.weights)
     if args.tasks:
         cfg.tasks = tuple(t.strip() for t in args.tasks.split(",") if t.strip())
     # --quick's ~30 short runs: starting worker processes (torch import, backbone build, per grid stage) costs more

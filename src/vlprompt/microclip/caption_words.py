@@ -28,6 +28,9 @@ snapshot) and never part of the exported CLIP.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Iterable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -75,23 +78,32 @@ def caption_word_loss(head: CaptionWordHead, image_features: torch.Tensor, targe
     return F.binary_cross_entropy_with_logits(logits, targets, reduction="sum") / len(logits)
 
 
+@functools.lru_cache(maxsize=1)
+def clip_tokenizer():
+    """The real CLIP BPE tokenizer (:func:`vlprompt.backbones.clip_bpe.clip_bpe_tokenizer`), built once per process:
+    each build reads its vocabulary file."""
+    from vlprompt.backbones.clip_bpe import clip_bpe_tokenizer
+
+    return clip_bpe_tokenizer()
+
+
+def word_token_ids(words: Iterable[str]) -> list[list[int]]:
+    """The CLIP BPE ids of each of ``words`` (no SOS/EOS), in order."""
+    tok = clip_tokenizer()
+    return [tok.encode(w) for w in words]
+
+
 def noun_mask(world_module, row_ids: torch.Tensor) -> torch.Tensor:
     """``bool[K]``: the rows (token ids ``row_ids``, ``[K]``) that belong to a word of ``world_module.CAPTION_NOUNS``
     (every BPE token of it)."""
-    from open_clip.tokenizer import SimpleTokenizer
-
-    tok = SimpleTokenizer()
-    ids = sorted({t for w in world_module.CAPTION_NOUNS for t in tok.encode(w)})
+    ids = sorted({t for word in word_token_ids(world_module.CAPTION_NOUNS) for t in word})
     return torch.isin(row_ids, torch.tensor(ids, dtype=row_ids.dtype))
 
 
 def object_mask(world_module, row_ids: torch.Tensor) -> torch.Tensor:
     """``bool[K]``: the rows of the first BPE token of each of ``world_module.CAPTION_OBJECTS`` (one row per object
     noun; raises if two share a first token)."""
-    from open_clip.tokenizer import SimpleTokenizer
-
-    tok = SimpleTokenizer()
-    first = [tok.encode(w)[0] for w in world_module.CAPTION_OBJECTS]
+    first = [ids[0] for ids in word_token_ids(world_module.CAPTION_OBJECTS)]
     if len(set(first)) != len(first):
         raise ValueError(f"CAPTION_OBJECTS {world_module.CAPTION_OBJECTS}: two object nouns share a first BPE token")
     return torch.isin(row_ids, torch.tensor(first, dtype=row_ids.dtype))
@@ -108,36 +120,38 @@ def softmax_objects_loss(head: CaptionWordHead, image_features: torch.Tensor, ta
     return -(w * logp).sum(-1).mean()
 
 
-def row_weights(form: str, world_module, seed: int, row_ids: torch.Tensor, rows_of) -> torch.Tensor | None:
+#: The "<base>+objects" forms: the base form's loss plus ``object_weight`` × the object noun's softmax
+#: (:func:`softmax_objects_loss`).
+PLUS_OBJECTS = {"sigmoid+objects": "sigmoid", "nouns+objects": "sigmoid-nouns"}
+
+
+def row_weights(form: str, world_module, seed: int, row_ids: torch.Tensor, rows_of):
     """What form ``form`` needs besides the targets: the IDF weights (``"softmax-idf"``, ``float[K]``), the noun or
-    object mask (``"sigmoid-nouns"``, ``"softmax-objects"``, ``"sigmoid+objects"``: ``bool[K]``; ``"nouns+objects"``: both, ``bool[2, K]``) or nothing (``"sigmoid"``); ``rows_of(ids) -> rows`` maps token ids to
-    row indices, ``row_ids`` (``[K]``) is the inverse."""
+    object mask (``"sigmoid-nouns"``, ``"softmax-objects"``: ``bool[K]``), nothing (``"sigmoid"``: ``None``), or for
+    a ``"…+objects"`` form (:data:`PLUS_OBJECTS`) the pair ``(its base form's, the object mask)``; ``rows_of(ids) ->
+    rows`` maps token ids to row indices, ``row_ids`` (``[K]``) is the inverse."""
+    if form in PLUS_OBJECTS:
+        return (row_weights(PLUS_OBJECTS[form], world_module, seed, row_ids, rows_of),
+                object_mask(world_module, row_ids))  # fmt: skip
     if form == "softmax-idf":
         return idf_weights(world_module, seed, rows_of, len(row_ids))
-    if form in ("softmax-objects", "sigmoid+objects"):
+    if form == "softmax-objects":
         return object_mask(world_module, row_ids)
-    if form == "nouns+objects":  # [2, K]: the noun rows, the object rows
-        return torch.stack([noun_mask(world_module, row_ids), object_mask(world_module, row_ids)])
     return noun_mask(world_module, row_ids) if form == "sigmoid-nouns" else None
 
 
 def word_loss(form: str, head: CaptionWordHead, image_features: torch.Tensor, targets: torch.Tensor,
-              weights: torch.Tensor | None, object_weight: float = 1.0) -> torch.Tensor:  # fmt: skip
+              weights, object_weight: float = 1.0) -> torch.Tensor:  # fmt: skip
     """The caption-word loss of form ``form`` (``weights`` from :func:`row_weights`; ``object_weight``: the object
     term's weight in the ``"…+objects"`` forms), a scalar."""
+    if form in PLUS_OBJECTS:
+        base, objects = weights
+        return word_loss(PLUS_OBJECTS[form], head, image_features, targets, base) + object_weight * (
+            softmax_objects_loss(head, image_features, targets, objects))
     if form == "softmax-idf":
         return softmax_idf_loss(head, image_features, targets, weights)
     if form == "softmax-objects":
         return softmax_objects_loss(head, image_features, targets, weights)
-    if form == "nouns+objects":
-        nouns, objects = weights
-        return caption_word_loss(head, image_features, targets, nouns) + object_weight * softmax_objects_loss(
-            head, image_features, targets, objects
-        )
-    if form == "sigmoid+objects":
-        return caption_word_loss(head, image_features, targets) + object_weight * softmax_objects_loss(
-            head, image_features, targets, weights
-        )
     return caption_word_loss(head, image_features, targets, weights)
 
 

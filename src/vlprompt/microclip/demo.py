@@ -49,6 +49,8 @@ VARIANTS: dict[str, dict] = {
     "CoOp CSC M=16": {"n_ctx": 16, "csc": True},
 }
 ZERO_SHOT = "Zero-shot CLIP"
+#: MAX_EPOCH of the short protocol's few-shot runs: CoOp's ``*_ep50`` configs (its ImageNet setting, every shot count).
+SHORT_EPOCHS = 50
 LINEAR_PROBE = "Linear probe"
 
 
@@ -74,6 +76,10 @@ class DemoConfig:
         base2new_methods: its methods; ``None``: every registered prompt learner that runs base-to-new (the deep
             ones with depths that fit micro-CLIP v2) and zero-shot CLIP.
         adapters: feature-space adapters to run (first seed only); ``None``: every registered one.
+        base2new_epochs: whether ``epochs`` also overrides the base-to-new runs' (``True``: ``--quick``'s smoke test);
+            ``False``: each base-to-new method trains with its own official recipe (CoCoOp 10 epochs, IVLP 5, …).
+        protocol: the protocol's name in ``results.json`` and the report (``paper``, ``short``, ``quick``; the
+            dataclass defaults are the paper's).
     """
 
     out: str = "demo"
@@ -89,6 +95,8 @@ class DemoConfig:
     base2new: tuple[str, ...] | None = None
     base2new_methods: tuple[str, ...] | None = None
     adapters: tuple[str, ...] | None = None
+    base2new_epochs: bool = True
+    protocol: str = "paper"
 
     @classmethod
     def quick(cls, out: str = "demo", suite: str = "v2", weights: str | None = None) -> DemoConfig:
@@ -100,19 +108,35 @@ class DemoConfig:
         s = get_suite(suite)
         return cls(out=out, tasks=s.quick_tasks, shots=(1, 4), seeds=(1,), suite=suite, weights=weights,
                    base2new=s.quick_base2new, base2new_methods=("coop", "zeroshot"),
-                   epochs=10 if suite == "v2" else None, adapters=("tip-adapter",))
+                   epochs=10 if suite == "v2" else None, adapters=("tip-adapter",), protocol="quick")
+
+    @classmethod
+    def short(cls, out: str = "demo", suite: str = "v2", weights: str | None = None) -> DemoConfig:
+        """The bounded protocol ``vlprompt demo`` runs by default: the paper's whole few-shot grid (every task, 1–16
+        shots, the three CoOp variants, the linear probe, every adapter, the domain-shift sets) with **one seed**
+        instead of three and **50 epochs at every shot count** instead of 50/100/200 — CoOp's own ``*_ep50`` configs,
+        the setting the paper uses for ImageNet at every shot count — and base-to-new on the suite's
+        :attr:`~vlprompt.microclip.demo_suite.Suite.short_base2new` tasks with each method's own recipe.
+
+        Why: the paper's protocol on the v2 suite is about 175 CPU-minutes of CoOp training alone (measured step
+        times × steps; ~1.5 h wall on two cores), against the demo's 15-minute budget. ``--protocol paper`` runs it.
+        """
+        from vlprompt.microclip.demo_suite import get_suite
+
+        return cls(out=out, seeds=(1,), suite=suite, weights=weights, epochs=SHORT_EPOCHS,
+                   base2new=get_suite(suite).short_base2new, base2new_epochs=False, protocol="short")
 
 
 # --- jobs: grid jobs (vlprompt.runs.grid.Job) run by the grid runner (vlprompt.runs.grid_run.run_jobs) -------------
-def _settings(cfg: DemoConfig) -> BenchmarkConfig:
+def _settings(cfg: DemoConfig, epochs: int | None) -> BenchmarkConfig:
     """The settings every demo run shares: micro-CLIP (:func:`demo_weights`) on the CPU, the test transform for
-    training images, the official epochs unless ``cfg.epochs``, the default feature cache; resume states at most
-    once a minute (runs take seconds: per-epoch states would only cost fsyncs)."""
+    training images, ``epochs`` (``None``: each method's official epochs), the default feature cache; resume states
+    at most once a minute (runs take seconds: per-epoch states would only cost fsyncs)."""
     return BenchmarkConfig(datasets=tuple(cfg.tasks), shots=tuple(cfg.shots), seeds=tuple(cfg.seeds),
                            methods=("zeroshot", "linear-probe", "coop"), out=str(Path(cfg.out) / "runs"),
                            backbone="microclip", pretrained=demo_weights(cfg),
                            device="cpu",
-                           train=TrainConfig(augment="none", flip=False, epochs=cfg.epochs),
+                           train=TrainConfig(augment="none", flip=False, epochs=epochs),
                            cache_dir=None, state_every_seconds=60.0)
 
 
@@ -124,24 +148,25 @@ def demo_weights(cfg: DemoConfig) -> str:
     return cfg.weights or get_suite(cfg.suite).weights
 
 
-#: Which suite and weights a demo folder holds (written at the start, so that an interrupted demo is covered too).
+#: Which suite, weights and epochs a demo folder holds (written at the start, so that an interrupted demo is covered too).
 DEMO_SETTINGS = "demo.json"
 
 
 def check_out(cfg: DemoConfig) -> None:
-    """Record ``{"suite", "weights"}`` in ``<out>/demo.json``, or refuse a folder holding a demo of another suite or
-    weights: its finished runs would be skipped and reported as this demo's (v1 and v2 share task names such as
+    """Record ``{"suite", "weights", "epochs"}`` in ``<out>/demo.json``, or refuse a folder holding a demo of another
+    suite, weights or epochs (:func:`demo_epochs`; a ``demo.json`` from before it records none and is not checked for
+    them): its finished runs would be skipped and reported as this demo's (v1 and v2 share task names such as
     ``shapes``). A folder from before ``demo.json`` is read from its ``results.json``, whose ``"shipped"`` weights
     were the suite's own (v1 for suite v1, v2 for suite v2), or, interrupted before it, from its zero-shot runs
     (``pretrained`` ``None``: the old default, suite v1 on v1).
 
     Raises:
-        ConfigError: ``cfg.out`` holds a demo made with another suite or other weights.
+        ConfigError: ``cfg.out`` holds a demo made with another suite, other weights or other epochs.
     """
     from vlprompt.microclip.demo_suite import get_suite
 
     out = Path(cfg.out)
-    want = {"suite": cfg.suite, "weights": demo_weights(cfg)}
+    want = {"suite": cfg.suite, "weights": demo_weights(cfg), "epochs": demo_epochs(cfg)}
     have = None
     if (out / DEMO_SETTINGS).is_file():
         have = json.loads((out / DEMO_SETTINGS).read_text(encoding="utf-8"))
@@ -152,13 +177,30 @@ def check_out(cfg: DemoConfig) -> None:
         have = {"suite": suite, "weights": get_suite(suite).weights if weights in (None, "shipped") else weights}
     elif any(_old_default_run(f) for f in out.glob("runs/*/zeroshot/config.json")):
         have = {"suite": "v1", "weights": "v1"}  # an interrupted demo of the old default (v1 recorded as None)
-    if have is not None and have != want:
+    if have is not None and {k: have[k] for k in ("suite", "weights")} != {k: want[k] for k in ("suite", "weights")}:
         raise ConfigError(
             f"--out '{out}' holds a demo of suite {have['suite']} on micro-CLIP weights {have['weights']}, not suite "
             f"{want['suite']} on {want['weights']}; resuming would mix their runs in one report. Use another --out, "
             f"or the same settings (--suite {have['suite']} --weights {have['weights']}).")
+    if have is not None and "epochs" in have and have["epochs"] != want["epochs"]:
+        raise ConfigError(
+            f"--out '{out}' holds a demo trained with epochs {have['epochs']}, not {want['epochs']} (protocol "
+            f"{cfg.protocol}); its finished runs would be reported as this protocol's. Use another --out, or the "
+            "protocol that made it (--protocol short: 50 epochs; --protocol paper: official; --quick: 10).")
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / DEMO_SETTINGS, want)
+
+
+def part_epochs(cfg: DemoConfig) -> tuple[int | None, int | None]:
+    """``(few-shot, base-to-new)`` MAX_EPOCH overrides of the demo's two grids (``None``: each method's official)."""
+    return cfg.epochs, (cfg.epochs if cfg.base2new_epochs else None)
+
+
+def demo_epochs(cfg: DemoConfig) -> dict[str, int | str]:
+    """``{"fewshot", "base2new"}``: :func:`part_epochs` as recorded (``"official"`` for ``None``) in ``demo.json``,
+    since they change what a finished run folder holds, and in ``results.json``."""
+    fewshot, base2new = part_epochs(cfg)
+    return {"fewshot": fewshot or "official", "base2new": base2new or "official"}
 
 
 def _old_default_run(config_json: Path) -> bool:
@@ -234,13 +276,14 @@ def _shift(targets, split_files: dict[str, Path], runs: Path, run: Path | None) 
                  for t in targets)
 
 
-def _execute(jobs: list[Job], cfg: DemoConfig, progress: bool) -> None:
-    """Run the unfinished jobs through the grid runner; a failed run stops the demo with every failure named."""
+def _execute(jobs: list[Job], cfg: DemoConfig, progress: bool, epochs: int | None) -> None:
+    """Run the unfinished jobs through the grid runner with ``epochs`` (``None``: official); a failed run stops the
+    demo with every failure named."""
     from vlprompt.runs.grid_run import run_jobs
 
     # Longest first, so the pool's tail is short: 16-shot CoOp runs train longest.
     order = sorted(jobs, key=lambda j: -(j.shots or 0) * (j.method == "coop"))
-    summary = run_jobs(order, _settings(cfg), workers=cfg.workers, progress=progress, desc="demo runs")
+    summary = run_jobs(order, _settings(cfg, epochs), workers=cfg.workers, progress=progress, desc="demo runs")
     if summary.failed:
         raise VLPromptError("demo runs failed: " + "; ".join(f"{job} ({job.out}): {e}" for job, e in summary.failed))
 
@@ -266,25 +309,29 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
         needed |= {t for s in cfg.tasks for t in suite.domain_shift.get(s, ())}
     split_files = {name: suite.write_task(name, cfg.task_dir) for name in sorted(needed)}
     jobs = _jobs(cfg, split_files, runs)
-    _execute(jobs, cfg, progress)
+    fewshot_epochs, base2new_epochs = part_epochs(cfg)
+    _execute(jobs, cfg, progress, fewshot_epochs)
     from vlprompt.microclip.demo_base2new import base2new_jobs, base2new_table
 
     quick = len(cfg.seeds) == 1 and max(cfg.shots) < 16  # base-to-new at 4 shots instead of 16
     b2n_jobs, b2n_methods = base2new_jobs(b2n, split_files, runs, seeds=cfg.seeds, shots=4 if quick else 16,
                                           methods=cfg.base2new_methods, weights=demo_weights(cfg))
-    _execute(b2n_jobs, cfg, progress)
+    _execute(b2n_jobs, cfg, progress, base2new_epochs)
 
-    rows = aggregate(r for r in collect_runs(runs) if r.dataset in cfg.tasks)
+    # the few-shot runs only: a base-to-new task's base runs and their new-class evaluations (runs/<task>/base2new)
+    # bear the task's name too, and would enter its few-shot rows and averages
+    rows = aggregate(r for r in collect_runs(runs) if r.dataset in cfg.tasks and r.subsample == "all")
     out.mkdir(parents=True, exist_ok=True)
     png = plot_fewshot_curves(rows, out / "fewshot_curves.png")
     shift = _shift_table(jobs)
     summary = _summary(rows, cfg)
     elapsed = time.perf_counter() - t0
     results = {
-        "config": {"suite": cfg.suite, "weights": demo_weights(cfg), "tasks": list(cfg.tasks),
+        "config": {"suite": cfg.suite, "weights": demo_weights(cfg), "protocol": cfg.protocol, "tasks": list(cfg.tasks),
                    "shift_source": next(iter(suite.domain_shift)), "base2new_tasks": list(b2n),
                    "shots": list(cfg.shots), "seeds": list(cfg.seeds),
-                   "variants": VARIANTS, "train": {"augment": "none", "flip": False, "epochs": cfg.epochs or "official"},
+                   "variants": VARIANTS, "train": {"augment": "none", "flip": False, "epochs": cfg.epochs or "official",
+                                                 "base2new_epochs": demo_epochs(cfg)["base2new"]},
                    "characters": {t: suite.tasks[t].character for t in cfg.tasks}},
         "summary": summary,
         "domain_shift": shift,

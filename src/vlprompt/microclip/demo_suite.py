@@ -24,6 +24,9 @@ class Suite:
         write_task: ``write_task(name, cache_dir) -> split.json path``.
         quick_tasks: the few-shot tasks of ``--quick``.
         quick_base2new: the base-to-new tasks of ``--quick``.
+        short_base2new: the base-to-new tasks of the short protocol (``vlprompt demo``'s default): two of
+            ``base2new``, chosen by character (the fine-grained one and the scene one, as FGVC Aircraft and SUN397 in
+            CoCoOp's table) and by size (12–14 base classes: the base-to-new grid trains eight methods per task).
         weights: the bundled micro-CLIP its runs use unless ``--weights`` is given (``"v1"`` or ``"v2"``, the
             checkpoint pretrained on that world).
     """
@@ -37,6 +40,7 @@ class Suite:
     quick_tasks: tuple[str, ...]
     quick_base2new: tuple[str, ...]
     weights: str
+    short_base2new: tuple[str, ...] = ()
 
 
 def get_suite(name: str) -> Suite:
@@ -54,5 +58,5 @@ def get_suite(name: str) -> Suite:
         from vlprompt.microclip import tasks2
 
         return Suite("v2", tasks2.TASKS, tasks2.FEWSHOT_TASKS, tasks2.DOMAIN_SHIFT, tasks2.BASE2NEW_TASKS,
-                     tasks2.write_task, ("thermal", "objects"), ("aircraft",), "v2")  # fmt: skip
+                     tasks2.write_task, ("scenes", "objects"), ("aircraft",), "v2", ("aircraft", "scenes"))  # fmt: skip
     raise ConfigError(f"unknown demo suite {name!r}; expected 'v1' (world v1) or 'v2' (world v2, micro-CLIP v2)")

@@ -140,12 +140,8 @@ def lr_at(step: int, cfg: PretrainConfig) -> float:
 
 def vocabulary_token_ids(world_module=world) -> torch.Tensor:
     """Sorted ``LongTensor[K]``: SOS, EOS and every BPE id of the world's caption words (the trained rows)."""
-    from open_clip.tokenizer import SimpleTokenizer
-
-    tok = SimpleTokenizer()
-    ids = {tok.sot_token_id, tok.eot_token_id}
-    for w in world_module.caption_words():
-        ids.update(tok.encode(w))
+    tok = cw.clip_tokenizer()
+    ids = {tok.sot_token_id, tok.eot_token_id, *(t for word in cw.word_token_ids(world_module.caption_words()) for t in word)}
     return torch.tensor(sorted(ids), dtype=torch.int64)
 
 
