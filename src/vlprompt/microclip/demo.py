@@ -3,8 +3,10 @@
 Runs, on every few-shot task of the suite (:mod:`vlprompt.microclip.demo_suite`: ``v2`` by default, world v2's
 tasks on the shipped micro-CLIP v2; ``v1``, world v1's on micro-CLIP v1; real image folders + split files read by
 the same readers as real benchmarks): zero-shot CLIP with the task's hand-written template; CoOp with M = 16 random
-context, M = 4 initialised from "a photo of a", and class-specific context (M = 16), each at 1/2/4/8/16 shots ×
-3 seeds with the official optimiser, schedule and epoch counts; the linear probe on the same few-shot subsets;
+context, M = 4 initialised from "a photo of a", and class-specific context (M = 16), each at 1/2/4/8/16 shots with
+the official optimiser and schedule — × 3 seeds and 50/100/200 epochs under the paper's protocol
+(:class:`DemoConfig`'s defaults, ``--protocol paper``), one seed and 50 epochs under the short one
+(:meth:`DemoConfig.short`, ``vlprompt demo``'s default); the linear probe on the same few-shot subsets;
 the domain-shift pair (prompts learned on photos, evaluated on sketches, cartoons, blurry and noisy images); and
 every registered feature-space adapter (:mod:`vlprompt.adapters`: CLIP-Adapter, Tip-Adapter(-F), TaskRes, CLAP,
 LP++) on the same few-shot subsets at every shot count, with the first seed only (they fit in seconds, but six

@@ -139,7 +139,8 @@ def render_report(results: dict, rows) -> str:
         f"{', '.join(map(str, cfg['shots']))}; seeds: {', '.join(map(str, cfg['seeds']))}. CoOp variants: "
         f"{', '.join(cfg['variants'])}; official optimiser and schedule. {_protocol_text(cfg)} Training "
         "images go through the test transform (`--augment none`, no flip: crops and flips would destroy position and "
-        f"size labels on 64×64 images). Wall time {results['seconds'] / 60:.1f} min.",
+        f"size labels on 64×64 images). Wall time {results['seconds'] / 60:.1f} min (this invocation: a resumed demo "
+        "skips its finished runs).",
         "",
         "## What the numbers say",
         "",
