@@ -41,3 +41,18 @@ def test_the_report_states_the_protocol_and_how_short_departs_from_the_paper():
     assert "50/100/200 by shots, as the paper" in paper and "one seed" not in paper
     old = _protocol_text({"train": {"epochs": "official"}})  # a results.json from before protocols: the paper's
     assert old.startswith("Protocol **paper**")
+
+
+def test_tasks_rendered_in_two_processes_are_the_files_rendered_in_one(tmp_path):
+    import json
+
+    from vlprompt.microclip import tasks2
+
+    names = ["positions", "colours"]  # the two smallest v2 tasks
+    serial = demo.write_tasks(tasks2.write_task, names, str(tmp_path / "one"), processes=1)
+    pooled = demo.write_tasks(tasks2.write_task, names, str(tmp_path / "two"), processes=2)
+    assert list(pooled) == names and all(pooled[n].parent == tmp_path / "two" / "v2" / n for n in names)
+    for n in names:  # the manifest holds the SHA-256 of every image file and of the split
+        one = json.loads((serial[n].parent / "manifest.json").read_text())
+        two = json.loads((pooled[n].parent / "manifest.json").read_text())
+        assert one == two and one["content_sha256"]

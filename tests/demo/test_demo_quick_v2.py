@@ -36,5 +36,9 @@ def test_demo_quick_v2_writes_every_protocol(tmp_path):
     assert json.loads((base_run / "eval_new" / "metrics.json").read_text())["accuracy"] == b2n["new"]
     assert b2n["H"] == pytest.approx(2 * b2n["base"] * b2n["new"] / (b2n["base"] + b2n["new"]))
     assert "## Base-to-new generalization" in report and "## Claims of the paper on this suite" in report
+    from vlprompt.microclip.demo_report import render_report
+
+    # the report renders the same from results.json read back (its shot keys are strings there)
+    assert render_report(results, []).split("## All results")[0] == report.split("## All results")[0]
     zs = results["summary"]["tasks"]["Average"]["zero_shot"]
     assert f"| zero-shot average ≤ 85 | {zs:.1f} |" in report

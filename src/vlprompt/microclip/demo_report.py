@@ -129,8 +129,17 @@ def _protocol_text(cfg: dict) -> str:
     return text
 
 
+def _int_shots(results: dict) -> dict:
+    """``results`` with its summary's shot counts as ints: read back from ``results.json`` they are strings."""
+    tasks = {t: {**s, "shots": {int(k): v for k, v in s["shots"].items()}}
+             for t, s in results["summary"]["tasks"].items()}
+    return {**results, "summary": {**results["summary"], "tasks": tasks}}
+
+
 def render_report(results: dict, rows) -> str:
-    """The demo's ``report.md`` from ``results`` (see :func:`vlprompt.microclip.demo.run_demo`) and report rows."""
+    """The demo's ``report.md`` from ``results`` (see :func:`vlprompt.microclip.demo.run_demo`; as returned, or read
+    back from ``results.json``) and report rows."""
+    results = _int_shots(results)
     cfg = results["config"]
     lines = [
         "# vlprompt demo: CoOp on the micro-CLIP task suite",
