@@ -53,7 +53,7 @@ def test_an_interrupted_old_default_demo_is_recognised_by_its_runs(tmp_path):
     check_out(DemoConfig(out=str(out), suite="v1"))
 
 
-def test_a_folder_of_another_protocol_is_refused_and_an_old_demo_json_is_not_checked_for_epochs(tmp_path):
+def test_a_folder_of_another_protocol_is_refused_and_an_old_demo_json_reads_as_official_epochs(tmp_path):
     out = tmp_path / "demo"
     check_out(DemoConfig.short(str(out)))  # the CLI's default: 50 epochs, base-to-new with the methods' recipes
     assert json.loads((out / DEMO_SETTINGS).read_text())["epochs"] == {"fewshot": 50, "base2new": "official"}
@@ -62,7 +62,9 @@ def test_a_folder_of_another_protocol_is_refused_and_an_old_demo_json_is_not_che
         check_out(DemoConfig(out=str(out)))  # --protocol paper would report the 50-epoch runs as official ones
     with pytest.raises(ConfigError, match="protocol quick"):
         check_out(DemoConfig.quick(str(out)))
-    (out / DEMO_SETTINGS).write_text(json.dumps({"suite": "v2", "weights": "v2"}))  # written before epochs were
+    (out / DEMO_SETTINGS).write_text(json.dumps({"suite": "v2", "weights": "v2"}))  # written before epochs were:
+    with pytest.raises(ConfigError, match="protocol short"):  # the paper's 3-seed, 200-epoch runs of the old default
+        check_out(DemoConfig.short(str(out)))
     check_out(DemoConfig(out=str(out)))
     assert json.loads((out / DEMO_SETTINGS).read_text())["epochs"] == OFFICIAL
 

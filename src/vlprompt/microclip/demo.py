@@ -156,8 +156,8 @@ DEMO_SETTINGS = "demo.json"
 
 def check_out(cfg: DemoConfig) -> None:
     """Record ``{"suite", "weights", "epochs"}`` in ``<out>/demo.json``, or refuse a folder holding a demo of another
-    suite, weights or epochs (:func:`demo_epochs`; a ``demo.json`` from before it records none and is not checked for
-    them): its finished runs would be skipped and reported as this demo's (v1 and v2 share task names such as
+    suite, weights or epochs (:func:`demo_epochs`; a folder from before they were recorded is read as the official
+    epochs, which every demo but ``--quick`` trained with): its finished runs would be skipped and reported as this demo's (v1 and v2 share task names such as
     ``shapes``). A folder from before ``demo.json`` is read from its ``results.json``, whose ``"shipped"`` weights
     were the suite's own (v1 for suite v1, v2 for suite v2), or, interrupted before it, from its zero-shot runs
     (``pretrained`` ``None``: the old default, suite v1 on v1).
@@ -184,7 +184,9 @@ def check_out(cfg: DemoConfig) -> None:
             f"--out '{out}' holds a demo of suite {have['suite']} on micro-CLIP weights {have['weights']}, not suite "
             f"{want['suite']} on {want['weights']}; resuming would mix their runs in one report. Use another --out, "
             f"or the same settings (--suite {have['suite']} --weights {have['weights']}).")
-    if have is not None and "epochs" in have and have["epochs"] != want["epochs"]:
+    if have is not None:  # every demo before the epochs were recorded trained with the official ones (but --quick)
+        have.setdefault("epochs", {"fewshot": "official", "base2new": "official"})
+    if have is not None and have["epochs"] != want["epochs"]:
         raise ConfigError(
             f"--out '{out}' holds a demo trained with epochs {have['epochs']}, not {want['epochs']} (protocol "
             f"{cfg.protocol}); its finished runs would be reported as this protocol's. Use another --out, or the "
