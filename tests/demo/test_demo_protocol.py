@@ -47,10 +47,11 @@ def test_tasks_rendered_in_two_processes_are_the_files_rendered_in_one(tmp_path)
     import json
 
     from vlprompt.microclip import tasks2
+    from vlprompt.microclip.demo_suite import write_tasks
 
     names = ["positions", "colours"]  # the two smallest v2 tasks
-    serial = demo.write_tasks(tasks2.write_task, names, str(tmp_path / "one"), processes=1)
-    pooled = demo.write_tasks(tasks2.write_task, names, str(tmp_path / "two"), processes=2)
+    serial = write_tasks(tasks2.write_task, names, str(tmp_path / "one"), processes=1)
+    pooled = write_tasks(tasks2.write_task, names, str(tmp_path / "two"), processes=2)
     assert list(pooled) == names and all(pooled[n].parent == tmp_path / "two" / "v2" / n for n in names)
     for n in names:  # the manifest holds the SHA-256 of every image file and of the split
         one = json.loads((serial[n].parent / "manifest.json").read_text())

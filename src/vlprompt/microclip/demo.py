@@ -311,6 +311,8 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
     needed = set(cfg.tasks) | set(b2n)
     if cfg.domain_shift:
         needed |= {t for s in cfg.tasks for t in suite.domain_shift.get(s, ())}
+    from vlprompt.microclip.demo_suite import write_tasks
+
     split_files = write_tasks(suite.write_task, sorted(needed), cfg.task_dir, default_workers())
     jobs = _jobs(cfg, split_files, runs)
     fewshot_epochs, base2new_epochs = part_epochs(cfg)
@@ -383,21 +385,6 @@ def _summary(rows, cfg: DemoConfig) -> dict:
                                "variants": {v: a for a, v in coop}}
         out["tasks"][task] = {"zero_shot": zs.accuracy_mean, "shots": per_shot}
     return out
-
-
-def write_tasks(write_task, names: list[str], task_dir: str | None, processes: int) -> dict[str, Path]:
-    """``{name: split.json}`` of the suite's tasks ``names`` (``write_task(name, task_dir)``: rendered, or reused
-    when complete), in ``processes`` spawned processes when more than one: rendering is numpy drawing and PNG
-    encoding without torch (a process starts in well under a second), and each task renders into its own folder,
-    swapped in atomically; an image is a pure function of its seed and index, so the files do not depend on it."""
-    if processes <= 1 or len(names) <= 1:
-        return {name: write_task(name, task_dir) for name in names}
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
-
-    with ProcessPoolExecutor(min(processes, len(names)), mp_context=mp.get_context("spawn")) as pool:
-        futures = {name: pool.submit(write_task, name, task_dir) for name in names}
-        return {name: future.result() for name, future in futures.items()}
 
 
 def default_workers() -> int:

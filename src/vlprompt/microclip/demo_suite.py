@@ -1,6 +1,7 @@
 """The task suites the demo can run: ``v2`` (the default: world v2 and the shipped ViT micro-CLIP v2 of issue 14)
 and ``v1`` (world v1 and the ResNet micro-CLIP v1, from a source checkout): their tasks, domain-shift sets,
-base-to-new tasks, ``--quick`` subsets and the micro-CLIP weights each runs on."""
+base-to-new tasks, ``--quick`` subsets and the micro-CLIP weights each runs on; and :func:`write_tasks`, which renders
+a suite's tasks."""
 
 from __future__ import annotations
 
@@ -60,3 +61,18 @@ def get_suite(name: str) -> Suite:
         return Suite("v2", tasks2.TASKS, tasks2.FEWSHOT_TASKS, tasks2.DOMAIN_SHIFT, tasks2.BASE2NEW_TASKS,
                      tasks2.write_task, ("scenes", "objects"), ("aircraft",), "v2", ("aircraft", "scenes"))  # fmt: skip
     raise ConfigError(f"unknown demo suite {name!r}; expected 'v1' (world v1) or 'v2' (world v2, micro-CLIP v2)")
+
+
+def write_tasks(write_task, names: list[str], task_dir: str | None, processes: int) -> dict[str, Path]:
+    """``{name: split.json}`` of the suite's tasks ``names`` (``write_task(name, task_dir)``: rendered, or reused
+    when complete), in ``processes`` spawned processes when more than one: rendering is numpy drawing and PNG
+    encoding without torch (a process starts in well under a second), and each task renders into its own folder,
+    swapped in atomically; an image is a pure function of its seed and index, so the files do not depend on it."""
+    if processes <= 1 or len(names) <= 1:
+        return {name: write_task(name, task_dir) for name in names}
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(min(processes, len(names)), mp_context=mp.get_context("spawn")) as pool:
+        futures = {name: pool.submit(write_task, name, task_dir) for name in names}
+        return {name: future.result() for name, future in futures.items()}
