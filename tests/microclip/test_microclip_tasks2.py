@@ -9,11 +9,20 @@ import pytest
 
 from vlprompt.errors import ConfigError
 from vlprompt.microclip import tasks2, world2
+from vlprompt.microclip.caption_words import word_token_ids
 
 COOP_DATASETS = {"ImageNet", "Caltech101", "OxfordPets", "StanfordCars", "Flowers102", "FGVCAircraft", "Food101",
                  "DTD", "SUN397", "EuroSAT", "UCF101"}
 CLASS_COUNTS = {"objects": 64, "shapes": 12, "colour_shapes": 32, "size_shapes": 24, "shades": 24, "aircraft": 24,
                 "colours": 8, "textures": 8, "scenes": 28, "thermal": 10, "positions": 5}
+
+
+def test_specialist_task_names_its_classes_in_words_the_model_never_read():
+    spec = tasks2.TASKS["thermal"]
+    assert spec.mirrors == "EuroSAT" and spec.names[:3] == ("orbicular", "quadrate", "deltoid")
+    assert [v["shape"] for v in spec.class_values()][:3] == ["circle", "square", "triangle"]  # what is drawn
+    with pytest.raises(ValueError, match="2 names for 10 classes"):
+        dataclasses.replace(spec, names=("a", "b"))
 
 
 def test_suite_mirrors_the_eleven_datasets_with_the_issue_class_counts():
@@ -22,12 +31,17 @@ def test_suite_mirrors_the_eleven_datasets_with_the_issue_class_counts():
     assert max(CLASS_COUNTS.values()) >= 50 and len(tasks2.BASE2NEW_TASKS) >= 4
     assert tasks2.DOMAIN_SHIFT == {"objects": ("objects_sketch", "objects_cartoon", "objects_hard", "objects_v2")}
     words = world2.caption_words()
+    caption_tokens = {t for ids in word_token_ids(sorted(words)) for t in ids}
     for name, spec in tasks2.TASKS.items():
         names = spec.classnames
         assert len(set(names)) == len(names), name
         assert spec.character and spec.zero_shot, name
-        for text in (spec.template.format(c) for c in names):  # prompts use trained words only
+        # prompts use trained words only; the specialist task's names use no token the captions ever use
+        plain = [] if spec.names else names
+        for text in (spec.template.format(c) for c in [*plain, ""]):
             assert set(text.replace(".", " . ").split()) <= words, (name, text)
+        if spec.names:
+            assert not set(t for n in names for t in word_token_ids([n])[0]) & caption_tokens, name
     assert tasks2.TASKS["scenes"].classnames[:2] == ["circle and square", "circle and triangle"]
     assert [n for n in tasks2.FEWSHOT_TASKS if not tasks2.TASKS[n].flip_ok] == ["positions"]
 
