@@ -88,7 +88,7 @@ def test_cli_defaults_suite_v2_and_quick_runs_in_this_process(monkeypatch):
     assert cli_main.main(["demo", "--quick", "--workers", "2", "--suite", "v1", "--out", "z"]) == 0
     assert cli_main.main(["demo", "--protocol", "paper", "--out", "p"]) == 0
     quick, short, v1, paper = seen
-    assert (quick.suite, quick.workers, quick.tasks, quick.seeds) == ("v2", 0, ("scenes", "objects"), (1,))
+    assert (quick.suite, quick.workers, quick.tasks, quick.seeds) == ("v2", 0, ("thermal", "objects"), (1,))
     assert (short.suite, short.protocol, short.seeds, short.epochs, short.base2new, short.base2new_epochs) == (
         "v2", "short", (1,), 50, ("aircraft", "scenes"), False)
     assert short.tasks is None and short.shots == (1, 2, 4, 8, 16) and short.adapters is None and short.domain_shift

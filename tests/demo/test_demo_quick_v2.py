@@ -24,14 +24,14 @@ def test_demo_quick_v2_writes_every_protocol(tmp_path):
     assert results["config"]["suite"] == "v2" and results["config"]["weights"] == "v2"
     assert results["config"]["protocol"] == "quick" and "Protocol **quick**: MAX_EPOCH 10" in report
     assert json.loads((out / "demo.json").read_text())["epochs"] == {"fewshot": 10, "base2new": 10}
-    zs_cfg = json.loads((out / "runs" / "scenes" / "zeroshot" / "config.json").read_text())
+    zs_cfg = json.loads((out / "runs" / "thermal" / "zeroshot" / "config.json").read_text())
     assert zs_cfg["backbone"]["pretrained"] == "v2" and zs_cfg["backbone"]["fingerprint"] == (
         create_backbone("microclip", "v2").fingerprint)
-    assert results["config"]["tasks"] == ["scenes", "objects"] and results["config"]["shift_source"] == "objects"
+    assert results["config"]["tasks"] == ["thermal", "objects"] and results["config"]["shift_source"] == "objects"
     assert set(results["domain_shift"]["CoOp M=16"]) == {"objects_sketch", "objects_cartoon", "objects_hard",
                                                           "objects_v2"}
-    b2n = results["base2new"]["coop"]["aircraft"]
-    base_run = out / "runs" / "aircraft" / "base2new" / "aircraft" / "coop" / "4shots" / "seed1"  # bb418ae
+    b2n = results["base2new"]["coop"]["objects"]
+    base_run = out / "runs" / "objects" / "base2new" / "objects" / "coop" / "4shots" / "seed1"  # bb418ae
     assert json.loads((base_run / "metrics.json").read_text())["accuracy"] == b2n["base"]
     assert json.loads((base_run / "eval_new" / "metrics.json").read_text())["accuracy"] == b2n["new"]
     assert b2n["H"] == pytest.approx(2 * b2n["base"] * b2n["new"] / (b2n["base"] + b2n["new"]))

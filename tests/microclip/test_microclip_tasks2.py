@@ -58,7 +58,8 @@ def test_write_task_labels_shifted_sets_and_cache_key(tmp_path, monkeypatch):
     split = json.loads(src.read_text())
     assert [len(split[p]) for p in ("train", "val", "test")] == [128, 64, 128]
     tgt = json.loads(tasks2.write_task("objects_hard", tmp_path).read_text())
-    for part in ("train", "val"):  # the shifted set shares the source's train/val images
+    assert [len(tgt[p]) for p in ("train", "val", "test")] == [128, 64, 128]  # _small gave it train/val images
+    for part in ("train", "val"):  # which are the source's
         assert [(src.parent / r).read_bytes() for r, _, _ in split[part][:4]] == [
             (tmp_path / "v2" / "objects_hard" / r).read_bytes() for r, _, _ in tgt[part][:4]]
     assert (src.parent / split["test"][0][0]).read_bytes() != (
@@ -70,6 +71,12 @@ def test_write_task_labels_shifted_sets_and_cache_key(tmp_path, monkeypatch):
     monkeypatch.setattr(world2, "world_fingerprint", lambda: "v2-another-renderer")
     tasks2.write_task("objects", tmp_path)  # a new renderer invalidates the cache
     assert json.loads((src.parent / "manifest.json").read_text())["world"] == "v2-another-renderer"
+
+
+def test_shifted_sets_are_test_sets():
+    for name in tasks2.DOMAIN_SHIFT["objects"]:
+        spec = tasks2.TASKS[name]
+        assert (spec.n_train, spec.n_val, spec.n_test) == (0, 0, tasks2.TASKS["objects"].n_test), name
 
 
 def test_scene_and_colour_classes_render_what_they_name(monkeypatch):

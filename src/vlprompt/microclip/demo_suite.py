@@ -23,8 +23,9 @@ class Suite:
         domain_shift: source task → its shifted test sets.
         base2new: tasks with enough classes (≥ 20) for the base-to-new protocol.
         write_task: ``write_task(name, cache_dir) -> split.json path``.
-        quick_tasks: the few-shot tasks of ``--quick``.
-        quick_base2new: the base-to-new tasks of ``--quick``.
+        quick_tasks: the few-shot tasks of ``--quick`` (v2: ``thermal``, which gains, and ``objects``, which ties and
+            is the domain-generalization source: the fewest images to render and encode that cover every protocol).
+        quick_base2new: the base-to-new tasks of ``--quick`` (v2: ``objects``, already rendered for the few-shot part).
         short_base2new: the base-to-new tasks of the short protocol (``vlprompt demo``'s default): two of
             ``base2new``, chosen by character (the fine-grained one and the scene one, as FGVC Aircraft and SUN397 in
             CoCoOp's table) and by size (12–14 base classes: the base-to-new grid trains eight methods per task).
@@ -59,7 +60,7 @@ def get_suite(name: str) -> Suite:
         from vlprompt.microclip import tasks2
 
         return Suite("v2", tasks2.TASKS, tasks2.FEWSHOT_TASKS, tasks2.DOMAIN_SHIFT, tasks2.BASE2NEW_TASKS,
-                     tasks2.write_task, ("scenes", "objects"), ("aircraft",), "v2", ("aircraft", "scenes"))  # fmt: skip
+                     tasks2.write_task, ("thermal", "objects"), ("objects",), "v2", ("aircraft", "scenes"))  # fmt: skip
     raise ConfigError(f"unknown demo suite {name!r}; expected 'v1' (world v1) or 'v2' (world v2, micro-CLIP v2)")
 
 

@@ -59,7 +59,8 @@ class TaskSpec2:
         character: what the task is meant to show.
         zero_shot: why its zero-shot accuracy is what it is.
         flip_ok: whether a horizontal flip keeps the labels (training uses the test transform anyway).
-        shift_source: for a shifted test set, the task whose learned prompt is evaluated on it.
+        shift_source: for a shifted test set (test images only: ``n_train = n_val = 0``), the task whose learned prompt
+            is evaluated on it.
         names: class names in label order, where the task's vocabulary is not the world's attribute words (the
             specialist task: technical terms that the pretraining captions never use); empty: the attribute words.
     """
@@ -113,6 +114,9 @@ def _t(*pairs) -> tuple:
 
 _OBJECTS = dict(mirrors="ImageNet", classes=_t(("texture", " ".join(world2.ATTRIBUTES["texture"])),
                                                ("shape", " ".join(_SHAPES8))), template="a photo of a {}.")  # fmt: skip
+#: A shifted test set of ``objects``: test images only, as ImageNet-Sketch, -R, -A and V2 are test sets (a prompt learned
+#: on the source's few-shot images is evaluated on them).
+_SHIFTED = dict(shift_source="objects", n_train=0, n_val=0)
 _OBJ_CHAR = "generic objects, many classes (64 = 8 textures × 8 shapes); domain-generalization source"
 TASKS: dict[str, TaskSpec2] = {
     "objects": TaskSpec2(**_OBJECTS, character=_OBJ_CHAR, n_test=25, zero_shot=(
@@ -160,16 +164,16 @@ TASKS: dict[str, TaskSpec2] = {
                            "position phrases are in 45% of single-object captions", flip_ok=False),
     "objects_sketch": TaskSpec2(**_OBJECTS, character="ImageNet-Sketch: the source classes as pencil sketches",
                                 zero_shot="sketches are 12% of pretraining and have no colour", n_test=25,
-                                test_fixed=_t(("style", "sketch")), shift_source="objects"),
+                                test_fixed=_t(("style", "sketch")), **_SHIFTED),
     "objects_cartoon": TaskSpec2(**_OBJECTS, character="ImageNet-R: the source classes as cartoons",
                                  zero_shot="cartoons are 13% of pretraining", n_test=25,
-                                 test_fixed=_t(("style", "cartoon")), shift_source="objects"),
+                                 test_fixed=_t(("style", "cartoon")), **_SHIFTED),
     "objects_hard": TaskSpec2(**_OBJECTS, character="ImageNet-A: small objects on cluttered backgrounds",
                               zero_shot="small objects show few texture periods among distractors", n_test=25,
-                              test_fixed=_t(("size", "small"), ("background", "cluttered")), shift_source="objects"),
+                              test_fixed=_t(("size", "small"), ("background", "cluttered")), **_SHIFTED),
     "objects_v2": TaskSpec2(**_OBJECTS, character="ImageNetV2: re-sampled, backgrounds dark or gradient only",
                             zero_shot="the same classes, a slightly different nuisance distribution", n_test=25,
-                            test_fixed=_t(("background", "dark gradient")), shift_source="objects"),
+                            test_fixed=_t(("background", "dark gradient")), **_SHIFTED),
 }  # fmt: skip
 FEWSHOT_TASKS: tuple[str, ...] = tuple(n for n, t in TASKS.items() if t.shift_source is None)
 DOMAIN_SHIFT: dict[str, tuple[str, ...]] = {"objects": tuple(n for n, t in TASKS.items() if t.shift_source)}
@@ -197,7 +201,7 @@ def class_images(name: str, label: int, part: str, count: int, seed: int = 0):
     spec = TASKS[name]
     cvals = spec.class_values()[label]
     extra = dict(spec.fixed) | (dict(spec.test_fixed) if part == "test" else {})
-    # a shifted test set shares its source's train/val images; its test images are its own
+    # a shifted test set's train/val images, where it has any, are its source's; its test images are its own
     wseed = _world_seed(name if part == "test" else (spec.shift_source or name), seed, part)
     out = np.empty((count, world2.IMAGE_SIZE, world2.IMAGE_SIZE, 3), np.uint8)
     for j in range(count):
