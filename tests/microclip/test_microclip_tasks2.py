@@ -41,7 +41,7 @@ def test_suite_mirrors_the_eleven_datasets_with_the_issue_class_counts():
         for text in (spec.template.format(c) for c in [*plain, ""]):
             assert set(text.replace(".", " . ").split()) <= words, (name, text)
         if spec.names:
-            assert not set(t for n in names for t in word_token_ids([n])[0]) & caption_tokens, name
+            assert not {t for ids in word_token_ids(names) for t in ids} & caption_tokens, name
     assert tasks2.TASKS["scenes"].classnames[:2] == ["circle and square", "circle and triangle"]
     assert [n for n in tasks2.FEWSHOT_TASKS if not tasks2.TASKS[n].flip_ok] == ["positions"]
 

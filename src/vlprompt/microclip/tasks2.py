@@ -4,12 +4,13 @@ CoOp's 11 datasets, and four shifted test sets of the ImageNet-like task for dom
 Headroom comes from task design, never from weakening the model: names that are rare in the pretraining captions
 (shade words are 20% of colour mentions), a specialist domain (``thermal``: 3% of images, its classes named by
 technical shape terms that no caption uses, as EuroSAT's imagery and land-use terms are rare in CLIP's captions),
-near-identical classes, templates that fit the captions only roughly, compositions of several objects. Each :class:`TaskSpec2` records the CoOp dataset it
-mirrors, its character, why its zero-shot accuracy is what it is, and whether the official augmentation (random
-resized crop, scale 0.08–1, and horizontal flip) keeps its labels: on these 64×64 images about a quarter of the
-official crops keep less than half of the object (:data:`AUGMENT_NOTE`), and crops rescale and move objects (size
-and position labels), so the demo trains every task through the test transform (``augment="none"``); flipping
-alone would be harmless except for ``positions`` (left ↔ right), where ``flip_ok`` is False.
+near-identical classes, templates that fit the captions only roughly, compositions of several objects. Each
+:class:`TaskSpec2` records the CoOp dataset it mirrors, its character, why its zero-shot accuracy is what it is, and
+whether the official augmentation (random resized crop, scale 0.08–1, and horizontal flip) keeps its labels: on
+these 64×64 images about a quarter of the official crops keep less than half of the object (:data:`AUGMENT_NOTE`),
+and crops rescale and move objects (size and position labels), so the demo trains every task through the test
+transform (``augment="none"``); flipping alone would be harmless except for ``positions`` (left ↔ right), where
+``flip_ok`` is False.
 
 Tasks are written as in v1 (:func:`vlprompt.microclip.tasks.write_cached`: ``split_zhou`` files, manifest keyed by
 :func:`vlprompt.microclip.world2.world_fingerprint`), under ``<cache>/v2/<name>``. Image ``j`` of class ``c`` in
@@ -114,8 +115,8 @@ def _t(*pairs) -> tuple:
 
 _OBJECTS = dict(mirrors="ImageNet", classes=_t(("texture", " ".join(world2.ATTRIBUTES["texture"])),
                                                ("shape", " ".join(_SHAPES8))), template="a photo of a {}.")  # fmt: skip
-#: A shifted test set of ``objects``: test images only, as ImageNet-Sketch, -R, -A and V2 are test sets (a prompt learned
-#: on the source's few-shot images is evaluated on them).
+#: A shifted test set of ``objects``: test images only, as ImageNet-Sketch, -R, -A and V2 are test sets (a prompt
+#: learned on the source's few-shot images is evaluated on them).
 _SHIFTED = dict(shift_source="objects", n_train=0, n_val=0)
 _OBJ_CHAR = "generic objects, many classes (64 = 8 textures × 8 shapes); domain-generalization source"
 TASKS: dict[str, TaskSpec2] = {
